@@ -1,0 +1,24 @@
+# Every target depends on `install`, so on a fresh machine `make test` and `make bench` do all set-up.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install test bench clean
+
+install: $(STAMP)
+
+# constraints.txt pins torch to the local CPU wheel; any other version pulls GBs of CUDA packages.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .benchmarks

@@ -1,0 +1,22 @@
+import pytest
+import torch
+
+
+def perturb_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Move every parameter and BatchNorm statistic off its initial value, so that a test cannot
+    pass because of a zero, a one or a symmetric initialisation (sa_weight = 0 mixes at exactly 1/2)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(0.3 * torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
