@@ -1,0 +1,20 @@
+"""The measuring instrument: FLOPs, memory, latency and throughput of Container blocks and networks.
+
+`bench.profile` is the one entry point that the CLI, the search and the regression gate call.
+"""
+from bench.env import environment, fingerprint
+from bench.flops import FlopCount, count_flops, count_training_flops
+from bench.isolated import RssWorker
+from bench.memory import cpu_allocator_peak, cuda_allocator_peak
+from bench.profiler import profile
+from bench.roofline import Roofline, calibrate
+from bench.targets import STAGE_SHAPES, BenchInputError, BlockTarget, ModuleTarget, NetworkTarget, as_target
+from bench.timing import LatencyStats, StopRule, measure_latency
+from bench.workload import Options, build_workload
+
+__all__ = [
+    "BenchInputError", "BlockTarget", "FlopCount", "LatencyStats", "ModuleTarget", "NetworkTarget", "Options",
+    "Roofline", "RssWorker", "STAGE_SHAPES", "StopRule", "as_target", "build_workload", "calibrate",
+    "count_flops", "count_training_flops", "cpu_allocator_peak", "cuda_allocator_peak", "environment",
+    "fingerprint", "measure_latency", "profile",
+]

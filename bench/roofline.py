@@ -1,0 +1,46 @@
+"""This machine's roofline, calibrated in the same run as the measurements it judges."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from bench.timing import StopRule, measure_latency
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Roofline:
+    device: str
+    dtype: str
+    peak_flops: float  # best dense GEMM FLOP/s measured over a few square sizes
+    gemm_size: int  # the size that reached it
+    bandwidth_bytes_s: float  # a large tensor copy: bytes read + bytes written per second
+
+    def bound(self, flop_per_byte: float) -> float:
+        return min(self.peak_flops, flop_per_byte * self.bandwidth_bytes_s)
+
+    def columns(self) -> dict[str, float | int]:
+        return {f"roofline_{k}": v for k, v in asdict(self).items() if k not in ("device", "dtype")}
+
+
+def calibrate(device: str = "cpu", dtype: str = "fp32", threads: int | None = None,
+              stop: StopRule = StopRule(rel_iqr=0.05, min_runs=5, min_time_s=0.3, max_time_s=2.0)) -> Roofline:
+    dev = torch.device(device)
+    torch_dtype = DTYPES[dtype]
+    sizes = (1024, 2048) if dev.type == "cpu" else (4096, 8192)
+    best, best_size = 0.0, sizes[0]
+    for n in sizes:
+        a = torch.randn(n, n, device=dev).to(torch_dtype)
+        b = torch.randn(n, n, device=dev).to(torch_dtype)
+        stats = measure_latency(lambda: torch.mm(a, b), device=dev, threads=threads, stop=stop, label="gemm")
+        flops = 2 * n**3 / (stats.median_ms / 1e3)
+        if flops > best:
+            best, best_size = flops, n
+    elements = (64 if dev.type == "cpu" else 256) * 2**20  # 256 MiB (1 GiB on GPU) of fp32
+    src = torch.empty(elements, device=dev).fill_(1.0)
+    dst = torch.empty_like(src)
+    stats = measure_latency(lambda: dst.copy_(src), device=dev, threads=threads, stop=stop, label="copy")
+    bandwidth = 2 * src.numel() * src.element_size() / (stats.median_ms / 1e3)
+    return Roofline(str(dev), dtype, best, best_size, bandwidth)
