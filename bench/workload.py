@@ -41,11 +41,14 @@ class Options:
             raise BenchInputError(f"--impl {self.impl!r}: valid implementations: {', '.join(IMPLS)}")
         if self.threads is not None and self.threads < 1:
             raise BenchInputError(f"--threads {self.threads}: must be >= 1")
-        device = torch.device(self.device)  # raises on nonsense such as "gpu"
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            device = None
+        if device is None or device.type not in ("cpu", "cuda"):
+            raise BenchInputError(f"--device {self.device!r}: valid devices: cpu, cuda")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise BenchInputError(f"--device {self.device}: CUDA is not available on this machine")
-        if device.type not in ("cpu", "cuda"):
-            raise BenchInputError(f"--device {self.device}: valid devices: cpu, cuda")
         if self.dtype != "fp32":
             try:
                 with self.autocast():

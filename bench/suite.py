@@ -1,0 +1,144 @@
+"""The suites behind `make bench`: which targets, at which batch sizes and settings, in which order."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+import container
+from bench.env import environment, git_commit
+from bench.io import write_json, write_table
+from bench.isolated import RssWorker
+from bench.profiler import profile
+from bench.roofline import Roofline, calibrate
+from bench.targets import STAGE_SHAPES, BlockTarget, NetworkTarget, Target
+from bench.timing import StopRule
+from bench.workload import Options
+
+SUITE_STOP = StopRule(rel_iqr=0.05, min_runs=5, min_time_s=0.3, max_time_s=2.0)
+QUICK_STOP = StopRule(rel_iqr=0.10, min_runs=3, min_time_s=0.05, max_time_s=0.5)
+SWEEP_STAGE = 2  # the 320 @ 14x14 stage: every kind is cheap enough there to sweep the batch size
+SWEEP_BATCHES = (1, 8)
+QUICK_BATCH = 8
+
+
+@dataclass(frozen=True)
+class Job:
+    target: Target
+    batch_size: int
+    options: Options
+    group: str  # "stage", "batch-sweep" or "network": how the report groups rows
+    rss: bool = True
+
+
+def block_jobs(kinds: Iterable[str], options: Options, stages: Iterable[int] = range(4),
+               batch_sizes: dict[int, Iterable[int]] | None = None, batch: int | None = None) -> list[Job]:
+    jobs = []
+    for stage in stages:
+        dim, side, stage_batch = STAGE_SHAPES[stage]
+        stage_batch = batch or stage_batch
+        for kind in kinds:
+            target = BlockTarget(kind, dim, side)
+            jobs.append(Job(target, stage_batch, options, "stage"))
+            for batch in (batch_sizes or {}).get(stage, ()):
+                if batch != stage_batch:
+                    jobs.append(Job(target, batch, options, "batch-sweep", rss=False))
+    return jobs
+
+
+def network_jobs(names: Iterable[str], options: Options, batch_sizes: Iterable[int] = (1,)) -> list[Job]:
+    return [Job(NetworkTarget.named(name), batch, options, "network") for name in names for batch in batch_sizes]
+
+
+def default_jobs(options_list: Iterable[Options], kinds: Iterable[str] | None = None,
+                 networks: Iterable[str] | None = None, quick: bool = False,
+                 batch_sizes: Iterable[int] | None = None) -> list[Job]:
+    """`make bench`: every kind at the four stage shapes plus a batch sweep, and the two networks.
+
+    --quick: every kind at the last stage shape only, and Container-Light at batch 1.
+    """
+    kinds = list(kinds or container.BLOCK_KINDS)
+    networks = list(networks if networks is not None else ["container_light", "container"])
+    jobs = []
+    for options in options_list:
+        if quick:
+            jobs += block_jobs(kinds, options.replace(stop=QUICK_STOP), stages=[3], batch=QUICK_BATCH)
+            jobs += network_jobs(networks[:1], options.replace(stop=QUICK_STOP))
+            continue
+        sweep = {SWEEP_STAGE: tuple(batch_sizes or SWEEP_BATCHES)}
+        jobs += block_jobs(kinds, options, batch_sizes=sweep)
+        jobs += network_jobs(networks, options)
+    return jobs
+
+
+def new_run_dir(root: str | Path = "results/runs") -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(root) / f"{stamp}-{git_commit()}"
+
+
+def run_suite(jobs: list[Job], out_dir: str | Path, *, rss: bool = True, console: Console | None = None,
+              progress: bool = True, calibration_stop: StopRule | None = None) -> pd.DataFrame:
+    """Measure every job and write results.csv / results.json after each one, then the report."""
+    from bench.report import print_summary, write_report
+
+    console = console or Console()
+    out_dir = Path(out_dir)
+    rooflines: dict[tuple[str, str], Roofline] = {}
+    rows: list[dict] = []
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=console, disable=not progress, transient=False) as bar, \
+            (RssWorker() if rss else _NoWorker()) as worker:
+        task = bar.add_task("calibrating roofline", total=len(jobs))
+        for job in jobs:
+            key = (job.options.device, job.options.dtype)
+            if key not in rooflines:
+                bar.update(task, description=f"calibrating {key[0]} {key[1]} roofline")
+                rooflines[key] = calibrate(*key, threads=job.options.threads,
+                                           **({"stop": calibration_stop} if calibration_stop else {}))
+            bar.update(task, description=f"{job.target.name} b{job.batch_size} {job.options.device} "
+                                         f"{job.options.dtype}{' cl' if job.options.channels_last else ''}")
+            row = profile(job.target, job.batch_size, job.options, roofline=rooflines[key],
+                          rss_worker=worker if (rss and job.rss) else None)
+            rows.append(row | {"group": job.group})
+            _write_rows(rows, out_dir)
+            bar.advance(task)
+        bar.update(task, description="done")
+    frame = _write_rows(rows, out_dir)
+    write_json(out_dir / "environment.json", environment(threads=jobs[0].options.threads if jobs else None)
+               | {"rooflines": [vars(r) for r in rooflines.values()]})
+    write_report(frame, out_dir, list(rooflines.values()))
+    print_summary(frame, console)
+    console.print(f"results: [bold]{out_dir}[/] (results.csv, results.json, report.md)")
+    return frame
+
+
+def _write_rows(rows: list[dict], out_dir: Path) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    samples = frame.pop("latency_samples_ms") if "latency_samples_ms" in frame else None
+    write_table(frame, out_dir / "results.csv", out_dir / "results.json")
+    if samples is not None:
+        write_json(out_dir / "latency_samples.json",
+                   [{"name": r["name"], "batch_size": r["batch_size"], "device": r["device"], "dtype": r["dtype"],
+                     "samples_ms": s} for r, s in zip(rows, samples)])
+    return frame
+
+
+class _NoWorker:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return None
+
+
+def resolve_devices(spec: str) -> list[str]:
+    """"auto": the CPU, and CUDA as well when a GPU is present; otherwise a comma-separated list."""
+    if spec == "auto":
+        return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    return [d.strip() for d in spec.split(",") if d.strip()]

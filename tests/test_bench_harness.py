@@ -1,0 +1,160 @@
+"""The harness around the measurements: rows, out-of-memory, bad input, files, plots."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import bench
+from bench.io import write_text
+from bench.suite import Job, run_suite
+
+REPO = Path(__file__).resolve().parents[1]
+FAST_STOP = bench.StopRule(rel_iqr=1.0, min_runs=3, min_time_s=0.0, max_time_s=0.3)
+
+
+def test_profile_gives_one_complete_row():
+    options = bench.Options(stop=FAST_STOP, threads=1)
+    row = bench.profile(bench.BlockTarget("mix", 64, 7), 2, options)
+    block = bench.BlockTarget("mix", 64, 7).build()
+    assert row["status"] == "ok" and row["name"] == "mix@64x7" and row["batch_size"] == 2
+    assert row["params"] == sum(p.numel() for p in block.parameters())
+    assert row["flops_2x_macs_fvcore"] == 2 * row["macs_fvcore"] > 0
+    assert row["threads"] == 1 and row["runs"] >= 3 and row["latency_cold_ms"] > 0
+    assert row["throughput_img_s"] == pytest.approx(2 / (row["latency_median_ms"] / 1e3))
+    assert row["cpu_alloc_peak_bytes"] > 0
+    for key in ("cpu_model", "torch_version", "git_commit", "timestamp_utc", "gpu_name", "cuda_version"):
+        assert key in row
+
+
+def test_training_step_counts_forward_and_backward():
+    options = bench.Options(stop=FAST_STOP, mode="train")
+    row = bench.profile(bench.BlockTarget("conv", 32, 6), 2, options)
+    assert row["status"] == "ok" and row["mode"] == "train"
+    assert row["work_flops"] > 2 * row["flops_flopcounter"]  # backward costs about twice the forward
+
+
+class AllocatorFailure(torch.nn.Module):
+    def forward(self, x):
+        if x.shape[0] > 4:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+        return x * 2
+
+
+def test_a_batch_that_does_not_fit_is_recorded_as_oom_and_the_sweep_goes_on():
+    options = bench.Options(stop=FAST_STOP)
+    rows = [bench.profile(AllocatorFailure(), batch, options, sample_shape=(3, 8, 8), flops=False)
+            for batch in (2, 8)]
+    assert [r["status"] for r in rows] == ["ok", "oom"]
+    assert rows[0]["batch_size"] == 2 and rows[1]["batch_size"] == 8
+
+
+def test_other_errors_are_not_mistaken_for_oom():
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        bench.profile(Broken(), 1, bench.Options(stop=FAST_STOP), sample_shape=(3,), flops=False)
+
+
+@pytest.mark.parametrize("options,flag", [
+    (bench.Options(dtype="fp8"), "--dtype"), (bench.Options(mode="serve"), "--mode"),
+    (bench.Options(device="tpu"), "--device"), (bench.Options(threads=0), "--threads"),
+])
+def test_bad_options_name_the_flag(options, flag):
+    with pytest.raises(bench.BenchInputError, match=flag):
+        options.validate()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where CUDA is missing")
+def test_cuda_where_there_is_none_is_a_clear_error():
+    with pytest.raises(bench.BenchInputError, match="CUDA is not available"):
+        bench.Options(device="cuda").validate()
+
+
+def run_cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--kinds", "transformer"], "valid kinds: conv, attn, mlp, mhmlp, mix, attn_mlp, attn_mhmlp"),
+    (["--networks", "resnet50"], "valid networks: container, container_light"),
+    (["--dtype", "fp8"], "--dtype 'fp8'"),
+] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "CUDA is not available")]))
+def test_cli_bad_input_is_one_line_and_exit_2(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_help_lists_every_option():
+    out = run_cli("run", "--help").stdout
+    for flag in ("--quick", "--device", "--dtype", "--channels-last", "--compile", "--mode", "--impl",
+                 "--batch-sizes", "--threads", "--out"):
+        assert flag in out
+
+
+def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path):
+    path = write_text(tmp_path / "results.csv", "old\n")
+    with pytest.raises(KeyboardInterrupt):
+        with bench.io.atomic_path(path) as tmp:
+            tmp.write_text("half of the new")
+            raise KeyboardInterrupt
+    assert path.read_text() == "old\n"
+    assert os.listdir(tmp_path) == ["results.csv"]  # no temporary left behind
+
+
+def test_run_suite_writes_the_same_rows_to_csv_and_json_and_a_report(tmp_path):
+    options = bench.Options(stop=FAST_STOP)
+    jobs = [Job(bench.BlockTarget("conv", 64, 7), b, options, "stage" if b == 1 else "batch-sweep", rss=False)
+            for b in (1, 2)]
+    jobs.append(Job(bench.BlockTarget("attn", 64, 7), 1, options, "stage", rss=False))
+    frame = run_suite(jobs, tmp_path, rss=False, progress=False,
+                      calibration_stop=bench.StopRule(min_runs=3, min_time_s=0.0, max_time_s=0.2))
+    csv = pd.read_csv(tmp_path / "results.csv")
+    records = json.loads((tmp_path / "results.json").read_text())
+    assert len(csv) == len(records) == len(frame) == 3
+    assert list(csv.columns) == list(records[0].keys())
+    report = (tmp_path / "report.md").read_text()
+    assert "conv@64x7" in report and "roofline.png" in report and "latency_vs_batch.png" in report
+    assert (tmp_path / "roofline.png").stat().st_size > 0 and (tmp_path / "latency_vs_batch.png").exists()
+    assert {"achieved_flops", "fraction_of_peak", "flop_per_byte", "roofline_peak_flops"} <= set(csv.columns)
+
+
+def test_affinity_command_draws_a_png(tmp_path):
+    out = tmp_path / "affinity.png"
+    result = run_cli("affinity", "--kind", "attn_mhmlp", "--dim", "64", "--side", "6", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_affinity_inside_a_network_with_its_weights(tmp_path):
+    from bench.affinity import block_and_input
+
+    weights = tmp_path / "light.pt"
+    net = bench.NetworkTarget.named("container_light").build()
+    torch.save(net.state_dict(), weights)
+    block, x = block_and_input(network="container_light", block="blocks4.1", weights=weights)
+    assert torch.equal(block.conv1.weight, net.blocks4[1].conv1.weight)
+    assert x.shape == (1, 512, 7, 7)
+    with pytest.raises(bench.BenchInputError, match="--block 'blocks9.0'"):
+        block_and_input(network="container_light", block="blocks9.0")
+
+
+class Allocates64MiB(torch.nn.Module):  # module level: the worker process unpickles it
+    def forward(self, x):
+        return torch.ones(64 * 2**20, dtype=torch.uint8)  # touched, so resident
+
+
+def test_isolated_rss_sees_a_known_allocation():
+    with bench.RssWorker() as worker:
+        rss = worker.measure(bench.ModuleTarget(Allocates64MiB(), (1,)), 1, bench.Options(), 1)
+    assert rss["rss_call_delta_bytes"] >= 64 * 2**20
+    assert rss["rss_peak_bytes"] >= rss["rss_before_call_bytes"] + 64 * 2**20

@@ -1,0 +1,155 @@
+"""bench's figures against independent references: analytic FLOPs, known allocations, known samples."""
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.benchmark import Measurement
+from torch.utils.benchmark.utils.common import TaskSpec
+
+import container
+from bench import BlockTarget, LatencyStats, Roofline, StopRule, count_flops, cpu_allocator_peak, measure_latency
+from bench.timing import relative_iqr
+
+
+def analytic_block_macs(kind: str, dim: int, side: int, heads: int, k: int, ratio: float, batch: int) -> dict:
+    """Multiply-adds of one ContainerBlock forward, op by op, from the block's definition."""
+    spec = container.BLOCK_KINDS[kind]
+    n, c = side * side, dim
+    macs = {
+        "pos_embed (3x3 depthwise)": 9 * c * n,
+        "conv1 (1x1)": c * (3 * c if spec.dynamic else c) * n,
+        "conv2 (1x1)": c * c * n,
+        "mlp (two 1x1)": 2 * c * int(c * ratio) * n,
+    }
+    if spec.dynamic:
+        macs["attention: QK^T and AV"] = 2 * n * n * c  # heads * N * N * head_dim, twice
+    if spec.static == "conv":
+        macs["static depthwise conv"] = k * k * c * n
+    elif spec.static in ("mlp", "mhmlp"):
+        macs["static dense token mixing"] = n * n * c
+    shared = batch * sum(macs.values())
+    batch_norms = batch * 2 * (2 * c * n)  # fvcore: 2 per element for each of the two inference BatchNorms
+    return {"shared": shared, "fvcore_total": shared + batch_norms}
+
+
+@pytest.mark.parametrize("kind", list(container.BLOCK_KINDS))
+@pytest.mark.parametrize("dim,side,heads,k", [(32, 6, 2, 5), (64, 4, 4, 3), (48, 5, 3, 7)])
+def test_block_flops_match_the_analytic_formula(kind, dim, side, heads, k):
+    block = container.ContainerBlock(dim, heads, kind, k, mlp_ratio=3.0, tokens=(side, side)).eval()
+    counted = count_flops(block, torch.randn(2, dim, side, side))
+    expected = analytic_block_macs(kind, dim, side, heads, k, 3.0, batch=2)
+    assert counted.macs_fvcore == expected["fvcore_total"]
+    assert counted.flops_fvcore == 2 * expected["fvcore_total"]
+    assert counted.flops_flopcounter == 2 * expected["shared"]  # FlopCounterMode counts no BatchNorm
+    assert counted.crosscheck_rel_diff == 0.0
+    if container.BLOCK_KINDS[kind].dynamic:
+        assert "softmax" in counted.unattributed_fvcore  # recorded, not silently dropped
+
+
+class SdpaAttention(torch.nn.Module):
+    def forward(self, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+def test_scaled_dot_product_attention_is_counted_by_both_counters():
+    b, h, n, d = 2, 3, 40, 16
+    q = torch.randn(b, h, n, d)
+    counted = count_flops(SdpaAttention(), (q, q, q))
+    assert counted.macs_fvcore == 2 * b * h * n * n * d  # Q K^T and A V; neither counter does this unaided
+    assert counted.flops_flopcounter == 2 * counted.macs_fvcore
+    assert counted.unattributed_fvcore == () and counted.unattributed_flopcounter == ()
+
+
+def test_container_light_macs_match_the_published_figure():
+    counted = count_flops(container.container_light().eval(), torch.randn(1, 3, 224, 224))
+    assert 3.85e9 < counted.macs_fvcore < 3.87e9  # "about 3.86 G multiply-adds at 224 by fvcore's count"
+    assert counted.crosscheck_rel_diff < 1e-9
+
+
+def test_cpu_allocator_peak_of_a_known_allocation_pattern():
+    mib = 2**20
+
+    def allocate():
+        a = torch.empty(10 * mib, dtype=torch.uint8)
+        b = torch.empty(4 * mib, dtype=torch.uint8)
+        del a
+        c = torch.empty(1 * mib, dtype=torch.uint8)
+        return b, c
+
+    peak = cpu_allocator_peak(allocate)
+    assert peak.peak_bytes == 14 * mib  # 10 + 4 live together; the 1 MiB comes after the 10 is freed
+    assert peak.allocated_bytes == 15 * mib
+
+
+def test_cpu_allocator_peak_ignores_memory_live_before_the_call():
+    held = torch.ones(8 * 2**20, dtype=torch.uint8)
+    assert cpu_allocator_peak(lambda: held.add_(1)).peak_bytes < 1024  # the scalar's wrapper, not the 8 MiB
+
+
+@pytest.mark.parametrize("times,elapsed,done", [
+    ([1.0] * 4, 1.0, False),  # too few runs
+    ([1.0] * 5, 0.1, False),  # too little time
+    ([1.0] * 5, 1.0, True),  # tight and enough
+    ([1.0, 2.0, 3.0, 4.0, 5.0], 1.0, False),  # IQR / median = 2 / 3, too noisy
+    ([1.0, 2.0, 3.0, 4.0, 5.0], 5.0, True),  # out of time: stop anyway
+    ([], 5.0, True),
+])
+def test_stop_rule_on_known_samples(times, elapsed, done):
+    assert StopRule(rel_iqr=0.05, min_runs=5, min_time_s=0.5, max_time_s=5.0).done(times, elapsed) is done
+
+
+def test_relative_iqr_of_known_samples():
+    assert relative_iqr([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(2 / 3)
+    assert relative_iqr([2.0] * 7) == 0.0
+
+
+def test_latency_statistics_of_known_samples():
+    times_s = [t / 1e3 for t in range(1, 11)]  # 1 .. 10 ms
+    m = Measurement(number_per_run=1, raw_times=times_s, task_spec=TaskSpec(stmt="pass", setup="pass"))
+    stats = LatencyStats.from_measurement(m, number_per_run=4, cold_s=0.5, noisy=False)
+    reference = np.arange(1, 11, dtype=float)
+    assert stats.median_ms == pytest.approx(np.median(reference))
+    assert stats.p90_ms == pytest.approx(np.quantile(reference, 0.9))
+    assert stats.iqr_ms == pytest.approx(np.quantile(reference, 0.75) - np.quantile(reference, 0.25))
+    assert (stats.min_ms, stats.runs, stats.number_per_run, stats.cold_ms) == (1.0, 10, 4, 500.0)
+
+
+def test_measure_latency_reports_the_cold_call_on_its_own():
+    calls = []
+
+    def fn():
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(0.05)  # a slow first call, as lazy initialisation makes it
+
+    stats = measure_latency(fn, stop=StopRule(rel_iqr=1.0, min_runs=5, min_time_s=0.0, max_time_s=0.5),
+                            warmup_s=0.0)
+    assert stats.cold_ms >= 50.0
+    assert stats.median_ms < stats.cold_ms
+    assert stats.runs >= 5 and len(stats.times_ms) == stats.runs
+    assert stats.p90_ms >= stats.median_ms >= stats.min_ms
+
+
+def test_measure_latency_fixes_and_restores_the_thread_count():
+    before = torch.get_num_threads()
+    seen = []
+    measure_latency(lambda: seen.append(torch.get_num_threads()), threads=1,
+                    stop=StopRule(min_runs=3, min_time_s=0.0, max_time_s=0.2), warmup_s=0.0)
+    assert set(seen) == {1}
+    assert torch.get_num_threads() == before
+
+
+def test_roofline_bound_is_the_lower_of_compute_and_bandwidth():
+    roof = Roofline("cpu", "fp32", peak_flops=100e9, gemm_size=1024, bandwidth_bytes_s=10e9)
+    assert roof.bound(2.0) == 20e9  # memory bound
+    assert roof.bound(50.0) == 100e9  # compute bound
+    assert math.isclose(roof.bound(10.0), 100e9)
+
+
+def test_block_target_names_and_head_dim():
+    target = BlockTarget("mix", 320, 14)
+    assert target.name == "mix@320x14" and target.num_heads == 10
+    assert target.input_shape(4) == (4, 320, 14, 14)
