@@ -1,0 +1,26 @@
+"""Latency-constrained architecture search over Container-style networks.
+
+`python -m search --budget-ms 25` explores depth, width, heads, kernel size, block kind and MLP
+ratio per stage with Optuna (TPE, latency as a constraint), measures latency with bench.profile
+on this device, scores with a training-free proxy, and writes a ranked report to
+results/search/<study>/.
+
+    from search import SearchSettings, run_search
+    result = run_search(SearchSettings(budget_ms=25))
+    container.build(result.best_config)
+"""
+from search.latency import (DEFAULT_STOP, BenchLatency, CachedLatency, Deployment, Latency, LatencySource,
+                            MachineLock, MeasurementError, default_stop)
+from search.proxies import PROXIES, ProxyScorer, Scorer, Scores, list_proxies, register_proxy
+from search.report import print_summary, ranking, write_report
+from search.space import SearchInputError, SearchSpace, SpaceError, StageSpace
+from search.study import (NoFeasibleNetworkError, SearchResult, SearchSettings, SearchStudy, WorkerMismatchError,
+                          make_storage, parse_budget, run_search)
+
+__all__ = [
+    "BenchLatency", "CachedLatency", "DEFAULT_STOP", "Deployment", "Latency", "LatencySource", "MachineLock",
+    "MeasurementError", "NoFeasibleNetworkError", "PROXIES", "ProxyScorer", "Scorer", "Scores", "SearchInputError",
+    "SearchResult", "SearchSettings", "SearchSpace", "SearchStudy", "SpaceError", "StageSpace", "WorkerMismatchError",
+    "default_stop", "list_proxies", "make_storage", "parse_budget", "print_summary", "ranking", "register_proxy", "run_search",
+    "write_report",
+]

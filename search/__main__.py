@@ -1,0 +1,179 @@
+"""`python -m search --budget-ms 25`: the best Container-style network under a latency budget on this device.
+
+A thin layer: parse the flags, build SearchSettings, call search.run_search, print a summary.
+Exit status: 0 a ranked report; 2 bad input (one line on stderr), including a worker refused by
+a study measured elsewhere; 3 no network fits the budget; 130 interrupted (report written so far).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import NoReturn, Sequence
+
+EXIT_BAD_INPUT = 2
+EXIT_NO_FEASIBLE = 3
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not usage + message
+        self.exit(EXIT_BAD_INPUT, f"search: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number > 0")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    from search.proxies import list_proxies
+    from search.study import DEFAULT_OBJECTIVE, DEFAULT_RESULTS_DIR
+
+    p = _Parser(prog="python -m search", description=__doc__.split("\n")[0],
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--budget-ms", metavar="MS",
+                   help="latency budget: median milliseconds per call at the deployment setting")
+    g = p.add_argument_group("deployment setting (what latency is measured at)")
+    g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    g.add_argument("--batch-size", type=_positive_int, default=1)
+    g.add_argument("--image-size", type=_positive_int, default=224)
+    g.add_argument("--threads", type=_positive_int, default=None, help="intra-op threads (default: torch's)")
+    g.add_argument("--dtype", default="fp32", help="fp32, or bf16 / fp16 through autocast")
+    g = p.add_argument_group("search")
+    g.add_argument("--trials", type=_positive_int, default=30,
+                   help="the study's number of finished trials; a resumed study runs only the missing ones")
+    g.add_argument("--timeout", type=_positive_float, default=None, metavar="S", help="stop this run after S seconds")
+    g.add_argument("--seed", type=int, default=0, help="sampler and initialisation seed")
+    g.add_argument("--objective", default=DEFAULT_OBJECTIVE, choices=list_proxies(),
+                   help="score to maximise (training-free proxy, or params / flops)")
+    g.add_argument("--pareto", action="store_true", help="two objectives: score up, latency down")
+    g.add_argument("--space", type=Path, default=None, metavar="FILE", help="search space as JSON or YAML")
+    g.add_argument("--space-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the space, e.g. 'stages[2].kind=[conv,attn]', 'kernel_size=[3,5]', "
+                        "'stages[0].depth=[1,2]' (repeatable)")
+    g.add_argument("--print-space", action="store_true", help="print the space as YAML and exit")
+    g.add_argument("--proxy-inits", type=_positive_int, default=3, help="initialisations a proxy is averaged over")
+    g.add_argument("--proxy-batch", type=_positive_int, default=8, help="mini-batch of the data-dependent proxies")
+    g.add_argument("--score-infeasible", action="store_true",
+                   help="also score over-budget trials (by default they get #params and FLOPs only)")
+    g.add_argument("--recheck", type=_non_negative_int, default=None, metavar="N",
+                   help="re-measure the top N feasible architectures before the report (default: all of them)")
+    g.add_argument("--recheck-margin", type=float, default=0.05, metavar="F",
+                   help="headroom for the re-measurement: it must fit budget x (1 - F) to stay in the ranking")
+    g = p.add_argument_group("latency measurement (bench.StopRule)")
+    g.add_argument("--stop-rel-iqr", type=_positive_float, default=0.05)
+    g.add_argument("--stop-min-runs", type=_positive_int, default=5)
+    g.add_argument("--stop-min-s", type=float, default=0.2)
+    g.add_argument("--stop-max-s", type=_positive_float, default=None,
+                   help="time limit per measurement (default: 1.5 s, or 12 x the budget if longer)")
+    g.add_argument("--lock-file", default=None,
+                   help="machine-wide lock so that two workers never measure at once "
+                        "(default: $CONTAINER_BENCH_SEARCH_LOCK or /tmp/container-bench-search-measure.lock)")
+    g = p.add_argument_group("storage")
+    g.add_argument("--study", default=None, metavar="NAME",
+                   help="study name (default: derived from the setting, so the same command resumes)")
+    g.add_argument("--storage", default=None, metavar="URL",
+                   help="any Optuna storage URL (sqlite:///x.db, postgresql://...) or a .journal file; "
+                        "default: a journal file in the study directory")
+    g.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+
+    import bench
+    from rich.console import Console
+
+    from search.latency import Deployment, default_stop
+    from search.report import print_summary
+    from search.space import SearchInputError, SearchSpace
+    from search.study import NoFeasibleNetworkError, SearchSettings, parse_budget, run_search
+
+    def fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
+        print(f"search: error: {message}", file=sys.stderr)
+        return code
+
+    try:
+        if not args.print_space:
+            if args.budget_ms is None:
+                raise SearchInputError("--budget-ms: required (the latency budget in milliseconds, e.g. --budget-ms 25)")
+            budget = parse_budget(args.budget_ms)
+        space = SearchSpace.load(args.space) if args.space else SearchSpace.default()
+        if args.space_set:
+            space = space.with_overrides(args.space_set)
+        if args.print_space:
+            import yaml
+            print(yaml.safe_dump(space.to_dict(), sort_keys=False, default_flow_style=None), end="")
+            return 0
+        if args.stop_min_s < 0:
+            raise SearchInputError(f"--stop-min-s {args.stop_min_s}: must be >= 0")
+        budget_stop = default_stop(budget)
+        stop = bench.StopRule(rel_iqr=args.stop_rel_iqr, min_runs=args.stop_min_runs, min_time_s=args.stop_min_s,
+                              max_time_s=args.stop_max_s or budget_stop.max_time_s)
+        deployment = Deployment(device=args.device, batch_size=args.batch_size, image_size=args.image_size,
+                                threads=args.threads, dtype=args.dtype)
+        settings = SearchSettings(
+            budget_ms=budget, deployment=deployment, space=space, objective=args.objective, pareto=args.pareto,
+            n_trials=args.trials, timeout_s=args.timeout, seed=args.seed, study_name=args.study,
+            storage=args.storage, results_dir=args.results_dir, stop=stop, proxy_inits=args.proxy_inits,
+            proxy_batch=args.proxy_batch, recheck=args.recheck, recheck_margin=args.recheck_margin,
+            score_infeasible=args.score_infeasible,
+            progress=not args.no_progress, lock_file=args.lock_file)
+    except (SearchInputError, bench.BenchInputError) as e:
+        return fail(str(e))
+
+    console = Console() if sys.stdout.isatty() else Console(width=160)  # a pipe gets the whole table
+    try:
+        result = run_search(settings)
+    except (SearchInputError, bench.BenchInputError) as e:
+        return fail(str(e))
+    except NoFeasibleNetworkError as e:
+        return fail(str(e), EXIT_NO_FEASIBLE)
+    except KeyboardInterrupt:
+        return fail("interrupted before the study was opened; nothing was recorded", EXIT_INTERRUPTED)
+
+    print_summary(result, settings.objective, console)
+    report = result.files.get("report")
+    status = f"{len(result.trials)} trials in the study; this run took {result.elapsed_s:.1f} s"
+    if result.interrupted:
+        console.print(f"[yellow]interrupted[/]: {status}. Report so far: {report}. "
+                      f"Resume: run the same command again with --study {settings.name}")
+        return EXIT_INTERRUPTED
+    if not result.feasible:
+        smallest = result.trials["latency_median_ms"].min() if len(result.trials) else float("nan")
+        return fail(f"--budget-ms {settings.budget_ms:g}: no architecture in {len(result.trials)} trials fits "
+                    f"(smallest measured latency {smallest:.2f} ms); see {report}", EXIT_NO_FEASIBLE)
+    console.print(f"{status}. Report: {report}; winner's config: {result.files.get('best')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""A rich progress bar for the search: trials done, best feasible score so far, then the re-check."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+class SearchProgress:
+    def __init__(self, runner: Any, *, enabled: bool = True, console: Console | None = None):
+        self.runner = runner
+        self.enabled = enabled
+        self.console = console or Console(stderr=True)
+        self.progress: Progress | None = None
+        self.task: Any = None
+        self.best: tuple[float, float, int] | None = None  # (score, latency, trial)
+        self.infeasible = 0
+        self.failed = 0
+
+    def __enter__(self) -> "SearchProgress":
+        if not self.enabled:
+            return self
+        s = self.runner.settings
+        done = self.runner.counted_trials()
+        self._scan()
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("{task.fields[best]}"), console=self.console,
+                                 transient=False)
+        self.progress.start()
+        self.task = self.progress.add_task(f"search {s.name}", total=s.n_trials, completed=done,
+                                           best=self._best_text())
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def _scan(self) -> None:
+        from search.study import feasible
+
+        for t in self.runner.study.get_trials(deepcopy=False):
+            self._note(t, feasible(t))
+
+    def _note(self, t: FrozenTrial, is_feasible: bool) -> None:
+        if t.state == optuna.trial.TrialState.FAIL:
+            self.failed += 1
+            return
+        if t.state != optuna.trial.TrialState.COMPLETE:
+            return
+        if not is_feasible:
+            self.infeasible += 1
+            return
+        score = t.user_attrs.get("score")
+        if score is None or not math.isfinite(score):
+            return
+        candidate = (score, -t.user_attrs.get("latency_median_ms", math.inf), -t.number)
+        if self.best is None or candidate > self.best:
+            self.best = candidate
+
+    def _best_text(self) -> str:
+        budget = self.runner.settings.budget_ms
+        extra = f" | over budget {self.infeasible}" + (f" | failed {self.failed}" if self.failed else "")
+        if self.best is None:
+            return f"best feasible: none yet (budget {budget:g} ms){extra}"
+        score, neg_latency, neg_trial = self.best
+        return (f"best feasible {self.runner.settings.objective}: {score:.4g} "
+                f"(trial {-neg_trial}, {-neg_latency:.1f} ms <= {budget:g} ms){extra}")
+
+    def callback(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        from search.study import feasible
+
+        self._note(trial, feasible(trial))
+        error = trial.user_attrs.get("error")
+        if trial.state == optuna.trial.TrialState.FAIL and error and not trial.user_attrs.get("interrupted"):
+            self.console.print(f"[yellow]trial {trial.number} failed[/]: {error}")
+        if self.progress is not None:
+            self.progress.update(self.task, completed=self.runner.counted_trials(), best=self._best_text())
+
+    def recheck(self, done: int, total: int) -> None:
+        if self.progress is None or total == 0:
+            return
+        if not hasattr(self, "_recheck_task"):
+            self._recheck_task = self.progress.add_task("re-measuring the feasible candidates", total=total,
+                                                        best="")
+        self.progress.update(self._recheck_task, completed=done)

@@ -1,0 +1,367 @@
+"""The report of a study: ranking.csv, best.json, report.md with plots, and a terminal summary.
+
+Every file goes through bench.io's atomic writers, so a run killed while reporting leaves the
+previous report intact.
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from bench.io import save_figure, write_json, write_table, write_text  # noqa: E402
+
+if TYPE_CHECKING:
+    from search.study import SearchResult, SearchSettings
+
+RANKING_COLUMNS = ["rank", "trial", "score", "score_spread", "params", "flops", "latency_median_ms", "latency_p90_ms",
+                   "latency_iqr_ms", "rechecked", "recheck_median_ms", "recheck_p90_ms", "pareto", "duplicate_of",
+                   "architecture", "config"]
+TOP_N = 10
+
+
+# --- tables -------------------------------------------------------------------------------------------
+
+
+def describe(config: dict[str, Any] | str | None) -> str:
+    """One line per network: depth x dim / heads, kind, kernel, MLP ratio for each stage."""
+    if config is None:
+        return ""
+    if isinstance(config, str):
+        config = json.loads(config)
+    return "; ".join(f"{s['depth']}x{s['dim']}/{s['heads']}h {s['kind']} k{s['kernel_size']} r{s['mlp_ratio']:g}"
+                     for s in config["stages"])
+
+
+def describe_short(config: dict[str, Any] | str | None) -> str:
+    """depths, dims and kinds only: `d3-4-8-3 w64-128-320-512 conv-conv-conv-mix`."""
+    if config is None:
+        return ""
+    if isinstance(config, str):
+        config = json.loads(config)
+    st = config["stages"]
+    return (f"d{'-'.join(str(s['depth']) for s in st)} w{'-'.join(str(s['dim']) for s in st)} "
+            f"{'-'.join(s['kind'] for s in st)}")
+
+
+def pareto_mask(score: np.ndarray, latency: np.ndarray) -> np.ndarray:
+    """Points no other point beats on both score (higher) and latency (lower)."""
+    n = len(score)
+    mask = np.ones(n, dtype=bool)
+    for i in range(n):
+        better = (score >= score[i]) & (latency <= latency[i]) & ((score > score[i]) | (latency < latency[i]))
+        mask[i] = not better.any()
+    return mask
+
+
+def ranking(trials: pd.DataFrame) -> pd.DataFrame:
+    """Every feasible trial that survived its re-measurement, best score first (then faster, then earlier)."""
+    if trials.empty:
+        return pd.DataFrame(columns=RANKING_COLUMNS)
+    keep = trials[trials["feasible"].astype(bool) & ~trials["dropped"].astype(bool)].copy()
+    if keep.empty:
+        return pd.DataFrame(columns=RANKING_COLUMNS)
+    keep["_score"] = pd.to_numeric(keep["score"], errors="coerce").fillna(-math.inf)
+    keep = keep.sort_values(["_score", "latency_median_ms", "trial"], ascending=[False, True, True])
+    keep = keep.drop(columns="_score").reset_index(drop=True)
+    keep.insert(0, "rank", np.arange(1, len(keep) + 1))
+    first = {}
+    dup = []
+    for key, trial in zip(keep["config_key"], keep["trial"]):
+        dup.append(first.get(key))
+        first.setdefault(key, trial)
+    keep["duplicate_of"] = pd.array(dup, dtype="Int64")
+    unique = keep["duplicate_of"].isna().to_numpy()
+    score = pd.to_numeric(keep["score"], errors="coerce").fillna(-math.inf).to_numpy()
+    mask = np.zeros(len(keep), dtype=bool)
+    mask[unique] = pareto_mask(score[unique], keep["latency_median_ms"].to_numpy(dtype=float)[unique])
+    keep["pareto"] = mask
+    keep["architecture"] = [describe(c) for c in keep["config"]]
+    return keep[RANKING_COLUMNS]
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        return "-"
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    return f"{float(v):.{digits}g}"
+
+
+def _si(v: Any) -> str:
+    if v is None or pd.isna(v):
+        return "-"
+    v = float(v)
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g}{suffix}"
+    return f"{v:.3g}"
+
+
+def _millions(v: Any) -> str:  # params
+    return _si(v)
+
+
+def _giga(v: Any) -> str:  # FLOPs
+    return _si(v)
+
+
+def _ms(v: Any) -> str:
+    return "-" if v is None or pd.isna(v) else f"{float(v):.2f}"
+
+
+def _markdown_table(frame: pd.DataFrame, objective: str) -> str:
+    head = (f"| rank | trial | {objective} | params | FLOPs | latency median (ms) | p90 (ms) | re-measured (ms) | "
+            f"architecture (depth x dim / heads, kind, kernel, MLP ratio per stage) |\n"
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
+    rows = [f"| {int(r['rank'])} | {int(r['trial'])} | {_fmt(r['score'])} | {_millions(r['params'])} | "
+            f"{_giga(r['flops'])} | {_ms(r['latency_median_ms'])} | {_ms(r['latency_p90_ms'])} | "
+            f"{_ms(r['recheck_median_ms'])} | {r['architecture']} |" for _, r in frame.iterrows()]
+    return head + "\n".join(rows) + "\n"
+
+
+# --- plots ---------------------------------------------------------------------------------------------
+
+
+def plot_score_vs_latency(trials: pd.DataFrame, rank: pd.DataFrame, budget_ms: float, objective: str):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    done = trials[trials["state"] == "COMPLETE"]
+    score = pd.to_numeric(done["score"], errors="coerce")
+    lat = pd.to_numeric(done["latency_median_ms"], errors="coerce")
+    feas = done["feasible"].astype(bool) & ~done["dropped"].astype(bool)
+    dropped = done["dropped"].astype(bool)
+    over = ~done["feasible"].astype(bool)
+    finite = score.notna() & np.isfinite(score.fillna(0))
+    ax.scatter(lat[feas & finite], score[feas & finite], s=22, c="tab:blue", label="feasible", zorder=3)
+    if (dropped & finite).any():
+        ax.scatter(lat[dropped & finite], score[dropped & finite], s=40, marker="s", facecolors="none",
+                   edgecolors="tab:orange", label="dropped on re-measurement", zorder=3)
+    if (over & finite).any():
+        ax.scatter(lat[over & finite], score[over & finite], s=22, marker="x", c="tab:red", label="over budget")
+    unscored = over & ~finite
+    if unscored.any():
+        ax.plot(lat[unscored], np.zeros(int(unscored.sum())), "|", color="tab:gray", markersize=12,
+                transform=ax.get_xaxis_transform(), label="over budget (not scored)")
+    front = rank[rank["pareto"].astype(bool)].sort_values("latency_median_ms")
+    if len(front):
+        ax.step(front["latency_median_ms"], pd.to_numeric(front["score"]), where="post", color="tab:green",
+                lw=1.5, label="Pareto front (feasible)", zorder=2)
+    ax.axvline(budget_ms, color="black", ls="--", lw=1, label=f"budget {budget_ms:g} ms")
+    ax.set_xlabel("latency, median (ms)")
+    ax.set_ylabel(f"score ({objective})")
+    ax.set_title("score against latency")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(trials: pd.DataFrame, objective: str):
+    fig, ax = plt.subplots(figsize=(7, 4))
+    t = trials.sort_values("trial")
+    feas = t["feasible"].astype(bool) & ~t["dropped"].astype(bool)
+    score = pd.to_numeric(t["score"], errors="coerce").where(feas)
+    best = score.cummax().ffill()
+    ax.scatter(t["trial"][feas], score[feas], s=18, c="tab:blue", alpha=0.6, label="feasible trial")
+    ax.step(t["trial"], best, where="post", color="tab:green", label="best feasible so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"score ({objective})")
+    ax.set_title("best feasible score against trial number")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def importances(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], value: Any) -> dict[str, float]:
+    """Parameter importances (Optuna's default evaluator) of `value(trial)` over `trials`."""
+    usable = [t for t in trials if t.params and value(t) is not None and math.isfinite(value(t))]
+    if len(usable) < 3:
+        return {}
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line
+    try:
+        scratch = optuna.create_study(direction="maximize")
+        scratch.add_trials([optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=value(t))
+                            for t in usable])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return optuna.importance.get_param_importances(scratch)
+    except Exception:
+        return {}
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def plot_importances(score_imp: dict[str, float], latency_imp: dict[str, float]):
+    panels = [(name, imp) for name, imp in (("score (feasible trials)", score_imp),
+                                             ("latency (all trials)", latency_imp)) if imp]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.35 * max(len(i) for _, i in panels) + 1.5),
+                             squeeze=False)
+    for ax, (name, imp) in zip(axes[0], panels):
+        items = sorted(imp.items(), key=lambda kv: kv[1])
+        ax.barh([k for k, _ in items], [v for _, v in items], color="tab:blue")
+        ax.set_title(f"importance for {name}", fontsize=10)
+        ax.set_xlabel("importance")
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+# --- the report ----------------------------------------------------------------------------------------
+
+
+def write_report(result: "SearchResult", study: optuna.Study, settings: "SearchSettings") -> dict[str, Path]:
+    out = Path(result.study_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    trials, rank = result.trials, result.ranking
+    write_table(trials, out / "trials.csv")
+    files["trials"] = out / "trials.csv"
+    write_json(out / "study.json", {
+        "study": result.study_name, "storage": settings.storage or str(out / "study.journal"),
+        "budget_ms": settings.budget_ms, "objective": settings.objective, "pareto": settings.pareto,
+        "deployment": settings.deployment.to_dict(), "fingerprint": settings.deployment.fingerprint(),
+        "environment": study.user_attrs.get("environment"), "space": settings.space.to_dict(),
+        "stop_rule": vars(settings.stop) if hasattr(settings.stop, "__dict__") else str(settings.stop),
+        "proxy": {"inits": settings.proxy_inits, "batch": settings.proxy_batch}})
+    files["study"] = out / "study.json"
+
+    if rank.empty:
+        # Nothing fits: no ranking and no winner, and no stale ones from an earlier run either.
+        for stale in ("ranking.csv", "best.json"):
+            (out / stale).unlink(missing_ok=True)
+    else:
+        write_table(rank, out / "ranking.csv")
+        files["ranking"] = out / "ranking.csv"
+        write_json(out / "best.json", result.best_config)
+        files["best"] = out / "best.json"
+
+    plots: dict[str, Path] = {}
+    if not trials.empty and (trials["state"] == "COMPLETE").any():
+        fig = plot_score_vs_latency(trials, rank, settings.budget_ms, settings.objective)
+        plots["score_vs_latency"] = save_figure(fig, out / "score_vs_latency.png", dpi=120)
+        plt.close(fig)
+        fig = plot_history(trials, settings.objective)
+        plots["history"] = save_figure(fig, out / "history.png", dpi=120)
+        plt.close(fig)
+        from search.study import feasible
+
+        complete = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+        dropped = set(trials.loc[trials["dropped"].astype(bool), "trial"])
+        score_imp = importances(study, [t for t in complete if feasible(t) and t.number not in dropped],
+                                lambda t: t.user_attrs.get("score"))
+        latency_imp = importances(study, complete, lambda t: t.user_attrs.get("latency_median_ms"))
+        fig = plot_importances(score_imp, latency_imp)
+        if fig is not None:
+            plots["importances"] = save_figure(fig, out / "importances.png", dpi=120)
+            plt.close(fig)
+    files.update(plots)
+    write_text(out / "report.md", markdown(result, settings, study, plots))
+    files["report"] = out / "report.md"
+    return files
+
+
+def markdown(result: "SearchResult", settings: "SearchSettings", study: optuna.Study, plots: dict[str, Path]) -> str:
+    trials, rank = result.trials, result.ranking
+    d = settings.deployment
+    env = study.user_attrs.get("environment") or {}
+    n = lambda mask: int(mask.sum()) if len(trials) else 0  # noqa: E731
+    complete = trials["state"] == "COMPLETE" if len(trials) else pd.Series(dtype=bool)
+    feasible = trials["feasible"].astype(bool) if len(trials) else pd.Series(dtype=bool)
+    dropped = trials[trials["dropped"].astype(bool)] if len(trials) else trials
+    lines = [f"# Latency-constrained search: {result.study_name}", ""]
+    if result.interrupted:
+        lines += ["> **Interrupted.** This report covers the trials so far"
+                  + ("" if rank.empty or rank["rechecked"].all() else "; some candidates are not re-measured yet")
+                  + f". Resume: run the same command again with `--study {result.study_name}`.", ""]
+    lines += [
+        f"- budget: **{settings.budget_ms:g} ms** per call (median), batch {d.batch_size}, {d.image_size}x{d.image_size}, "
+        f"{d.dtype}, device {d.device}, {d.threads} threads",
+        f"- hardware: {env.get('cpu_model', '?')}{' / ' + env['gpu_name'] if env.get('gpu_name') else ''}, "
+        f"torch {env.get('torch_version', '?')}; fingerprint `{settings.deployment.fingerprint()}`",
+        f"- objective: `{settings.objective}` (higher is better"
+        + (f", averaged over {settings.proxy_inits} initialisations" if settings.objective in ("synflow", "naswot")
+           else "") + ")" + ("; two objectives (score up, latency down)" if settings.pareto else ""),
+        f"- trials: {len(trials)} ({n(complete)} complete, {n(feasible)} feasible, {n(complete & ~feasible)} over budget, "
+        f"{n(trials['state'] == 'FAIL') if len(trials) else 0} failed); {len(dropped)} dropped on re-measurement",
+        f"- latency: measured with bench.profile, stop rule {settings.stop}; cache hits this run: {result.cache_hits}, "
+        f"new measurements: {result.cache_misses}",
+        f"- re-check: every ranked architecture"
+        + ("" if settings.recheck is None else f" among the top {settings.recheck}")
+        + f" is measured again and stays only if that median is <= {settings.recheck_limit_ms:.4g} ms "
+        f"(budget - {settings.recheck_margin:.0%} headroom)",
+    ]
+    if result.smallest_latency_ms is not None:
+        lines.append(f"- smallest network in the space: {result.smallest_latency_ms:.2f} ms")
+    lines.append("")
+    if rank.empty:
+        lines += ["## No feasible network", "",
+                  f"No architecture measured under {settings.budget_ms:g} ms (and held there when measured again). "
+                  "There is no ranking and no best.json.", ""]
+    else:
+        unique = rank[rank["duplicate_of"].isna()]
+        best = unique.iloc[0]
+        lines += [f"## Winner: trial {int(best['trial'])}", "",
+                  f"{settings.objective} {_fmt(best['score'])}, {_millions(best['params'])} params, "
+                  f"{_giga(best['flops'])} FLOPs, {_ms(best['latency_median_ms'])} ms median "
+                  f"(p90 {_ms(best['latency_p90_ms'])} ms; re-measured {_ms(best['recheck_median_ms'])} ms).", "",
+                  "`best.json` holds its config: `container.build(json.load(open('best.json')))`.", "",
+                  "```json", json.dumps(result.best_config, indent=2), "```", "",
+                  f"## Top {min(TOP_N, len(unique))} feasible architectures", "",
+                  _markdown_table(unique.head(TOP_N), settings.objective), ""]
+        if settings.pareto:
+            front = unique[unique["pareto"].astype(bool)].sort_values("latency_median_ms")
+            lines += ["## Pareto front (score up, latency down)", "", _markdown_table(front, settings.objective), ""]
+        lines += [f"`ranking.csv` lists all {len(rank)} feasible trials ({len(unique)} distinct architectures) with "
+                  "their configs as JSON.", ""]
+    if len(dropped):
+        lines += ["## Dropped on re-measurement", "",
+                  "| trial | first median (ms) | re-measured median (ms) |", "| ---: | ---: | ---: |"]
+        lines += [f"| {int(r['trial'])} | {_ms(r['latency_median_ms'])} | {_ms(r['recheck_median_ms'])} |"
+                  for _, r in dropped.iterrows()]
+        lines.append("")
+    titles = {"score_vs_latency": "Score against latency", "history": "Best feasible score against trial number",
+              "importances": "Parameter importances"}
+    if plots:
+        lines += ["## Plots", ""]
+        for key, path in plots.items():
+            lines += [f"### {titles.get(key, key)}", "", f"![{titles.get(key, key)}]({Path(path).name})", ""]
+    return "\n".join(lines) + "\n"
+
+
+def print_summary(result: "SearchResult", objective: str, console: Console | None = None, top: int = 5) -> None:
+    console = console or Console()
+    rank = result.ranking
+    if rank.empty:
+        return
+    unique = rank[rank["duplicate_of"].isna()].head(top)
+    table = Table(title=f"{result.study_name}: best feasible under {result.budget_ms:g} ms")
+    for name in ("#", "trial", objective, "params", "FLOPs", "ms", "p90", "again", "depth / width / kind"):
+        table.add_column(name, justify="left" if name.startswith("depth") else "right",
+                         no_wrap=not name.startswith("depth"))
+    for _, r in unique.iterrows():
+        table.add_row(str(int(r["rank"])), str(int(r["trial"])), _fmt(r["score"]), _millions(r["params"]),
+                      _giga(r["flops"]), _ms(r["latency_median_ms"]), _ms(r["latency_p90_ms"]),
+                      _ms(r["recheck_median_ms"]), describe_short(r["config"]))
+    console.print(table)
+
+
+__all__ = ["RANKING_COLUMNS", "describe", "describe_short", "importances", "markdown", "pareto_mask", "plot_history",
+           "plot_importances", "plot_score_vs_latency", "print_summary", "ranking", "write_report"]
