@@ -22,3 +22,12 @@ bench: install
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .benchmarks
+
+# The throughput regression gate (bench/regress.py): exit 0 ok, 1 regressed, 2 bad input (e.g. no
+# baseline for this machine). REGRESS_ARGS passes options, e.g. REGRESS_ARGS="--against origin/main".
+.PHONY: regress regress-update
+regress: install
+	$(PY) -m bench regress $(REGRESS_ARGS)
+
+regress-update: install
+	$(PY) -m bench regress --update $(REGRESS_ARGS)

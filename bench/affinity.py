@@ -77,11 +77,11 @@ def draw_affinity(block: container.ContainerBlock, x: torch.Tensor, out: str | P
                 a = a[0] if groups == 1 else (a[m] if groups == block.heads else a[channels].mean(0))
             else:
                 a = a[0, channels].mean(0)
-            ax.imshow(a.float().numpy(), cmap="viridis")
+            ax.imshow(a.detach().float().numpy(), cmap="viridis")
             ax.set_title(f"head {m}: {title}", fontsize=8)
             ax.axis("off")
         row = mats["combined"][0, channels].mean(0)[q_index].reshape(h, w)
-        axes[m][-1].imshow(row.float().numpy(), cmap="magma")
+        axes[m][-1].imshow(row.detach().float().numpy(), cmap="magma")
         axes[m][-1].scatter([query[1]], [query[0]], marker="x", c="cyan")
         axes[m][-1].set_title(f"head {m}: query token {query} row", fontsize=8)
         axes[m][-1].axis("off")

@@ -1,6 +1,10 @@
 """`python -m search --budget-ms 25`: the best Container-style network under a latency budget on this device.
 
 A thin layer: parse the flags, build SearchSettings, call search.run_search, print a summary.
+Three more commands publish how far the search can be trusted (each has its own --help):
+`python -m search predictor-report` (the latency predictor's accuracy on held-out networks),
+`python -m search predictor-bench --budget-ms MS` (trials per minute with and without it) and
+`python -m search validate-proxy` (rank correlation of every score with trained accuracy).
 Exit status: 0 a ranked report; 2 bad input (one line on stderr), including a worker refused by
 a study measured elsewhere; 3 no network fits the budget; 130 interrupted (report written so far).
 """
@@ -56,6 +60,8 @@ def parser() -> argparse.ArgumentParser:
     from search.study import DEFAULT_OBJECTIVE, DEFAULT_RESULTS_DIR
 
     p = _Parser(prog="python -m search", description=__doc__.split("\n")[0],
+                epilog="more commands: predictor-report, predictor-bench, validate-proxy "
+                       "(python -m search COMMAND --help)",
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--budget-ms", metavar="MS",
                    help="latency budget: median milliseconds per call at the deployment setting")
@@ -95,6 +101,12 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--lock-file", default=None,
                    help="machine-wide lock so that two workers never measure at once "
                         "(default: $CONTAINER_BENCH_SEARCH_LOCK or /tmp/container-bench-search-measure.lock)")
+    g.add_argument("--predictor", action="store_true",
+                   help="reject candidates the latency predictor (results/predictor/<fingerprint>.json; built and "
+                        "calibrated on first use) puts clearly over budget, without measuring them; the rest, and "
+                        "every ranked one, are measured for real")
+    g.add_argument("--predictor-margin", type=float, default=0.10, metavar="FRACTION",
+                   help="with --predictor: reject only what is predicted above budget x (1 + FRACTION)")
     g = p.add_argument_group("storage")
     g.add_argument("--study", default=None, metavar="NAME",
                    help="study name (default: derived from the setting, so the same command resumes)")
@@ -106,7 +118,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+COMMANDS = {
+    "predictor-report": ("search.predictor_report", "main_report"),
+    "predictor-bench": ("search.predictor_report", "main_bench"),
+    "validate-proxy": ("search.validate", "main"),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        import importlib
+
+        module, function = COMMANDS[argv[0]]
+        return getattr(importlib.import_module(module), function)(argv[1:])
     args = parser().parse_args(argv)
 
     import bench
@@ -146,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             storage=args.storage, results_dir=args.results_dir, stop=stop, proxy_inits=args.proxy_inits,
             proxy_batch=args.proxy_batch, recheck=args.recheck, recheck_margin=args.recheck_margin,
             score_infeasible=args.score_infeasible,
-            progress=not args.no_progress, lock_file=args.lock_file)
+            progress=not args.no_progress, lock_file=args.lock_file, predictor=args.predictor,
+            predictor_margin=args.predictor_margin)
     except (SearchInputError, bench.BenchInputError) as e:
         return fail(str(e))
 

@@ -303,6 +303,13 @@ def markdown(result: "SearchResult", settings: "SearchSettings", study: optuna.S
         f"{n(trials['state'] == 'FAIL') if len(trials) else 0} failed); {len(dropped)} dropped on re-measurement",
         f"- latency: measured with bench.profile, stop rule {settings.stop}; cache hits this run: {result.cache_hits}, "
         f"new measurements: {result.cache_misses}",
+    ]
+    if getattr(settings, "predictor", False):
+        rejected = int((trials["latency_source"] == "predicted").sum()) if "latency_source" in trials else 0
+        lines.append(f"- latency predictor: {rejected} candidates predicted above {settings.budget_ms * (1 + settings.predictor_margin):.4g} ms "
+                     f"(budget + {settings.predictor_margin:.0%}) were rejected without measuring (`latency_source` = "
+                     f"`predicted` in trials.csv); every other candidate, and every ranked one, was measured for real")
+    lines += [
         f"- re-check: every ranked architecture"
         + ("" if settings.recheck is None else f" among the top {settings.recheck}")
         + f" is measured again and stays only if that median is <= {settings.recheck_limit_ms:.4g} ms "

@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import math
 import os
+import random
 import re
 import shutil
 import signal
@@ -26,7 +27,7 @@ from typing import Any, Callable, Iterator
 import optuna
 import pandas as pd
 import psutil
-from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
@@ -95,6 +96,9 @@ class SearchSettings:
     check_smallest: bool = True
     progress: bool = True
     lock_file: str | None = None
+    predictor: bool = False  # reject candidates the latency predictor puts clearly over budget, unmeasured
+    predictor_margin: float = 0.10  # ... i.e. predicted above budget * (1 + margin)
+    predictor_dir: Path | None = None  # None: search.predictor.PREDICTOR_DIR (results/predictor)
 
     def __post_init__(self) -> None:
         self.budget_ms = parse_budget(self.budget_ms)
@@ -115,6 +119,8 @@ class SearchSettings:
             raise SearchInputError(f"--recheck {self.recheck}: must be >= 0")
         if not (isinstance(self.recheck_margin, (int, float)) and 0 <= self.recheck_margin < 1):
             raise SearchInputError(f"--recheck-margin {self.recheck_margin}: must be a fraction in [0, 1)")
+        if not (isinstance(self.predictor_margin, (int, float)) and 0 <= self.predictor_margin < 10):
+            raise SearchInputError(f"--predictor-margin {self.predictor_margin}: must be a fraction >= 0 (e.g. 0.1)")
         if self.study_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.study_name):
             raise SearchInputError(f"--study {self.study_name!r}: use letters, digits, '.', '_' and '-' only")
         self.space.validate(self.deployment.image_size)
@@ -158,6 +164,7 @@ class SearchResult:
     smallest_latency_ms: float | None = None
     cache_hits: int = 0
     cache_misses: int = 0
+    predictor_rejected: int = 0  # candidates rejected by the latency predictor in this run, unmeasured
 
     @property
     def feasible(self) -> bool:
@@ -178,13 +185,26 @@ def make_storage(url: str | None, study_dir: Path) -> optuna.storages.BaseStorag
         path = url.removeprefix("journal:").removeprefix("//")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(path))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, heartbeat_interval=30, grace_period=120,
-                              failed_trial_callback=RetryFailedTrialCallback(max_retry=2))
-    except Exception as e:  # a bad URL, a missing driver, an unreachable server
-        raise SearchInputError(f"--storage {url!r}: {str(e).splitlines()[0]}") from None
+    for attempt in range(6):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                warnings.simplefilter("ignore", FutureWarning)
+                return RDBStorage(url, heartbeat_interval=30, grace_period=120,
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+        except Exception as e:  # a bad URL, a missing driver, an unreachable server
+            text = str(e)
+            if attempt < 5 and any(m in text for m in _CREATION_RACE):
+                # Workers started together on an empty database race to create Optuna's tables (PostgreSQL:
+                # a duplicate pg_type row); the loser finds them created on the next try.
+                time.sleep(0.2 + random.random() * 0.5 * (attempt + 1))
+                continue
+            raise SearchInputError(f"--storage {url!r}: {text.splitlines()[0] if text else type(e).__name__}") from None
+    raise AssertionError("unreachable")
+
+
+_CREATION_RACE = ("duplicate key value", "already exists", "UniqueViolation", "Duplicate entry", "IntegrityError",
+                  "database is locked")
 
 
 def _worker() -> dict[str, Any]:
@@ -214,6 +234,14 @@ class SearchStudy:
         self.identity = s.identity()
         context = {"fingerprint": self.identity["fingerprint"], "deployment": self.identity["deployment"]}
         self.cache = CachedLatency(source, s.study_dir / "latency_cache.json", context, lock=self.lock)
+        self.gate = None
+        if s.predictor:
+            # The predictor screens a candidate before the cache and the real measurement; what it lets
+            # through, and every re-check, is measured for real. Same lock object: it is re-entrant.
+            from search.predictor import PREDICTOR_DIR, LatencyPredictor, PredictorGate
+
+            predictor = LatencyPredictor(s.deployment, lock=self.lock, directory=s.predictor_dir or PREDICTOR_DIR)
+            self.gate = PredictorGate(predictor, self.cache, s.budget_ms, s.predictor_margin)
         self.scorer = scorer if scorer is not None else ProxyScorer(
             s.objective, inits=s.proxy_inits, batch_size=s.proxy_batch, device=s.deployment.device,
             seed=s.seed or 0, threads=s.deployment.threads)
@@ -240,6 +268,11 @@ class SearchStudy:
         self.study = optuna.create_study(study_name=s.name, storage=self.storage, sampler=sampler,
                                          directions=directions, load_if_exists=True)
         self._join()
+        ordinal = self._worker_ordinal()
+        if ordinal and seed is not None:
+            # Workers started together by the same command would otherwise all propose the same
+            # start-up trials: each later worker of the study gets its own (still reproducible) seed.
+            self.study.sampler = optuna.samplers.TPESampler(seed=seed + 100_003 * ordinal)
         self._recover_lost_trials()
         return self.study
 
@@ -256,6 +289,14 @@ class SearchStudy:
             study.set_user_attr("created_utc", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
             attrs = study.user_attrs  # re-read: another worker may have recorded its identity first
         check_identity(study.study_name, attrs, mine)
+
+    def _worker_ordinal(self) -> int:
+        """How many workers joined this study before this one (0 for the first), from one user attr
+        per worker; two workers joining at once both see both attrs and order them the same way."""
+        me = f"worker:{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
+        self.study.set_user_attr(me, time.time_ns())
+        joined = sorted((v, k) for k, v in self.study.user_attrs.items() if k.startswith("worker:"))
+        return [k for _, k in joined].index(me)
 
     def _recover_lost_trials(self) -> None:
         """Fail this host's trials whose worker died (SIGKILL, power loss) and queue their params again,
@@ -305,6 +346,23 @@ class SearchStudy:
                 f"{s.deployment.image_size}px on {s.deployment.device}; raise the budget or shrink the space")
         return latency
 
+    def prepare_predictor(self) -> None:
+        """Calibrate the predictor for this setting if it is not yet (cached per machine under results/)."""
+        if self.gate is not None:
+            self.gate.predictor.ensure_calibrated(self.settings.space)
+
+    def screen(self, trial: optuna.Trial, config: NetworkConfig) -> Latency | None:
+        """With --predictor: the predicted latency when the candidate is clearly over budget (it is then not
+        measured), else None. A config already measured (in the cache) is never screened."""
+        if self.gate is None or self.cache.lookup(config) is not None:
+            return None
+        predicted = self.gate.predictor.predict(config)
+        trial.set_user_attr("latency_predicted_ms", predicted)
+        if predicted > self.gate.threshold_ms:
+            self.gate.rejected += 1
+            return Latency(median_ms=predicted, p90_ms=predicted, iqr_ms=0.0, runs=0, noisy=False, source="predicted")
+        return None
+
     def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
         s = self.settings
         trial.set_user_attr("worker", _worker())
@@ -312,7 +370,10 @@ class SearchStudy:
             config = s.space.suggest(trial, s.deployment.image_size)
             trial.set_user_attr("config", config.to_dict())
             trial.set_user_attr("config_key", config_key(config, self.cache.context))
-            latency, cached = self.cache.measure_cached(config)
+            latency = self.screen(trial, config)
+            cached = False
+            if latency is None:
+                latency, cached = self.cache.measure_cached(config)
             trial.set_constraint(CONSTRAINT, latency.median_ms - s.budget_ms)
             for k, v in (("latency_median_ms", latency.median_ms), ("latency_p90_ms", latency.p90_ms),
                          ("latency_iqr_ms", latency.iqr_ms), ("latency_noisy", latency.noisy),
@@ -462,6 +523,7 @@ def trials_frame(study: optuna.Study, recheck_limit_ms: float, rechecks: dict[st
             "params": a.get("params"), "flops": a.get("flops"),
             "latency_median_ms": a.get("latency_median_ms"), "latency_p90_ms": a.get("latency_p90_ms"),
             "latency_iqr_ms": a.get("latency_iqr_ms"), "latency_cached": a.get("latency_cached"),
+            "latency_source": a.get("latency_source"), "latency_predicted_ms": a.get("latency_predicted_ms"),
             "feasible": is_feasible,
             "rechecked": rc is not None,
             "recheck_median_ms": rc.get("median_ms") if rc else None,
@@ -476,7 +538,7 @@ def trials_frame(study: optuna.Study, recheck_limit_ms: float, rechecks: dict[st
             **{f"param_{k}": v for k, v in t.params.items()},
         })
     columns = ["trial", "state", "score", "score_spread", "params", "flops", "latency_median_ms", "latency_p90_ms",
-               "latency_iqr_ms", "latency_cached", "feasible", "rechecked", "recheck_median_ms", "recheck_p90_ms",
+               "latency_iqr_ms", "latency_cached", "latency_source", "latency_predicted_ms", "feasible", "rechecked", "recheck_median_ms", "recheck_p90_ms",
                "dropped", "error", "interrupted", "retry_of", "duration_s", "config_key", "config"]
     frame = pd.DataFrame(rows)
     if frame.empty:
@@ -538,6 +600,7 @@ def run_search(settings: SearchSettings, *, latency_source: LatencySource | None
                 except NoFeasibleNetworkError:
                     runner.discard_if_new()
                     raise
+            runner.prepare_predictor()
             with SearchProgress(runner, enabled=settings.progress, console=console) as progress:
                 try:
                     runner.optimize(callbacks=[progress.callback])
@@ -558,7 +621,8 @@ def run_search(settings: SearchSettings, *, latency_source: LatencySource | None
                           trials=frame, ranking=report_mod.ranking(frame), best_config=None, interrupted=interrupted,
                           elapsed_s=time.perf_counter() - start,
                           smallest_latency_ms=runner.smallest_latency.median_ms if runner.smallest_latency else None,
-                          cache_hits=runner.cache.hits, cache_misses=runner.cache.misses)
+                          cache_hits=runner.cache.hits, cache_misses=runner.cache.misses,
+                          predictor_rejected=runner.gate.rejected if runner.gate is not None else 0)
     if not result.ranking.empty:
         result.best_config = json.loads(result.ranking.iloc[0]["config"])
     if report:

@@ -1,0 +1,214 @@
+"""Measure the regression gate itself: false alarms on unchanged code, detection of a real slowdown.
+
+    python -m bench.gate_eval                       # 10 + 10 runs of 3 rows against a fresh baseline
+    python -m bench.gate_eval --mode against --against HEAD --runs 5
+
+Baseline mode (the default, what `make regress` does): one baseline is measured first, as
+`make regress-update` would (to a temporary file, not the committed one), then `--runs` gate runs of
+the unchanged code and `--runs` runs with a slowdown injected alternate, each a full gate run (its
+own worker process, set-up and rounds). The slowdown (see bench/regress_worker.py): extra in-place
+elementwise passes over an input-sized buffer after every call of each row. Their number is found
+once, at the start, so that each row is `--slowdown` (15%) slower, measured interleaved; every
+slowed run then does exactly that extra work (CONTAINER_BENCH_REGRESS_SLOWDOWN_PASSES), as a
+build with a real slowdown would. Against mode does the same with `--against REV` as the
+reference, measured interleaved in the same job.
+
+Writes results/gate_eval.md and results/gate_eval.json (bench.io, atomically).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import regress
+from bench.env import REPO_ROOT, environment, fingerprint, git_commit
+from bench.io import write_json, write_text
+from bench.regress_worker import PASSES_ENV, SLOWDOWN_ENV
+from bench.targets import BenchInputError
+
+DEFAULT_ROWS = "conv,mix,container_light"
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def calibrate_injection(rows, slowdown: float) -> tuple[dict[str, int], dict[str, float]]:
+    """Extra passes per row that make it `slowdown` slower, and the slowdown measured for them."""
+    os.environ[SLOWDOWN_ENV] = str(slowdown)
+    worker = regress.WorkerProcess(REPO_ROOT, "current", regress.DEFAULT_THREADS, inject=True)
+    try:
+        reply = worker.request({"cmd": "setup", "rows": [r.spec() for r in rows], "threads": regress.DEFAULT_THREADS})
+    finally:
+        worker.close()
+        os.environ.pop(SLOWDOWN_ENV, None)
+    return reply["passes"], reply["injected"]
+
+
+def one_run(args, rows, baseline: Path | None, passes: dict[str, int] | None, console) -> dict:
+    os.environ.pop(SLOWDOWN_ENV, None)
+    if passes:
+        os.environ[PASSES_ENV] = json.dumps(passes)
+    else:
+        os.environ.pop(PASSES_ENV, None)
+    start = time.perf_counter()
+    try:
+        report = regress.run_gate(against=args.against if args.mode == "against" else None, baseline=baseline,
+                                  rows=rows, rounds=args.rounds, min_effect=args.min_effect, alpha=args.alpha,
+                                  history=None, console=None)
+    finally:
+        os.environ.pop(PASSES_ENV, None)
+    slowdown = args.slowdown if passes else 0.0
+    result = {"slowdown": slowdown, "seconds": time.perf_counter() - start, "load": _load(),
+              "regressed": [r.row for r in report.regressed], "passes": report.current.passes,
+              "rows": {r.row: {"change": r.verdict.change, "p_slower": r.verdict.p_slower,
+                               "regressed": r.regressed} for r in report.rows if r.verdict}}
+    flagged = ", ".join(result["regressed"]) or "none"
+    console.print(f"  {'slowed ' if slowdown else 'unchanged'} {result['seconds']:5.0f} s  "
+                  + "  ".join(f"{k.split('@')[0].split(' ')[0]} {v['change']:+.1%} (p {v['p_slower']:.1g})"
+                              for k, v in result["rows"].items()) + f"  -> regressed: {flagged}", highlight=False)
+    return result
+
+
+def summarise(runs: list[dict], rows: list[str], injected: dict[str, float]) -> dict:
+    null = [r for r in runs if not r["slowdown"]]
+    slow = [r for r in runs if r["slowdown"]]
+    per_row = {}
+    for row in rows:
+        n_changes = [r["rows"][row]["change"] for r in null if row in r["rows"]]
+        s_changes = [r["rows"][row]["change"] for r in slow if row in r["rows"]]
+        per_row[row] = {
+            "false_alarms": sum(row in r["regressed"] for r in null), "null_runs": len(null),
+            "detections": sum(row in r["regressed"] for r in slow), "slowed_runs": len(slow),
+            "null_change_median": float(np.median(n_changes)) if n_changes else None,
+            "null_change_max": float(np.max(n_changes)) if n_changes else None,
+            "slowed_change_median": float(np.median(s_changes)) if s_changes else None,
+            "slowed_change_min": float(np.min(s_changes)) if s_changes else None,
+            "injected": injected.get(row),
+        }
+    return {"null_runs": len(null), "false_alarm_runs": sum(bool(r["regressed"]) for r in null),
+            "slowed_runs": len(slow), "detected_runs_any": sum(bool(r["regressed"]) for r in slow),
+            "detected_runs_all": sum(len(r["regressed"]) == len(rows) for r in slow),
+            "row_false_alarms": sum(len(r["regressed"]) for r in null), "row_null_trials": len(null) * len(rows),
+            "row_detections": sum(len(r["regressed"]) for r in slow), "row_slowed_trials": len(slow) * len(rows),
+            "per_row": per_row}
+
+
+def markdown(doc: dict) -> str:
+    s, a = doc["summary"], doc["settings"]
+    env = doc["machine"]
+    mode = ("against a baseline measured first (`make regress-update`, "
+            f"{a['baseline_rounds']} rounds)" if a["mode"] == "baseline"
+            else f"against revision {a['against']} in a temporary worktree, interleaved")
+    lines = [
+        "# The regression gate, measured",
+        "",
+        f"{doc['date']}, commit {doc['commit']}, machine {env['cpu_model']} ({env['cpu_cores_logical']} logical "
+        f"cores, shared with other jobs: load average {doc['load_start']} at the start, {doc['load_end']} at the "
+        f"end), torch {env['torch_version']}, fingerprint {doc['fingerprint']}.",
+        "",
+        f"Mode: {mode}. Rows: {', '.join(a['rows'])}. Each gate run: its own worker process, {a['rounds']} rounds, "
+        f"decision = slowdown >= {a['min_effect']:.0%} and one-sided Mann-Whitney p < {a['alpha']:g}. "
+        f"Unchanged and slowed runs alternate. The slowdown: extra in-place elementwise passes over an "
+        f"input-sized buffer after each call of a row, as many as made it {a['slowdown']:.0%} slower when "
+        f"measured (interleaved) once at the start ('injected' below: {a['passes']}); the same passes in "
+        f"every slowed run. "
+        f"Total {doc['seconds'] / 60:.1f} minutes.",
+        "",
+        "| | runs | runs flagged | rows flagged |",
+        "| --- | ---: | ---: | ---: |",
+        f"| unchanged code (false alarms) | {s['null_runs']} | {s['false_alarm_runs']} | "
+        f"{s['row_false_alarms']} of {s['row_null_trials']} |",
+        f"| ~{a['slowdown']:.0%} slower (detections) | {s['slowed_runs']} | {s['detected_runs_any']} "
+        f"(every row: {s['detected_runs_all']}) | {s['row_detections']} of {s['row_slowed_trials']} |",
+        "",
+        "| row | false alarms | measured change, unchanged: median (max) | detections | injected "
+        "| measured change, slowed: median (min) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row, r in s["per_row"].items():
+        lines.append(f"| {row} | {r['false_alarms']}/{r['null_runs']} | {r['null_change_median']:+.1%} "
+                     f"({r['null_change_max']:+.1%}) | {r['detections']}/{r['slowed_runs']} | "
+                     f"{r['injected']:+.1%} | {r['slowed_change_median']:+.1%} ({r['slowed_change_min']:+.1%}) |")
+    lines += ["", "Every run:", "", "| # | code | seconds | " + " | ".join(a["rows"]) + " | flagged |",
+              "| ---: | --- | ---: | " + " | ".join("---:" for _ in a["rows"]) + " | --- |"]
+    for i, run in enumerate(doc["runs"], 1):
+        cells = []
+        for row in a["rows"]:
+            v = run["rows"].get(row)
+            cells.append(f"{v['change']:+.1%} (p {v['p_slower']:.1g})" if v else "-")
+        lines.append(f"| {i} | {'slowed' if run['slowdown'] else 'unchanged'} | {run['seconds']:.0f} | "
+                     + " | ".join(cells) + f" | {', '.join(run['regressed']) or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rich.console import Console
+
+    p = argparse.ArgumentParser(prog="python -m bench.gate_eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("--mode", choices=("baseline", "against"), default="baseline")
+    p.add_argument("--against", default="HEAD", help="revision for --mode against (default HEAD)")
+    p.add_argument("--rows", default=DEFAULT_ROWS, help=f"rows of the suite (default {DEFAULT_ROWS})")
+    p.add_argument("--runs", type=int, default=10, help="runs of each kind (default 10)")
+    p.add_argument("--slowdown", type=float, default=0.15, help="injected slowdown (default 0.15)")
+    p.add_argument("--rounds", type=int, default=regress.DEFAULT_ROUNDS)
+    p.add_argument("--baseline-rounds", type=int, default=regress.DEFAULT_UPDATE_ROUNDS)
+    p.add_argument("--min-effect", type=float, default=regress.DEFAULT_MIN_EFFECT)
+    p.add_argument("--alpha", type=float, default=regress.DEFAULT_ALPHA)
+    p.add_argument("--out", default=str(REPO_ROOT / "results" / "gate_eval"), help="output stem (.md and .json)")
+    args = p.parse_args(argv)
+    console = Console(stderr=True)
+    try:
+        rows = regress.select_rows([s.strip() for s in args.rows.split(",") if s.strip()])
+        if args.runs < 1 or not 0 < args.slowdown < 1:
+            raise BenchInputError("--runs must be >= 1 and --slowdown a fraction such as 0.15")
+        os.environ.pop(SLOWDOWN_ENV, None)
+        os.environ.pop(PASSES_ENV, None)
+        start, load_start = time.perf_counter(), _load()
+        baseline = None
+        with tempfile.TemporaryDirectory(prefix="gate-eval-") as tmp:
+            if args.mode == "baseline":
+                baseline = Path(tmp) / "baseline.json"
+                console.print(f"baseline: {len(rows)} rows, {args.baseline_rounds} rounds", highlight=False)
+                regress.update_baseline(path=baseline, rows=rows, rounds=args.baseline_rounds, history=None)
+            passes, injected = calibrate_injection(rows, args.slowdown)
+            console.print(f"injection: {passes} extra passes, measured slowdown "
+                          + ", ".join(f"{k} {v:+.1%}" for k, v in injected.items()), highlight=False)
+            runs = []
+            for i in range(args.runs):
+                console.print(f"pair {i + 1}/{args.runs}", highlight=False)
+                for slowed in ((False, True) if i % 2 == 0 else (True, False)):
+                    runs.append(one_run(args, rows, baseline, passes if slowed else None, console))
+        names = [r.name for r in rows]
+        doc = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(),
+               "machine": environment("cpu", regress.DEFAULT_THREADS),
+               "fingerprint": fingerprint("cpu", regress.DEFAULT_THREADS),
+               "load_start": load_start, "load_end": _load(), "seconds": time.perf_counter() - start,
+               "settings": {"mode": args.mode, "against": args.against, "rows": names, "runs": args.runs,
+                            "slowdown": args.slowdown, "rounds": args.rounds, "baseline_rounds": args.baseline_rounds,
+                            "min_effect": args.min_effect, "alpha": args.alpha, "pairs": regress.DEFAULT_PAIRS,
+                            "passes": passes, "injected": injected},
+               "summary": summarise(runs, names, injected), "runs": runs}
+        stem = Path(args.out)
+        write_json(stem.with_suffix(".json"), doc)
+        write_text(stem.with_suffix(".md"), markdown(doc))
+        console.print(markdown(doc), highlight=False)
+        return 0
+    except BenchInputError as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,361 @@
+"""container.optimize: the fast paths compute the reference's function, gradients and state_dict."""
+import pytest
+import torch
+
+import container
+import container.fast as fast_module
+from container import BLOCK_KINDS, ContainerBlock, MixBlock, optimize
+from tests.conftest import perturb_
+
+STAGES = [(64, 56), (128, 28), (320, 14), (512, 7)]  # the four Container stages: dim @ tokens per side
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Correctness only: small ops on one thread don't wait at OpenMP barriers for a busy second core.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Largest absolute error relative to the largest reference magnitude."""
+    return ((actual.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
+
+
+def norm_rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
+
+
+def perturb_net_(net: torch.nn.Module, seed: int = 0, gain: float = 0.5) -> torch.nn.Module:
+    """perturb_, then every weight rescaled to `gain` / sqrt(fan_in): perturb_'s weights would make
+    a deep network chaotic (fp32 rounding amplified block after block), whatever computes it."""
+    perturb_(net, seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear, container.TokenMixing)):
+                fan_in = m.weight.shape[-1] if isinstance(m, container.TokenMixing) else m.weight[0].numel()
+                m.weight.mul_(gain / (m.weight.std() * fan_in ** 0.5))
+    return net
+
+
+def assert_grads_match(module, reference, tol=1e-4):
+    """Every parameter's gradient, to `tol` of the largest gradient of that parameter or 1e-2 of the
+    largest overall (some are zero up to rounding, e.g. a bias that a training-mode BN cancels)."""
+    ref = dict(reference.named_parameters())
+    scale = max(p.grad.abs().max().item() for p in ref.values())
+    for name, p in module.named_parameters():
+        expected = ref[name].grad
+        bound = tol * max(expected.abs().max().item(), 1e-2 * scale)
+        assert (p.grad - expected).abs().max().item() <= bound, name
+
+
+def make_block(kind, mixing="tied", dim=32, heads=2, side=6, kernel_size=5, mlp_ratio=2.0, drop_path=0.0):
+    block = ContainerBlock(dim, heads, kind, kernel_size, mlp_ratio, tokens=(side, side), mixing=mixing,
+                           drop_path=drop_path)
+    return perturb_(block).eval()
+
+
+# --- eval: the folded inference path ----------------------------------------------------------
+
+@pytest.mark.parametrize("mixing", ["tied", "free"])
+@pytest.mark.parametrize("kind", list(BLOCK_KINDS))
+def test_inference_path_matches_reference(kind, mixing):
+    block = make_block(kind, mixing)
+    fast = optimize(block)
+    x = torch.randn(3, 32, 6, 6)
+    with torch.inference_mode():
+        expected, actual = block(x), fast(x)
+    assert rel_err(actual, expected) < 1e-4
+    assert actual.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("kind", ["mix", "attn_mlp", "mhmlp"])  # dw conv, attention, both dense forms
+def test_folding_is_exact_in_float64(kind):
+    # In float64 the folded path must agree to rounding: the algebra (BN folds, the pos_embed centre
+    # tap, the biases carried in the residual stream, beta in the static kernel) is exact.
+    block = make_block(kind, "free").double()
+    x = torch.randn(2, 32, 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(optimize(block)(x), block(x), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("dim,side", STAGES, ids=[f"{d}@{s}" for d, s in STAGES])
+@pytest.mark.parametrize("kind", list(BLOCK_KINDS))
+def test_stage_shapes_fp32(kind, dim, side):
+    # Dense token mixing at 56x56 owns 3136 x 3136 matrices; 28x28 keeps those cases quick.
+    if BLOCK_KINDS[kind].needs_fixed_tokens and side == 56:
+        side = 28
+    torch.manual_seed(dim)
+    block = perturb_(ContainerBlock(dim, dim // 32, kind, 5, 4.0, tokens=(side, side)), seed=dim).eval()
+    x = torch.randn(1, dim, side, side)
+    with torch.inference_mode():
+        assert rel_err(optimize(block)(x), block(x)) < 1e-4
+
+
+# bf16: autocast_policy="follow" computes the GEMMs and attention in bf16 whatever the CPU; the
+# error is relative to the fp32 reference, in the Frobenius norm.
+
+@pytest.mark.parametrize("dim,side", STAGES, ids=[f"{d}@{s}" for d, s in STAGES])
+def test_stage_shapes_bf16_autocast(dim, side):
+    block = perturb_(MixBlock(dim, dim // 32), seed=dim).eval()
+    x = torch.randn(1, dim, side, side)
+    fast = optimize(block, autocast_policy="follow")
+    with torch.inference_mode():
+        expected = block(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            actual = fast(x)
+    assert actual.dtype == torch.float32  # the residual stream stays fp32, as in the reference
+    assert norm_rel_err(actual, expected) < 2e-2
+    assert 1e-4 < norm_rel_err(actual, expected)  # and bf16 was really used
+
+
+@pytest.mark.parametrize("kind", list(BLOCK_KINDS))
+def test_every_kind_under_bf16_autocast(kind):
+    block = make_block(kind, "free")
+    x = torch.randn(2, 32, 6, 6)
+    with torch.inference_mode():
+        expected = block(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            actual = optimize(block, autocast_policy="follow")(x)
+            auto = optimize(block)(x)
+            fp32 = optimize(block, autocast_policy="fp32")(x)
+    assert norm_rel_err(actual, expected) < 2e-2
+    assert rel_err(fp32, expected) < 1e-4
+    # "auto" computes in bf16 only where the CPU has fast bf16 GEMMs
+    assert rel_err(auto, actual if fast_module._native_low_precision(x.device, torch.bfloat16) else fp32) < 1e-6
+
+
+def test_mlp_row_chunks_cover_every_token(monkeypatch):
+    block = make_block("mix", mlp_ratio=4.0)
+    x = torch.randn(3, 32, 6, 6)  # 108 tokens
+    monkeypatch.setattr(fast_module, "MLP_CHUNK_BYTES", 64 * 4 * 128)  # 64-row chunks: 2 of them
+    fast = optimize(block)
+    with torch.inference_mode():
+        chunked = fast_module.block_infer(x, fast.folded(), mlp_chunk_bytes=64 * 4 * 128)
+        whole = fast_module.block_infer(x, fast.folded(), mlp_chunk_bytes=0)
+        torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+        assert rel_err(chunked, block(x)) < 1e-4
+
+
+def test_folded_constants_follow_parameter_updates():
+    block = make_block("mix")
+    fast = optimize(block)
+    x = torch.randn(2, 32, 6, 6)
+    with torch.no_grad():
+        fast(x)
+        for p in fast.parameters():  # e.g. an optimizer step
+            p.mul_(1.1)
+        fast.norm2.running_var.mul_(2.0)
+        block.load_state_dict(fast.state_dict())
+        assert rel_err(fast(x), block(x)) < 1e-4
+
+
+def test_channels_last_false_returns_contiguous_nchw():
+    block = make_block("mix")
+    x = torch.randn(2, 32, 6, 6)
+    with torch.no_grad():
+        y = optimize(block, channels_last=False)(x)
+    assert y.is_contiguous()
+    assert rel_err(y, block(x)) < 1e-4
+
+
+def test_inference_path_adds_no_layout_copies():
+    # conv and attn read conv1's output in place (views); only the input's layout change may copy.
+    for kind in ("conv", "attn"):
+        fast = optimize(make_block(kind))
+        x = torch.randn(2, 32, 6, 6).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            fast(x)  # folds the constants
+            with torch.profiler.profile() as prof:
+                fast(x)
+        names = {e.name for e in prof.events()}
+        assert not names & {"aten::clone", "aten::contiguous", "aten::permute_copy"}, (kind, names)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "mhmlp", "attn_mlp"])
+def test_dense_kinds_refuse_another_token_grid(kind):
+    fast = optimize(make_block(kind))
+    with torch.no_grad(), pytest.raises(ValueError, match="built for 6x6"):
+        fast(torch.randn(1, 32, 7, 7))
+
+
+def test_optimize_refuses_other_modules():
+    with pytest.raises(TypeError, match="ContainerBlock or a ContainerNet"):
+        optimize(torch.nn.Linear(3, 3))
+
+
+# --- training: the lean path ------------------------------------------------------------------
+
+def _train_step(module, x, seed):
+    x = x.clone().requires_grad_(True)
+    torch.manual_seed(seed)  # the same DropPath draws on both sides
+    y = module(x)
+    y.backward(torch.linspace(-1, 1, y.numel()).view_as(y))
+    return y, x.grad
+
+
+@pytest.mark.parametrize("mixing", ["tied", "free"])
+@pytest.mark.parametrize("kind", list(BLOCK_KINDS))
+def test_training_path_gradients_equal_the_reference(kind, mixing):
+    block = make_block(kind, mixing, drop_path=0.3).train()
+    fast = optimize(block, training=True)
+    assert fast.training
+    x = torch.randn(4, 32, 6, 6)
+    y_ref, gx_ref = _train_step(block, x, seed=7)
+    y, gx = _train_step(fast, x, seed=7)
+    assert rel_err(y, y_ref) < 1e-5
+    assert rel_err(gx, gx_ref) < 1e-4
+    assert_grads_match(fast, block)
+    ref_buffers = dict(block.named_buffers())
+    for name, buf in fast.named_buffers():
+        if name in ref_buffers:  # BatchNorm running statistics and counters advance alike
+            torch.testing.assert_close(buf, ref_buffers[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["mix", "attn_mhmlp", "conv"])
+def test_training_path_is_exact_in_float64(kind):
+    block = make_block(kind, "free").double().train()
+    fast = optimize(block, training=True)
+    x = torch.randn(2, 32, 6, 6, dtype=torch.float64)
+    y_ref, gx_ref = _train_step(block, x, seed=3)
+    y, gx = _train_step(fast, x, seed=3)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(gx, gx_ref, rtol=0, atol=1e-10)
+    for (name, p), p_ref in zip(fast.named_parameters(), block.parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad, rtol=0, atol=1e-9, msg=name)
+
+
+def test_training_path_under_bf16_autocast_keeps_an_fp32_residual():
+    block = make_block("mix").train()
+    fast = optimize(block, training=True)
+    x = torch.randn(2, 32, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_ref, gx_ref = _train_step(block, x, seed=0)
+        y, gx = _train_step(fast, x, seed=0)
+    assert y.dtype == y_ref.dtype == torch.float32
+    assert norm_rel_err(y, y_ref) < 2e-2 and norm_rel_err(gx, gx_ref) < 2e-2
+
+
+def test_eval_with_autograd_uses_the_lean_path_with_exact_gradients():
+    block = make_block("mix")
+    fast = optimize(block)
+    x = torch.randn(2, 32, 6, 6)
+    y_ref, gx_ref = _train_step(block, x, seed=0)
+    y, gx = _train_step(fast, x, seed=0)
+    assert rel_err(y, y_ref) < 1e-5 and rel_err(gx, gx_ref) < 1e-4
+    assert_grads_match(fast, block)
+
+
+# --- state_dict -----------------------------------------------------------------------------
+
+def test_state_dict_is_the_reference_one_both_ways():
+    block = make_block("attn_mlp", "free")
+    fast = optimize(block)
+    assert list(fast.state_dict()) == list(block.state_dict())
+    other = make_block("attn_mlp", "free")
+    perturb_(other, seed=5)
+    fast.load_state_dict(other.state_dict(), strict=True)
+    fresh = ContainerBlock(32, 2, "attn_mlp", 5, 2.0, tokens=(6, 6), mixing="free").eval()
+    fresh.load_state_dict(fast.state_dict(), strict=True)
+    x = torch.randn(2, 32, 6, 6)
+    with torch.no_grad():
+        assert rel_err(fast(x), other(x)) < 1e-4
+        assert rel_err(fresh(x), other(x)) < 1e-4
+
+
+def test_optimize_copies_unless_told_to_share():
+    block = make_block("mix")
+    copied, shared = optimize(block), optimize(block, share_parameters=True)
+    assert copied.conv1.weight is not block.conv1.weight
+    assert shared.conv1.weight is block.conv1.weight
+
+
+def test_seed_mixblock_state_dict_loads_into_the_fast_block():
+    ref = perturb_(MixBlock(64, 2)).eval()
+    fast = optimize(MixBlock(64, 2))
+    fast.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, 64, 7, 7)
+    with torch.no_grad():
+        assert rel_err(fast(x), ref(x)) < 1e-4
+
+
+# --- whole networks -----------------------------------------------------------------------------
+
+def tiny_config(kind, mixing):
+    stages = [dict(depth=1, dim=16, heads=2, kind="conv", kernel_size=3, mlp_ratio=2.0, patch_size=4),
+              dict(depth=2, dim=32, heads=4, kind=kind, kernel_size=5, mlp_ratio=2.0, patch_size=2)]
+    return {"stages": stages, "image_size": 32, "num_classes": 5, "mixing": mixing, "drop_path_rate": 0.2}
+
+
+@pytest.mark.parametrize("mixing", ["tied", "free"])
+@pytest.mark.parametrize("kind", list(BLOCK_KINDS))
+def test_built_networks_match_in_eval_and_train(kind, mixing):
+    net = perturb_net_(container.build(tiny_config(kind, mixing))).eval()
+    fast = optimize(net)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert rel_err(fast(x), net(x)) < 1e-4
+    net.train()
+    fast.train()
+    y_ref, gx_ref = _train_step(net, x, seed=1)
+    y, gx = _train_step(fast, x, seed=1)
+    assert rel_err(y, y_ref) < 1e-5 and rel_err(gx, gx_ref) < 1e-4
+    assert_grads_match(fast, net)
+
+
+@pytest.mark.parametrize("name,side", [("container_light", 224), ("container", 128)])
+def test_named_networks_match_fp32_and_bf16(name, side):
+    net = perturb_net_(container.create_model(name, num_classes=10, image_size=side), seed=2).eval()
+    fast = optimize(net)
+    x = torch.randn(1, 3, side, side)
+    with torch.inference_mode():
+        expected = net(x)
+        assert rel_err(fast(x), expected) < 1e-4
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = fast(x)
+    assert norm_rel_err(low.float(), expected) < 2e-2
+    assert list(fast.state_dict()) == list(net.state_dict())
+
+
+def test_network_state_dict_loads_strictly_and_refolds():
+    net = container.container_light(num_classes=10).eval()
+    fast = optimize(net)
+    other = perturb_net_(container.container_light(num_classes=10), seed=9).eval()
+    fast.load_state_dict(other.state_dict(), strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert rel_err(fast(x), other(x)) < 1e-4
+        assert rel_err(fast.forward_features(x), other.forward_features(x)) < 1e-4
+    net.load_state_dict(fast.state_dict(), strict=True)
+
+
+def test_network_checks_its_input():
+    fast = optimize(container.container_light(num_classes=10))
+    with torch.no_grad(), pytest.raises(ValueError, match="total patch stride 32"):
+        fast(torch.randn(1, 3, 100, 96))
+
+
+# --- torch.compile ------------------------------------------------------------------------------
+
+def test_compile_option_traces_every_path():
+    # backend="eager" checks that dynamo traces the fast paths; inductor itself is the slow test.
+    block = make_block("mix")
+    fast = optimize(block, compile=True, compile_options={"backend": "eager", "fullgraph": True})
+    x = torch.randn(2, 32, 6, 6)
+    with torch.no_grad():
+        assert rel_err(fast(x), block(x)) < 1e-4
+    y_ref, gx_ref = _train_step(block.train(), x, seed=0)
+    y, gx = _train_step(fast.train(), x, seed=0)
+    assert rel_err(y, y_ref) < 1e-5 and rel_err(gx, gx_ref) < 1e-4
+
+
+@pytest.mark.slow
+def test_compile_with_inductor_matches_reference():
+    torch._dynamo.reset()
+    net = perturb_net_(container.build(tiny_config("mix", "tied"))).eval()
+    fast = optimize(net, compile=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert rel_err(fast(x), net(x)) < 1e-4

@@ -1,0 +1,167 @@
+"""The latency predictor: its parts, table, calibration, cache file and the search's gate.
+
+Measurements here are of tiny parts at 32x32 with a short stop rule; nothing asserts how fast
+this machine is. The accuracy itself is published by `python -m search predictor-report`.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import bench
+from search import Deployment, Latency, SearchSpace
+from search.predictor import (LatencyPredictor, NotCalibratedError, Part, PredictedLatency, PredictorGate,
+                              fit_calibration, network_parts)
+from search.predictor_report import accuracy
+from search.sampling import config_id, sample_configs
+from tests.search_helpers import FAST_STOP, IMAGE, FakeLatency, tiny_space
+
+
+def predictor(tmp_path, **kw) -> LatencyPredictor:
+    from search import MachineLock
+
+    return LatencyPredictor(Deployment(image_size=IMAGE, threads=1), stop=FAST_STOP, network_stop=FAST_STOP,
+                            lock=MachineLock(tmp_path / "lock"), directory=tmp_path / "predictor", **kw)
+
+
+def test_sampling_is_seeded_distinct_and_excludes():
+    space = tiny_space()
+    a = sample_configs(space, 10, 1, IMAGE)
+    assert [config_id(c) for c in a] == [config_id(c) for c in sample_configs(space, 10, 1, IMAGE)]
+    assert len({config_id(c) for c in a}) == 10
+    b = sample_configs(space, 10, 2, IMAGE, exclude=[config_id(c) for c in a])
+    assert not {config_id(c) for c in a} & {config_id(c) for c in b}
+    with pytest.raises(ValueError, match="distinct"):
+        sample_configs(SearchSpace.from_dict({"stages": [{"depth": 1, "dim": [8], "head_dim": [8], "kernel_size": [3],
+                                                          "patch_size": 2}]}), 2, 0, 8)
+
+
+def test_parts_cover_the_network_and_drop_fields_that_cannot_matter():
+    config = sample_configs(SearchSpace.default(), 1, 0, 224)[0]
+    parts = network_parts(config)
+    assert [p.part for p, _ in parts] == ["embed", "block"] * 4 + ["head"]
+    assert sum(n for p, n in parts if p.part == "block") == sum(s.depth for s in config.stages)
+    assert [p.side for p, _ in parts if p.part == "block"] == config.feature_sizes()
+    conv = Part.block("conv", 64, 2, 7, 4.0, 28, "tied")
+    assert (conv.heads, conv.kernel_size, conv.mixing) == (0, 7, "")  # a depthwise conv has no heads
+    attn = Part.block("attn", 64, 2, 7, 4.0, 28, "tied")
+    assert (attn.heads, attn.kernel_size, attn.mixing) == (2, 0, "")  # attention has no kernel
+    assert Part.block("attn", 64, 2, 3, 4.0, 28, "tied") == attn
+    mix = Part.block("mix", 64, 2, 5, 4.0, 28, "free")
+    assert (mix.heads, mix.kernel_size, mix.mixing) == (2, 5, "free")
+
+
+def test_every_part_builds_and_is_measured_through_bench(tmp_path):
+    p = predictor(tmp_path)
+    config = tiny_space().largest(IMAGE)
+    missing = p.missing([config])
+    assert {m.part for m in missing} == {"embed", "block", "head"}
+    p.measure_parts(missing)
+    assert p.missing([config]) == []
+    assert p.measured_parts == len(missing)
+    sums = p.sums(config)
+    assert sums["blocks_ms"] > 0 and sums["other_ms"] > 0
+    # The table is a JSON file named by the hardware fingerprint, shared by the next predictor.
+    path = tmp_path / "predictor" / f"{Deployment(image_size=IMAGE, threads=1).fingerprint()}.json"
+    assert p.path == path and path.exists()
+    data = json.loads(path.read_text())
+    assert data["fingerprint"] == p.fingerprint and len(data["entries"]) == len(missing)
+    again = predictor(tmp_path)
+    assert again.missing([config]) == [] and again.sums(config) == sums and again.measured_parts == 0
+
+
+def test_a_table_from_another_machine_is_not_read(tmp_path):
+    p = predictor(tmp_path)
+    p.path.parent.mkdir(parents=True)
+    p.path.write_text(json.dumps({"fingerprint": "elsewhere", "entries": {"x": {}}, "calibrations": {"y": {}}}))
+    assert predictor(tmp_path).entries == {}
+
+
+def test_calibration_recovers_a_linear_relation():
+    rng = np.random.default_rng(0)
+    x = np.column_stack([rng.uniform(5, 200, 20), rng.uniform(1, 10, 20), np.ones(20)])
+    y = x @ np.array([1.2, 0.8, 2.0])
+    np.testing.assert_allclose(fit_calibration(x, y), [1.2, 0.8, 2.0], rtol=1e-6)
+
+
+def test_calibrate_predict_and_cache(tmp_path):
+    p = predictor(tmp_path)
+    configs = sample_configs(tiny_space(), 6, 0, IMAGE)
+    with pytest.raises(NotCalibratedError):
+        p.predict(configs[0])
+    # Measured latencies supplied: exactly 1.5 x the table sum plus 0.1 ms.
+    measured = [1.5 * p.raw_sum(c) + 0.1 for c in configs]
+    cal = p.calibrate(configs, measured)
+    assert cal.n == 6 and cal.fit_mape < 1.0
+    for c, m in zip(configs, measured):
+        assert p.predict(c) == pytest.approx(m, rel=0.01)
+    assert PredictedLatency(p).measure(configs[0]).source == "predicted"
+    reloaded = predictor(tmp_path)
+    assert reloaded.calibration.coef == cal.coef
+    assert reloaded.predict(configs[1]) == pytest.approx(p.predict(configs[1]))
+    # The calibration is per deployment setting: another batch size has none.
+    other = LatencyPredictor(Deployment(image_size=IMAGE, threads=1, batch_size=2), directory=tmp_path / "predictor")
+    assert other.calibration is None
+
+
+def test_ensure_calibrated_measures_whole_networks_through_bench(tmp_path):
+    p = predictor(tmp_path)
+    cal = p.ensure_calibrated(tiny_space(), n=5, seed=3)
+    assert cal.n == 5 and all(m > 0 for m in cal.fit_measured_ms)
+    assert p.ensure_calibrated(tiny_space(), n=5, seed=3).fitted_at == cal.fitted_at  # cached
+
+
+class _FixedPredictor:
+    def __init__(self, fn):
+        self.fn = fn
+
+    def predict(self, config):
+        return self.fn(config)
+
+
+def test_gate_rejects_clear_misses_and_measures_the_rest_for_real():
+    from tests.search_helpers import cost
+
+    real = FakeLatency()
+    configs = sample_configs(tiny_space(), 12, 0, IMAGE)
+    gate = PredictorGate(_FixedPredictor(cost), real, budget_ms=3.0, margin=0.1)
+    out = {config_id(c): gate.measure(c) for c in configs}
+    for c in configs:
+        lat = out[config_id(c)]
+        if cost(c) > 3.3:
+            assert lat.source == "predicted" and lat.median_ms == cost(c)
+        else:
+            assert lat.source == "fake"
+    assert gate.rejected == sum(cost(c) > 3.3 for c in configs) > 0
+    assert gate.measured == real.total == len(configs) - gate.rejected
+    # Something measured for real once is measured for real again, whatever the predictor says.
+    fits = next(c for c in configs if cost(c) <= 3.0)
+    gate.predictor = _FixedPredictor(lambda c: 1e9)
+    assert gate.measure(fits).source == "fake"
+
+
+def test_gate_in_a_search_records_rejections_as_infeasible(tmp_path):
+    from search import run_search
+    from tests.search_helpers import FakeScorer, cost, settings
+
+    real = FakeLatency()
+    gate = PredictorGate(_FixedPredictor(cost), real, budget_ms=3.0, margin=0.1)
+    result = run_search(settings(tmp_path, n_trials=14), latency_source=gate, scorer=FakeScorer())
+    t = result.trials
+    assert gate.rejected > 0
+    rejected = t[t["latency_median_ms"] > 3.3]
+    assert not rejected["feasible"].any()
+    assert set(result.ranking["trial"]) <= set(t.loc[t["latency_median_ms"] <= 3.0, "trial"])
+    assert not result.ranking.empty
+
+
+def test_accuracy_figures():
+    measured = np.array([10.0, 20.0, 30.0, 40.0])
+    predicted = np.array([10.5, 21.5, 30.0, 48.0])  # +5%, +7.5%, 0%, +20%
+    a = accuracy(predicted, measured)
+    assert a["within_10pct"] == 0.75 and a["within_5pct"] == 0.5
+    assert a["mape_pct"] == pytest.approx((5 + 7.5 + 0 + 20) / 4)
+    assert a["spearman_rho"] == pytest.approx(1.0)

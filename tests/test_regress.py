@@ -1,0 +1,214 @@
+"""The regression gate's logic on synthetic samples: no timing, no worker processes, a few seconds."""
+import argparse
+import json
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from bench import BenchInputError, history, regress
+from bench.regress import FigureChange, Side, compare, compare_deterministic, decide
+
+
+def lognormal(n, scale=1.0, spread=0.04, seed=0):
+    return list(scale * np.exp(np.random.default_rng(seed).normal(0.0, spread, n)))
+
+
+# --- the time decision ---------------------------------------------------------------------------
+
+
+def test_a_clear_slowdown_fails():
+    verdict = decide(lognormal(16, seed=1), lognormal(8, scale=1.25, seed=2))
+    assert verdict.regressed
+    assert verdict.change == pytest.approx(0.25, abs=0.05)
+    assert verdict.p_slower < 0.01
+
+
+def test_identical_distributions_pass():
+    for seed in range(50):
+        verdict = decide(lognormal(16, seed=seed), lognormal(8, seed=1000 + seed))
+        assert not verdict.regressed
+        assert abs(verdict.change) < 0.10
+
+
+def test_identical_samples_pass():
+    sample = lognormal(8, seed=3)
+    verdict = decide(sample, sample)
+    assert verdict.change == pytest.approx(0.0, abs=1e-12)
+    assert not verdict.regressed and not verdict.faster
+
+
+def test_a_small_but_significant_change_under_the_effect_size_passes():
+    verdict = decide(lognormal(16, spread=0.002, seed=4), lognormal(8, scale=1.04, spread=0.002, seed=5))
+    assert verdict.p_slower < 1e-4  # significant beyond doubt ...
+    assert verdict.change == pytest.approx(0.04, abs=0.005)
+    assert not verdict.regressed  # ... but under the 10% effect size
+
+
+def test_a_large_but_insignificant_change_passes():
+    # three rounds a side and a spread of 40%: a 20% median shift is not evidence
+    verdict = decide([1.0, 0.6, 1.5], [1.2, 0.7, 1.8])
+    assert verdict.change >= 0.10
+    assert verdict.p_slower >= 0.01
+    assert not verdict.regressed
+
+
+def test_the_effect_size_and_level_are_parameters():
+    ref, new = lognormal(16, spread=0.002, seed=6), lognormal(8, scale=1.04, spread=0.002, seed=7)
+    assert decide(ref, new, min_effect=0.03).regressed
+    assert not decide(ref, lognormal(8, scale=1.25, seed=8), alpha=1e-9).regressed
+
+
+def test_a_clear_speedup_is_reported_not_failed():
+    verdict = decide(lognormal(16, seed=9), lognormal(8, scale=0.75, seed=10))
+    assert verdict.faster and not verdict.regressed
+
+
+@pytest.mark.parametrize("sample", [[1.0, 2.0], [1.0, 2.0, float("nan")], [1.0, 0.0, 2.0], [1.0, -1.0, 2.0]])
+def test_decide_rejects_unusable_samples(sample):
+    with pytest.raises(BenchInputError):
+        decide(sample, [1.0, 1.0, 1.0])
+
+
+# --- deterministic figures -------------------------------------------------------------------------
+
+FIGURES = {"params": 1000, "macs_fvcore": 50_000, "cpu_alloc_peak_bytes": 4096}
+
+
+def test_unchanged_figures_report_nothing():
+    assert compare_deterministic({"a": dict(FIGURES)}, {"a": dict(FIGURES)}) == []
+
+
+def test_any_change_is_reported_and_only_an_increase_fails():
+    up = compare_deterministic({"a": FIGURES}, {"a": FIGURES | {"cpu_alloc_peak_bytes": 4097}})
+    assert up == [FigureChange("a", "cpu_alloc_peak_bytes", 4096, 4097)] and up[0].increase
+    down = compare_deterministic({"a": FIGURES}, {"a": FIGURES | {"params": 999, "macs_fvcore": 40_000}})
+    assert {c.figure for c in down} == {"params", "macs_fvcore"}
+    assert not any(c.increase for c in down)
+    assert "-20.0%" in next(c.text() for c in down if c.figure == "macs_fvcore")
+
+
+def _side(label, figures, sample):
+    side = Side(label, "abc")
+    side.deterministic = {"a": figures}
+    side.rounds = {"a": [{"normalised": v, "row_ms": 10 * v, "calibration_ms": 10.0} for v in sample]}
+    return side
+
+
+def test_a_figure_increase_fails_the_row_even_when_time_is_unchanged():
+    sample = lognormal(8, seed=11)
+    rows = [regress.Row("a", "block", 4, kind="conv", dim=320, side=14)]
+    ok = compare(_side("ref", FIGURES, sample), _side("cur", FIGURES, sample), rows, 0.10, 0.01)
+    assert not ok[0].regressed
+    more = compare(_side("ref", FIGURES, sample), _side("cur", FIGURES | {"params": 1001}, sample), rows, 0.10, 0.01)
+    assert more[0].regressed and more[0].verdict is not None and not more[0].verdict.regressed
+    fewer = compare(_side("ref", FIGURES, sample), _side("cur", FIGURES | {"params": 999}, sample), rows, 0.10, 0.01)
+    assert not fewer[0].regressed and fewer[0].changes
+
+
+def test_the_table_says_what_regressed_and_by_how_much():
+    rows = [regress.Row("a", "block", 4, kind="conv", dim=320, side=14)]
+    ref, cur = _side("ref", FIGURES, lognormal(16, seed=12)), _side("cur", FIGURES, lognormal(8, 1.3, seed=13))
+    report = regress.Report("baseline", ref, cur, compare(ref, cur, rows, 0.10, 0.01), 0.10, 0.01, "baseline x")
+    console = Console(record=True, width=200)
+    regress.render(report, console)
+    text = console.export_text()
+    assert "REGRESSED" in text and "slower" in text and "1 of 1 rows regressed" in text
+    assert report.to_json()["regressed"] == ["a"]
+
+
+# --- baselines ------------------------------------------------------------------------------------
+
+
+def test_a_missing_baseline_is_a_clear_error(tmp_path):
+    with pytest.raises(BenchInputError, match="missing.*make regress-update"):
+        regress.load_baseline(tmp_path / "nope.json")
+
+
+@pytest.mark.parametrize("text", ["{not json", "[]", json.dumps({"schema": "other", "rows": {}}),
+                                  json.dumps({"schema": regress.SCHEMA, "method": regress.METHOD,
+                                              "rows": {"a": {"params": 1}}}),
+                                  json.dumps({"schema": regress.SCHEMA, "method": "older", "rows": {}})])
+def test_an_unreadable_baseline_is_a_clear_error(tmp_path, text):
+    path = tmp_path / "b.json"
+    path.write_text(text)
+    with pytest.raises(BenchInputError, match="baseline"):
+        regress.load_baseline(path)
+
+
+def test_a_baseline_round_trips(tmp_path):
+    rows = [regress.Row("a", "block", 4, kind="conv", dim=320, side=14)]
+    side = _side("current", FIGURES, lognormal(8, seed=14))
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(regress.baseline_document(side, rows, threads=1, rounds=8), default=str))
+    back = regress.baseline_side(regress.load_baseline(path))
+    assert back.deterministic == side.deterministic
+    assert back.normalised("a") == pytest.approx(side.normalised("a"))
+
+
+def _main(*argv):
+    parser = argparse.ArgumentParser()
+    regress.configure_parser(parser)
+    return regress.main(parser.parse_args(list(argv)))
+
+
+def test_the_cli_exits_2_on_a_missing_baseline_without_measuring(tmp_path, capsys):
+    assert _main("--baseline", str(tmp_path / "nope.json"), "--no-history") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: baseline") and "missing" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("argv", [["--rounds", "2"], ["--rows", "nonsense"], ["--alpha", "2"],
+                                  ["--min-effect", "0"], ["--update", "--against", "HEAD"],
+                                  ["--against", "no-such-revision-xyz"], ["--against", "HEAD", "--rounds", "4"]])
+def test_the_cli_exits_2_on_bad_input(argv, capsys):
+    assert _main(*argv, "--no-history") == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_rows_are_picked_by_kind_or_name():
+    assert [r.name for r in regress.select_rows(["conv", "container_light"])] == [
+        "conv@320x14 b4", "container_light b1"]
+    assert len(regress.select_rows(None)) == len(regress.suite()) == 8
+
+
+# --- history ----------------------------------------------------------------------------------------
+
+
+def test_history_appends_and_plots(tmp_path):
+    path = tmp_path / "history.jsonl"
+    for commit, scale in (("c1", 1.0), ("c2", 1.0), ("c3", 1.2)):
+        side = _side("current", FIGURES, lognormal(8, scale=scale, seed=15))
+        side.commit = commit
+        regress.append_history(path, [side], "baseline", threads=1, regressed=["a"] if commit == "c3" else [])
+    records = history.read_history(path)
+    assert [r["git_commit"] for r in records] == ["c1", "c2", "c3"] and records[2]["regressed"]
+    out = history.plot(history.select(records, None), tmp_path / "h.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_history_errors_are_clear(tmp_path):
+    with pytest.raises(BenchInputError, match="missing"):
+        history.read_history(tmp_path / "none.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{}\n")
+    with pytest.raises(BenchInputError, match="bad.jsonl:1"):
+        history.read_history(bad)
+
+
+# --- the worker's interleaving, against the real bench.measure_latency ------------------------------
+
+
+def test_the_worker_alternates_row_and_calibration_calls():
+    from bench.env import REPO_ROOT
+    from bench.regress_worker import Worker
+
+    calls = []
+    worker = Worker(REPO_ROOT)
+    worker.steps = {"row": lambda: calls.append("r")}
+    worker.calibration = lambda: calls.append("c")
+    reply = worker.measure({"row": "row", "pairs": 3})
+    assert len(reply["row_times_ms"]) == 4 and len(reply["calibration_times_ms"]) == 3
+    assert len(reply["normalised"]) == 4
+    # a cold call and two warm-ups, then blocks of two warm-ups and one timed call, switching each block
+    assert "".join(calls) == "ccc" + "rrrccc" * 3 + "rrr"
