@@ -125,7 +125,7 @@ def test_resume_after_kill_loses_no_trial(tmp_path, space_file):
             assert now.state.name == "FAIL" and now.user_attrs.get("lost")
             if old.params:
                 retries = [t for t in after if t.user_attrs.get("retry_of") == old.number]
-                assert len(retries) == 1 and retries[0].params == old.params
+                assert len(retries) == 1 and old.params.items() <= retries[0].params.items()  # killed mid-suggest: a prefix
         else:
             assert now.state == old.state and now.values == old.values
     assert (tmp_path / "results" / "k" / "ranking.csv").exists()
