@@ -122,8 +122,9 @@ def markdown(doc: dict) -> str:
         f"decision = slowdown >= {a['min_effect']:.0%} and one-sided Mann-Whitney p < {a['alpha']:g}. "
         f"Unchanged and slowed runs alternate. The slowdown: extra in-place elementwise passes over an "
         f"input-sized buffer after each call of a row, as many as made it {a['slowdown']:.0%} slower when "
-        f"measured (interleaved) once at the start ('injected' below: {a['passes']}); the same passes in "
-        f"every slowed run. "
+        f"measured once at the start, the way the gate measures ({a['passes']}; 'injected' below is that "
+        f"estimate); the same passes in every slowed run. The gate's own median over the slowed runs "
+        f"('measured change, slowed') is the better figure for the slowdown actually injected. "
         f"Total {doc['seconds'] / 60:.1f} minutes.",
         "",
         "| | runs | runs flagged | rows flagged |",

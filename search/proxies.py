@@ -71,7 +71,7 @@ def synflow(model: nn.Module, config: NetworkConfig, batch: int, seed: int, devi
     for p in model.parameters():
         if p.grad is not None:
             total += (p * p.grad).abs().sum()
-    value = float(total)
+    value = float(total.detach())
     return math.log(value) if value > 0 else -math.inf
 
 

@@ -58,9 +58,9 @@ SAMPLE_SEED = 3000
 
 @dataclass(frozen=True)
 class ValidationSettings:
-    archs: int = 32
+    archs: int = 30
     seeds: tuple[int, ...] = (0, 1)
-    epochs: int = 6
+    epochs: int = 3
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 0.05

@@ -165,3 +165,47 @@ def test_accuracy_figures():
     assert a["within_10pct"] == 0.75 and a["within_5pct"] == 0.5
     assert a["mape_pct"] == pytest.approx((5 + 7.5 + 0 + 20) / 4)
     assert a["spearman_rho"] == pytest.approx(1.0)
+
+
+def test_search_with_predictor_flag_screens_before_measuring(tmp_path):
+    """`--predictor` end to end through run_search, with a synthetic table (no timing): the predictor
+    equals the fake latency, so exactly the candidates over budget x 1.1 are rejected unmeasured."""
+    from dataclasses import asdict
+
+    from search import run_search
+    from tests.search_helpers import FakeScorer, cost, settings
+
+    s = settings(tmp_path, n_trials=16, predictor=True, predictor_margin=0.1, predictor_dir=tmp_path / "predictor")
+    p = LatencyPredictor(s.deployment, directory=tmp_path / "predictor", lock=_NullLock())
+    configs = sample_configs(s.space, 40, 0, IMAGE, max_tries=10_000)
+    for part in p.missing(configs + [s.space.smallest(IMAGE), s.space.largest(IMAGE)]):
+        ms = part.dim * (part.side ** 0) / 24.0 if part.part == "block" else 0.0  # block cost = dim / 24 per block
+        p.entries[part.key(s.deployment)] = {"part": asdict(part), "median_ms": ms}
+    p.calibrate(configs[:8], [cost(c) for c in configs[:8]])
+    assert p.predict(configs[9]) == pytest.approx(cost(configs[9]), rel=1e-6)
+
+    real = FakeLatency()
+    result = run_search(s, latency_source=real, scorer=FakeScorer())
+    t = result.trials
+    rejected = t[t["latency_source"] == "predicted"]
+    assert len(rejected) > 0 and result.predictor_rejected == len(rejected)
+    assert (rejected["latency_median_ms"] > 3.3 - 1e-9).all() and not rejected["feasible"].any()
+    measured = t[t["latency_source"] == "fake"]
+    assert (measured["latency_predicted_ms"].dropna() <= 3.3 + 1e-9).all()
+    # Nothing rejected was measured: the fake source never saw a rejected config.
+    from container import NetworkConfig
+
+    seen = set(real.calls)
+    assert not {NetworkConfig.from_json(c).to_json() for c in rejected["config"]} & seen
+    assert {NetworkConfig.from_json(c).to_json() for c in measured["config"]} <= seen
+    assert not result.ranking.empty and set(result.ranking["trial"]) <= set(measured["trial"])
+    report = (result.study_dir / "report.md").read_text()
+    assert "latency predictor" in report
+
+
+class _NullLock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
