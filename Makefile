@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test bench clean
+.PHONY: install test bench bench-fast clean
 
 install: $(STAMP)
 
@@ -19,6 +19,13 @@ test: install
 
 bench: install
 	$(PY) -m bench
+
+# container.optimize against the seed-faithful reference, same weights and inputs, one run: the seed's
+# MixBlock at the four stage shapes (--batch-sizes 32 is the 320@14x14 stage's own batch: no sweep)
+# and Container-Light, in fp32 and bf16 autocast. report.md ends with the speedup table.
+bench-fast: install
+	$(PY) -m bench --kinds mix --networks container_light --impl reference,fast --dtype fp32,bf16 \
+		--batch-sizes 32 --no-rss
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .benchmarks

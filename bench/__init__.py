@@ -2,7 +2,7 @@
 
 `bench.profile` is the one entry point that the CLI, the search and the regression gate call.
 """
-from bench.env import environment, fingerprint
+from bench.env import environment, fingerprint, machine_summary
 from bench.flops import FlopCount, count_flops, count_training_flops
 from bench.isolated import RssWorker
 from bench.memory import cpu_allocator_peak, cuda_allocator_peak
@@ -16,5 +16,5 @@ __all__ = [
     "BenchInputError", "BlockTarget", "FlopCount", "LatencyStats", "ModuleTarget", "NetworkTarget", "Options",
     "Roofline", "RssWorker", "STAGE_SHAPES", "StopRule", "as_target", "build_workload", "calibrate",
     "count_flops", "count_training_flops", "cpu_allocator_peak", "cuda_allocator_peak", "environment",
-    "fingerprint", "measure_latency", "profile",
+    "fingerprint", "machine_summary", "measure_latency", "profile",
 ]

@@ -57,6 +57,8 @@ def _static_environment() -> dict[str, object]:
     cuda = torch.cuda.is_available()
     return {
         "cpu_model": _cpu_model(),
+        # The vector ISA torch dispatches to (AVX2, AVX512, ...): "AMD EPYC" names CPUs of either kind.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_cores_physical": psutil.cpu_count(logical=False) or 0,
         "cpu_cores_logical": psutil.cpu_count(logical=True) or 0,
         "memory_total_bytes": psutil.virtual_memory().total,
@@ -67,6 +69,13 @@ def _static_environment() -> dict[str, object]:
         "python_version": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+def machine_summary(env: dict) -> str:
+    """'AMD EPYC (AVX512), 2 logical cores[, GPU ... (driver ...)]' from an environment() dict."""
+    isa = f" ({env['cpu_capability']})" if env.get("cpu_capability") else ""
+    gpu = f", GPU {env['gpu_name']} (driver {env.get('gpu_driver') or '?'})" if env.get("gpu_name") else ""
+    return f"{env.get('cpu_model', '?')}{isa}, {env.get('cpu_cores_logical', '?')} logical cores{gpu}"
 
 
 def environment(device: str = "cpu", threads: int | None = None) -> dict[str, object]:
@@ -82,7 +91,7 @@ def environment(device: str = "cpu", threads: int | None = None) -> dict[str, ob
 def fingerprint(device: str = "cpu", threads: int | None = None) -> str:
     """A short, stable id of the hardware and software that latencies depend on."""
     env = _static_environment()
-    keys = ["cpu_model", "cpu_cores_logical", "torch_version"]
+    keys = ["cpu_model", "cpu_capability", "cpu_cores_logical", "torch_version"]
     if str(device).startswith("cuda"):
         keys += ["gpu_name", "cuda_version"]
     parts = {k: env[k] for k in keys} | {"device": str(device).split(":")[0], "threads": threads}

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import regress
-from bench.env import REPO_ROOT, environment, fingerprint, git_commit
+from bench.env import REPO_ROOT, environment, fingerprint, git_commit, machine_summary
 from bench.io import write_json, write_text
 from bench.regress_worker import PASSES_ENV, SLOWDOWN_ENV
 from bench.targets import BenchInputError
@@ -114,9 +114,8 @@ def markdown(doc: dict) -> str:
     lines = [
         "# The regression gate, measured",
         "",
-        f"{doc['date']}, commit {doc['commit']}, machine {env['cpu_model']} ({env['cpu_cores_logical']} logical "
-        f"cores, shared with other jobs: load average {doc['load_start']} at the start, {doc['load_end']} at the "
-        f"end), torch {env['torch_version']}, fingerprint {doc['fingerprint']}.",
+        f"{doc['date']}, commit {doc['commit']}, machine {machine_summary(env)} (load average "
+        f"{doc['load_start']} at the start, {doc['load_end']} at the end), torch {env['torch_version']}, fingerprint {doc['fingerprint']}.",
         "",
         f"Mode: {mode}. Rows: {', '.join(a['rows'])}. Each gate run: its own worker process, {a['rounds']} rounds, "
         f"decision = slowdown >= {a['min_effect']:.0%} and one-sided Mann-Whitney p < {a['alpha']:g}. "

@@ -7,10 +7,13 @@
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
+import sys
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -34,12 +37,33 @@ def _allocation_events(prof) -> list[tuple[int, int, str]]:
     return sorted(found)
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2: the profiler's C++ side prints two lines of its own at every start
+    and stop, which would bury a progress bar under hundreds of them."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def cpu_allocator_peak(fn: Callable[[], object]) -> AllocatorPeak:
     """Allocator-exact CPU peak of one call of fn()."""
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with _quiet_stderr():  # only around start and stop: what fn() prints still shows
+            prof.__enter__()
+        try:
             fn()
+        finally:
+            with _quiet_stderr():
+                prof.__exit__(None, None, None)
     sizes = [size for _, size, device in _allocation_events(prof) if device.startswith("cpu")]
     peak = max(itertools.accumulate(sizes, initial=0))
     return AllocatorPeak(peak_bytes=int(peak), allocated_bytes=int(sum(s for s in sizes if s > 0)))

@@ -637,6 +637,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--against", metavar="REV", default=None,
                         help="compare with git revision REV, checked out in a temporary worktree and measured "
                              "interleaved with this tree (no stored baseline needed)")
+    parser.add_argument("--fallback-against", metavar="REV", default=None,
+                        help="compare with the committed baseline where this machine has one, else with REV as "
+                             "--against does (what .ci/run uses: CI machines come and go)")
     parser.add_argument("--update", action="store_true",
                         help="measure and write the baseline for this machine (results/baselines/<fingerprint>.json)")
     parser.add_argument("--baseline", default=None, help="baseline file (default results/baselines/<fingerprint>.json)")
@@ -666,8 +669,14 @@ def _validate(args: argparse.Namespace) -> None:
         raise BenchInputError(f"--min-effect {args.min_effect}: a fraction such as 0.10")
     if not 0 < args.alpha < 1:
         raise BenchInputError(f"--alpha {args.alpha}: must be between 0 and 1")
-    if args.update and args.against:
+    if args.update and (args.against or args.fallback_against):
         raise BenchInputError("--update and --against: a baseline is written from this tree only; pick one")
+    if args.against and args.fallback_against:
+        raise BenchInputError("--against and --fallback-against: pick one")
+    if args.fallback_against and not args.baseline and not baseline_path(args.threads).exists():
+        print(f"note: no baseline for this machine ({_rel(baseline_path(args.threads))}); comparing with "
+              f"--against {args.fallback_against} instead", file=sys.stderr)
+        args.against = args.fallback_against
 
 
 def main(args: argparse.Namespace) -> int:

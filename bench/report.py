@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from bench.env import machine_summary  # noqa: E402
 from bench.io import save_figure, write_text  # noqa: E402
 from bench.roofline import Roofline  # noqa: E402
 
@@ -40,6 +41,44 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+SAME_WORKLOAD = ["name", "batch_size", "device", "channels_last", "compile", "mode"]
+
+
+def impl_comparison(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each non-reference implementation against the reference on the same workloads, in one run.
+
+    `speedup` compares at the same dtype; `vs ref fp32` against the reference's fp32 latency (the
+    seed's eager speed), which is what a low-precision fast path is for. Each (device, dtype, impl)
+    group ends with the geometric mean over its workloads.
+    """
+    if "impl" not in frame or "reference" not in set(frame["impl"]) or frame["impl"].nunique() < 2:
+        return pd.DataFrame()
+    ok = frame[frame["status"] == "ok"]
+    ref = ok[ok["impl"] == "reference"]
+    timed = ["latency_median_ms", "fraction_of_peak"]
+    merged = (ok[ok["impl"] != "reference"]
+              .merge(ref[SAME_WORKLOAD + ["dtype"] + timed], on=SAME_WORKLOAD + ["dtype"], how="left",
+                     suffixes=("", "_ref"))
+              .merge(ref[ref["dtype"] == "fp32"][SAME_WORKLOAD + ["latency_median_ms"]], on=SAME_WORKLOAD,
+                     how="left", suffixes=("", "_ref_fp32")))
+    table = pd.DataFrame({
+        "name": merged["name"], "batch": merged["batch_size"], "device": merged["device"],
+        "dtype": merged["dtype"], "impl": merged["impl"],
+        "reference (ms)": merged["latency_median_ms_ref"], "impl (ms)": merged["latency_median_ms"],
+        "speedup": merged["latency_median_ms_ref"] / merged["latency_median_ms"],
+        "vs ref fp32": merged["latency_median_ms_ref_fp32"] / merged["latency_median_ms"],
+        "reference % peak": 100 * merged["fraction_of_peak_ref"], "impl % peak": 100 * merged["fraction_of_peak"],
+    })
+    groups = []
+    for (device, dtype, impl), rows in table.groupby(["device", "dtype", "impl"], sort=False):
+        geomean = np.exp(np.log(rows[["speedup", "vs ref fp32"]]).mean())
+        groups += [rows, pd.DataFrame([{"name": "geometric mean", "device": device, "dtype": dtype, "impl": impl}
+                                       | geomean.to_dict()])]
+    out = pd.concat(groups, ignore_index=True).round(3)
+    out["batch"] = out["batch"].astype("Int64")
+    return out
+
+
 def split_constant_columns(summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """Columns with one value across all rows move into a caption, so the table fits a terminal."""
     constant = [c for c in ("device", "dtype", "layout", "impl", "mode", "batch")
@@ -51,10 +90,17 @@ def split_constant_columns(summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 def print_summary(frame: pd.DataFrame, console: Console) -> None:
     summary, caption = split_constant_columns(
         summary_table(frame).drop(columns=["IQR (ms)", "params (M)"]))
-    table = Table(title=f"container-bench: {caption}" if caption else "container-bench", show_lines=False)
-    for name in summary.columns:
-        table.add_column(name, justify="left" if summary[name].dtype == object else "right")
-    for row in summary.itertuples(index=False):
+    print_frame(summary, f"container-bench: {caption}" if caption else "container-bench", console)
+    comparison = impl_comparison(frame)
+    if not comparison.empty:
+        print_frame(comparison, "implementations on the same workloads (median latency)", console)
+
+
+def print_frame(frame: pd.DataFrame, title: str, console: Console) -> None:
+    table = Table(title=title)
+    for name in frame.columns:
+        table.add_column(str(name), justify="left" if frame[name].dtype == object else "right")
+    for row in frame.itertuples(index=False):
         table.add_row(*("" if isinstance(v, float) and math.isnan(v) else str(v) for v in row))
     console.print(table)
 
@@ -112,8 +158,7 @@ def write_report(frame: pd.DataFrame, out_dir: Path, rooflines: list[Roofline]) 
                          plot_roofline(frame, rooflines, out_dir / "roofline.png")) if p]
     env = frame.iloc[0] if len(frame) else {}
     lines = ["# container-bench run", ""]
-    lines += [f"- machine: {env.get('cpu_model', '?')}, {env.get('cpu_cores_logical', '?')} logical cores"
-              + (f", GPU {env.get('gpu_name')} (driver {env.get('gpu_driver')})" if env.get("gpu_name") else ""),
+    lines += [f"- machine: {machine_summary(dict(env))}",
               f"- torch {env.get('torch_version', '?')}, CUDA {env.get('cuda_version') or '-'}, "
               f"threads {env.get('threads', '?')}, commit {env.get('git_commit', '?')}, {env.get('timestamp_utc', '')}"]
     for roof in rooflines:
@@ -122,5 +167,12 @@ def write_report(frame: pd.DataFrame, out_dir: Path, rooflines: list[Roofline]) 
     lines += ["", "FLOPs = 2 x fvcore multiply-adds (GMACs column). Latency: median over timed runs after warm-up; "
               "alloc peak: allocator-exact peak above the level before the call.", ""]
     lines += [summary_table(frame).to_markdown(index=False), ""]
+    comparison = impl_comparison(frame)
+    if not comparison.empty:
+        lines += ["## Implementations on the same workloads", "",
+                  "`speedup`: reference / implementation median latency at the same dtype; `vs ref fp32`: against "
+                  "the reference in fp32 (the seed's eager speed); `% peak`: achieved FLOP/s over the GEMM peak "
+                  "calibrated in this run at that dtype.", "",
+                  comparison.to_markdown(index=False), ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     return write_text(out_dir / "report.md", "\n".join(lines) + "\n")

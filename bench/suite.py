@@ -46,9 +46,9 @@ def block_jobs(kinds: Iterable[str], options: Options, stages: Iterable[int] = r
         for kind in kinds:
             target = BlockTarget(kind, dim, side)
             jobs.append(Job(target, stage_batch, options, "stage"))
-            for batch in (batch_sizes or {}).get(stage, ()):
-                if batch != stage_batch:
-                    jobs.append(Job(target, batch, options, "batch-sweep", rss=False))
+            for sweep_batch in (batch_sizes or {}).get(stage, ()):
+                if sweep_batch != stage_batch:
+                    jobs.append(Job(target, sweep_batch, options, "batch-sweep", rss=False))
     return jobs
 
 

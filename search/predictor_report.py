@@ -177,7 +177,7 @@ def _markdown(s: dict[str, Any], frame: pd.DataFrame) -> str:
     sec = s["seconds"]
     lines = [
         "# Latency predictor: accuracy on held-out networks", "",
-        f"- machine: {env['cpu_model']}, {env['cpu_cores_logical']} logical cores, torch {env['torch_version']}; "
+        f"- machine: {bench.machine_summary(env)}, torch {env['torch_version']}; "
         f"fingerprint `{s['fingerprint']}`; {env['timestamp_utc']}, commit {env['git_commit']}",
         f"- deployment: {d['device']}, batch {d['batch_size']}, {d['image_size']}x{d['image_size']}, {d['dtype']}, "
         f"{d['threads']} threads",
@@ -299,7 +299,7 @@ def _false_rejects(predictor: LatencyPredictor, rejected: list, budget_ms: float
 def _bench_markdown(s: dict[str, Any]) -> str:
     d, env = s["deployment"], s["environment"]
     lines = ["# Trials per minute with and without the latency predictor", "",
-             f"- machine: {env['cpu_model']}, {env['cpu_cores_logical']} logical cores, torch {env['torch_version']}; "
+             f"- machine: {bench.machine_summary(env)}, torch {env['torch_version']}; "
              f"fingerprint `{s['fingerprint']}`; {env['timestamp_utc']}",
              f"- search: `--budget-ms {s['budget_ms']:g}`, objective `{s['objective']}`, seed {s['seed']}, "
              f"{s['seconds_each']:.0f} s each from an empty study, batch {d['batch_size']}, {d['image_size']}px, "

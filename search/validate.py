@@ -169,7 +169,7 @@ def train_and_test(config: NetworkConfig, seed: int, data: tuple[torch.Tensor, .
     with torch.inference_mode():
         correct = sum(int((model(x_test[i:i + 256]).argmax(1) == y_test[i:i + 256]).sum())
                       for i in range(0, len(y_test), 256))
-    return {"accuracy": correct / len(y_test), "final_loss": float(loss), "train_s": train_s}
+    return {"accuracy": correct / len(y_test), "final_loss": float(loss.detach()), "train_s": train_s}
 
 
 def proxy_scores(config: NetworkConfig, settings: ValidationSettings) -> dict[str, float]:
@@ -286,10 +286,17 @@ def validate_proxy(settings: ValidationSettings = ValidationSettings(), space: S
     by_name = corr.set_index("score")
     rho = lambda name: float(by_name.loc[name, "spearman"]) if name in by_name.index else math.nan  # noqa: E731
     best = str(corr.iloc[0]["score"])
-    warning = None
+    warnings = []
     if not rho(default) > rho("params"):
-        warning = (f"WARNING: the default proxy `{default}` (Spearman rho {rho(default):.3f}) does not beat "
-                   f"#params (rho {rho('params'):.3f}) at ranking these architectures by accuracy.")
+        warnings.append(f"WARNING: the default proxy `{default}` (Spearman rho {rho(default):.3f}) does not beat "
+                        f"#params (rho {rho('params'):.3f}) at ranking these architectures by accuracy.")
+    low = float(by_name.loc[default, "spearman_lo"]) if default in by_name.index else math.nan
+    if not low > 0 or not ceiling["spearman_brown"] >= 0.5:
+        # Rankings of accuracies that training noise reorders cannot tell one proxy from another.
+        warnings.append(f"WARNING: weak evidence: the default proxy's 95% interval reaches {low:.2f} and the "
+                        f"accuracies' own seed-to-seed reliability is {ceiling['spearman_brown']:.2f}; on this "
+                        f"data no score is shown to track accuracy.")
+    warning = " ".join(warnings) or None
     env = bench.environment("cpu", threads)
     summary = {
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(settings).items()},
@@ -356,7 +363,7 @@ def markdown(s: dict[str, Any]) -> str:
     st, env, c = s["settings"], s["environment"], s["noise_ceiling"]
     lines = [
         "# Does the search's score track accuracy?", "",
-        f"- machine: {env['cpu_model']}, {env['cpu_cores_logical']} logical cores, {s['threads']} threads, "
+        f"- machine: {bench.machine_summary(env)}, {s['threads']} threads, "
         f"torch {env['torch_version']}; {env['timestamp_utc']}, commit {env['git_commit']}",
         f"- data: scikit-learn's bundled 8x8 digits, upsampled to {st['image_size']}x{st['image_size']}, "
         f"{s['data']['train']} train / {s['data']['test']} test (stratified, fixed)",

@@ -158,3 +158,30 @@ def test_isolated_rss_sees_a_known_allocation():
         rss = worker.measure(bench.ModuleTarget(Allocates64MiB(), (1,)), 1, bench.Options(), 1)
     assert rss["rss_call_delta_bytes"] >= 64 * 2**20
     assert rss["rss_peak_bytes"] >= rss["rss_before_call_bytes"] + 64 * 2**20
+
+
+def test_the_batch_sweep_leaves_every_stage_at_its_own_batch():
+    from bench.suite import default_jobs
+
+    jobs = default_jobs([bench.Options()], kinds=["mix"], networks=[], batch_sizes=[32, 2])
+    assert [(j.target.name, j.batch_size) for j in jobs if j.group == "stage"] == [
+        ("mix@64x56", 8), ("mix@128x28", 16), ("mix@320x14", 32), ("mix@512x7", 64)]
+    assert [(j.target.name, j.batch_size) for j in jobs if j.group == "batch-sweep"] == [("mix@320x14", 2)]
+
+
+def test_impl_comparison_divides_matching_rows_and_takes_the_geometric_mean():
+    from bench.report import impl_comparison
+
+    def row(name, dtype, impl, ms):
+        return {"name": name, "batch_size": 4, "device": "cpu", "channels_last": False, "compile": False,
+                "mode": "inference", "dtype": dtype, "impl": impl, "status": "ok", "latency_median_ms": ms,
+                "fraction_of_peak": 0.5}
+
+    frame = pd.DataFrame([row("a", "fp32", "reference", 8.0), row("b", "fp32", "reference", 3.0),
+                          row("a", "fp32", "fast", 2.0), row("b", "fp32", "fast", 3.0),
+                          row("a", "bf16", "reference", 4.0), row("a", "bf16", "fast", 1.0)])
+    table = impl_comparison(frame).set_index(["dtype", "name"])
+    assert table.loc[("fp32", "a"), "speedup"] == 4.0 and table.loc[("fp32", "b"), "speedup"] == 1.0
+    assert table.loc[("fp32", "geometric mean"), "speedup"] == pytest.approx(2.0)
+    assert table.loc[("bf16", "a"), "speedup"] == 4.0 and table.loc[("bf16", "a"), "vs ref fp32"] == 8.0
+    assert impl_comparison(frame[frame["impl"] == "reference"]).empty

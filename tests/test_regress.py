@@ -166,6 +166,13 @@ def test_the_cli_exits_2_on_bad_input(argv, capsys):
     assert capsys.readouterr().err.startswith("error: ")
 
 
+def test_fallback_against_takes_the_revision_only_where_this_machine_has_no_baseline(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(regress, "BASELINE_DIR", tmp_path)
+    assert _main("--fallback-against", "no-such-revision-xyz", "--no-history") == 2
+    err = capsys.readouterr().err
+    assert "no baseline for this machine" in err and "error: --against 'no-such-revision-xyz'" in err
+
+
 def test_rows_are_picked_by_kind_or_name():
     assert [r.name for r in regress.select_rows(["conv", "container_light"])] == [
         "conv@320x14 b4", "container_light b1"]
