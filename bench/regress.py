@@ -682,10 +682,10 @@ def _validate(args: argparse.Namespace) -> None:
 def main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from bench.report import table_console
+
     console = Console(stderr=True)
-    out = Console()
-    if not out.is_terminal:  # CI logs: do not squeeze the table into 80 columns
-        out = Console(width=160)
+    out = table_console()
     try:
         _validate(args)
         rows = select_rows([s.strip() for s in args.rows.split(",") if s.strip()] if args.rows else None)

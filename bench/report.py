@@ -87,6 +87,13 @@ def split_constant_columns(summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return summary.drop(columns=constant), caption
 
 
+def table_console(**kwargs) -> Console:
+    """A console for wide tables: the terminal's width, or 160 columns where output is piped (CI logs),
+    where rich would otherwise squeeze every table into 80."""
+    console = Console(**kwargs)
+    return console if console.is_terminal else Console(width=160, **kwargs)
+
+
 def print_summary(frame: pd.DataFrame, console: Console) -> None:
     summary, caption = split_constant_columns(
         summary_table(frame).drop(columns=["IQR (ms)", "params (M)"]))
@@ -99,7 +106,7 @@ def print_summary(frame: pd.DataFrame, console: Console) -> None:
 def print_frame(frame: pd.DataFrame, title: str, console: Console) -> None:
     table = Table(title=title)
     for name in frame.columns:
-        table.add_column(str(name), justify="left" if frame[name].dtype == object else "right")
+        table.add_column(str(name), justify="right" if pd.api.types.is_numeric_dtype(frame[name]) else "left")
     for row in frame.itertuples(index=False):
         table.add_row(*("" if isinstance(v, float) and math.isnan(v) else str(v) for v in row))
     console.print(table)

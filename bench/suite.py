@@ -85,9 +85,9 @@ def new_run_dir(root: str | Path = "results/runs") -> Path:
 def run_suite(jobs: list[Job], out_dir: str | Path, *, rss: bool = True, console: Console | None = None,
               progress: bool = True, calibration_stop: StopRule | None = None) -> pd.DataFrame:
     """Measure every job and write results.csv / results.json after each one, then the report."""
-    from bench.report import print_summary, write_report
+    from bench.report import print_summary, table_console, write_report
 
-    console = console or Console()
+    console = console or table_console()
     out_dir = Path(out_dir)
     rooflines: dict[tuple[str, str], Roofline] = {}
     rows: list[dict] = []

@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
 
     import bench
-    from rich.console import Console
+    from bench.report import table_console
 
     from search.latency import Deployment, default_stop
     from search.report import print_summary
@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SearchInputError, bench.BenchInputError) as e:
         return fail(str(e))
 
-    console = Console() if sys.stdout.isatty() else Console(width=160)  # a pipe gets the whole table
+    console = table_console()
     try:
         result = run_search(settings)
     except (SearchInputError, bench.BenchInputError) as e:

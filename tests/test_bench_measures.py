@@ -142,6 +142,34 @@ def test_measure_latency_fixes_and_restores_the_thread_count():
     assert torch.get_num_threads() == before
 
 
+FREED_RSS_PROBE = """
+import sys, psutil, torch
+from bench.timing import keep_freed_memory
+if sys.argv[1] == "kept" and not keep_freed_memory():
+    print("no-mallopt"); raise SystemExit
+rss = psutil.Process().memory_info().rss
+x = torch.ones(4 << 20)  # a 16 MiB activation, touched and freed
+del x
+print(psutil.Process().memory_info().rss - rss)
+"""
+
+
+def test_timing_keeps_freed_memory_where_glibc_would_return_it():
+    import subprocess
+    import sys
+
+    def retained(mode):
+        out = subprocess.run([sys.executable, "-c", FREED_RSS_PROBE, mode], capture_output=True, text=True,
+                             check=True).stdout.split()[-1]
+        return out if out == "no-mallopt" else int(out)
+
+    kept = retained("kept")
+    if kept == "no-mallopt":
+        pytest.skip("this C library has no mallopt (not glibc)")
+    assert retained("default") < 4 << 20  # glibc gives a freed 16 MiB block back to the kernel at once
+    assert kept >= 16 << 20  # kept in the heap: the next call reuses it without page faults
+
+
 def test_roofline_bound_is_the_lower_of_compute_and_bandwidth():
     roof = Roofline("cpu", "fp32", peak_flops=100e9, gemm_size=1024, bandwidth_bytes_s=10e9)
     assert roof.bound(2.0) == 20e9  # memory bound
