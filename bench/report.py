@@ -49,7 +49,7 @@ def impl_comparison(frame: pd.DataFrame) -> pd.DataFrame:
 
     `speedup` compares at the same dtype; `vs ref fp32` against the reference's fp32 latency (the
     seed's eager speed), which is what a low-precision fast path is for. Each (device, dtype, impl)
-    group ends with the geometric mean over its workloads.
+    group of two or more blocks (or networks) ends with the geometric mean over them.
     """
     if "impl" not in frame or "reference" not in set(frame["impl"]) or frame["impl"].nunique() < 2:
         return pd.DataFrame()
@@ -62,7 +62,7 @@ def impl_comparison(frame: pd.DataFrame) -> pd.DataFrame:
               .merge(ref[ref["dtype"] == "fp32"][SAME_WORKLOAD + ["latency_median_ms"]], on=SAME_WORKLOAD,
                      how="left", suffixes=("", "_ref_fp32")))
     table = pd.DataFrame({
-        "name": merged["name"], "batch": merged["batch_size"], "device": merged["device"],
+        "target": merged["target"], "name": merged["name"], "batch": merged["batch_size"], "device": merged["device"],
         "dtype": merged["dtype"], "impl": merged["impl"],
         "reference (ms)": merged["latency_median_ms_ref"], "impl (ms)": merged["latency_median_ms"],
         "speedup": merged["latency_median_ms_ref"] / merged["latency_median_ms"],
@@ -70,11 +70,13 @@ def impl_comparison(frame: pd.DataFrame) -> pd.DataFrame:
         "reference % peak": 100 * merged["fraction_of_peak_ref"], "impl % peak": 100 * merged["fraction_of_peak"],
     })
     groups = []
-    for (device, dtype, impl), rows in table.groupby(["device", "dtype", "impl"], sort=False):
-        geomean = np.exp(np.log(rows[["speedup", "vs ref fp32"]]).mean())
-        groups += [rows, pd.DataFrame([{"name": "geometric mean", "device": device, "dtype": dtype, "impl": impl}
-                                       | geomean.to_dict()])]
-    out = pd.concat(groups, ignore_index=True).round(3)
+    for (device, dtype, impl, target), rows in table.groupby(["device", "dtype", "impl", "target"], sort=False):
+        groups.append(rows)
+        if len(rows) > 1:
+            geomean = np.exp(np.log(rows[["speedup", "vs ref fp32"]]).mean())
+            groups.append(pd.DataFrame([{"name": f"geometric mean of {len(rows)} {target}s", "device": device,
+                                         "dtype": dtype, "impl": impl} | geomean.to_dict()]))
+    out = pd.concat(groups, ignore_index=True).drop(columns="target").round(3)
     out["batch"] = out["batch"].astype("Int64")
     return out
 
@@ -180,6 +182,6 @@ def write_report(frame: pd.DataFrame, out_dir: Path, rooflines: list[Roofline]) 
                   "`speedup`: reference / implementation median latency at the same dtype; `vs ref fp32`: against "
                   "the reference in fp32 (the seed's eager speed); `% peak`: achieved FLOP/s over the GEMM peak "
                   "calibrated in this run at that dtype.", "",
-                  comparison.to_markdown(index=False), ""]
+                  comparison.to_markdown(index=False, missingval=""), ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     return write_text(out_dir / "report.md", "\n".join(lines) + "\n")

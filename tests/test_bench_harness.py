@@ -173,7 +173,7 @@ def test_impl_comparison_divides_matching_rows_and_takes_the_geometric_mean():
     from bench.report import impl_comparison
 
     def row(name, dtype, impl, ms):
-        return {"name": name, "batch_size": 4, "device": "cpu", "channels_last": False, "compile": False,
+        return {"target": "block", "name": name, "batch_size": 4, "device": "cpu", "channels_last": False, "compile": False,
                 "mode": "inference", "dtype": dtype, "impl": impl, "status": "ok", "latency_median_ms": ms,
                 "fraction_of_peak": 0.5}
 
@@ -182,6 +182,6 @@ def test_impl_comparison_divides_matching_rows_and_takes_the_geometric_mean():
                           row("a", "bf16", "reference", 4.0), row("a", "bf16", "fast", 1.0)])
     table = impl_comparison(frame).set_index(["dtype", "name"])
     assert table.loc[("fp32", "a"), "speedup"] == 4.0 and table.loc[("fp32", "b"), "speedup"] == 1.0
-    assert table.loc[("fp32", "geometric mean"), "speedup"] == pytest.approx(2.0)
+    assert table.loc[("fp32", "geometric mean of 2 blocks"), "speedup"] == pytest.approx(2.0)
     assert table.loc[("bf16", "a"), "speedup"] == 4.0 and table.loc[("bf16", "a"), "vs ref fp32"] == 8.0
     assert impl_comparison(frame[frame["impl"] == "reference"]).empty
