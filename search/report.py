@@ -21,6 +21,7 @@ import pandas as pd  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from bench.env import machine_summary  # noqa: E402
 from bench.io import save_figure, write_json, write_table, write_text  # noqa: E402
 
 if TYPE_CHECKING:
@@ -294,7 +295,7 @@ def markdown(result: "SearchResult", settings: "SearchSettings", study: optuna.S
     lines += [
         f"- budget: **{settings.budget_ms:g} ms** per call (median), batch {d.batch_size}, {d.image_size}x{d.image_size}, "
         f"{d.dtype}, device {d.device}, {d.threads} threads",
-        f"- hardware: {env.get('cpu_model', '?')}{' / ' + env['gpu_name'] if env.get('gpu_name') else ''}, "
+        f"- hardware: {machine_summary(env)}, "
         f"torch {env.get('torch_version', '?')}; fingerprint `{settings.deployment.fingerprint()}`",
         f"- objective: `{settings.objective}` (higher is better"
         + (f", averaged over {settings.proxy_inits} initialisations" if settings.objective in ("synflow", "naswot")
