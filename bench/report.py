@@ -182,6 +182,7 @@ def write_report(frame: pd.DataFrame, out_dir: Path, rooflines: list[Roofline]) 
                   "`speedup`: reference / implementation median latency at the same dtype; `vs ref fp32`: against "
                   "the reference in fp32 (the seed's eager speed); `% peak`: achieved FLOP/s over the GEMM peak "
                   "calibrated in this run at that dtype.", "",
-                  comparison.to_markdown(index=False, missingval=""), ""]
+                  comparison.astype(object).where(comparison.notna(), None).to_markdown(index=False, missingval=""),
+                  ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     return write_text(out_dir / "report.md", "\n".join(lines) + "\n")
