@@ -127,18 +127,6 @@ def test_every_kind_under_bf16_autocast(kind):
     assert rel_err(auto, actual if fast_module._native_low_precision(x.device, torch.bfloat16) else fp32) < 1e-6
 
 
-def test_mlp_row_chunks_cover_every_token(monkeypatch):
-    block = make_block("mix", mlp_ratio=4.0)
-    x = torch.randn(3, 32, 6, 6)  # 108 tokens
-    monkeypatch.setattr(fast_module, "MLP_CHUNK_BYTES", 64 * 4 * 128)  # 64-row chunks: 2 of them
-    fast = optimize(block)
-    with torch.inference_mode():
-        chunked = fast_module.block_infer(x, fast.folded(), mlp_chunk_bytes=64 * 4 * 128)
-        whole = fast_module.block_infer(x, fast.folded(), mlp_chunk_bytes=0)
-        torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
-        assert rel_err(chunked, block(x)) < 1e-4
-
-
 def test_folded_constants_follow_parameter_updates():
     block = make_block("mix")
     fast = optimize(block)
