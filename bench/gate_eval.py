@@ -115,7 +115,8 @@ def markdown(doc: dict) -> str:
         "# The regression gate, measured",
         "",
         f"{doc['date']}, commit {doc['commit']}, machine {machine_summary(env)} (load average "
-        f"{doc['load_start']} at the start, {doc['load_end']} at the end), torch {env['torch_version']}, fingerprint {doc['fingerprint']}.",
+        f"{doc['load_start']} at the start, {doc['load_end']} at the end), torch {env['torch_version']}, "
+        f"fingerprint {doc['fingerprint']}.",
         "",
         f"Mode: {mode}. Rows: {', '.join(a['rows'])}. Each gate run: its own worker process, {a['rounds']} rounds, "
         f"decision = slowdown >= {a['min_effect']:.0%} and one-sided Mann-Whitney p < {a['alpha']:g}. "

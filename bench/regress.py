@@ -64,7 +64,9 @@ DEFAULT_ALPHA = 0.01
 DEFAULT_PAIRS = 3  # timed row calls per round are pairs + 1, each between calibration calls
 # glibc's malloc moves its mmap threshold with a process's allocation history, so two processes
 # running the same code can differ by 20-30% in page faults and time (Container-Light at batch 1
-# did here). A fixed threshold, and no trimming, make every worker allocate the same way.
+# did here). A fixed threshold, and no trimming, make every worker allocate the same way. In-process,
+# bench.timing.keep_freed_memory sets the same through mallopt; the environment is kept here too so
+# that an --against revision older than that function is measured under the same allocator.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
 FIGURE_LABELS = {"params": "params", "macs_fvcore": "MACs", "cpu_alloc_peak_bytes": "alloc peak"}
 

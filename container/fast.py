@@ -20,8 +20,9 @@ Three paths, picked per call:
   kernel and bias; the residual stream is one channels_last tensor updated in place, and the 1x1
   convs are oneDNN convolutions on it. Attention is `F.scaled_dot_product_attention` reading Q, K,
   V as strided views of conv1's (tokens, 3C) output (no chunk, no copy); its (B, N, heads, d)
-  output is already the channels_last layout that conv2 reads. The folded constants are cached and rebuilt whenever a
-  parameter or BatchNorm statistic changes (tensor version counters), dtype or device changes.
+  output is already the channels_last layout that conv2 reads. The folded constants are cached
+  and rebuilt whenever a parameter or BatchNorm statistic changes (tensor version counters), dtype
+  or device changes.
 * training mode (or eval with autograd on): the lean path. Same parameters, same BatchNorm
   batch statistics and running-stat updates, same DropPath draws, so gradients equal the
   reference's; it differs only in how it computes: channels_last throughout, 1x1 convs as

@@ -286,17 +286,17 @@ def validate_proxy(settings: ValidationSettings = ValidationSettings(), space: S
     by_name = corr.set_index("score")
     rho = lambda name: float(by_name.loc[name, "spearman"]) if name in by_name.index else math.nan  # noqa: E731
     best = str(corr.iloc[0]["score"])
-    warnings = []
+    cautions = []
     if not rho(default) > rho("params"):
-        warnings.append(f"WARNING: the default proxy `{default}` (Spearman rho {rho(default):.3f}) does not beat "
+        cautions.append(f"WARNING: the default proxy `{default}` (Spearman rho {rho(default):.3f}) does not beat "
                         f"#params (rho {rho('params'):.3f}) at ranking these architectures by accuracy.")
     low = float(by_name.loc[default, "spearman_lo"]) if default in by_name.index else math.nan
     if not low > 0 or not ceiling["spearman_brown"] >= 0.5:
         # Rankings of accuracies that training noise reorders cannot tell one proxy from another.
-        warnings.append(f"WARNING: weak evidence: the default proxy's 95% interval reaches {low:.2f} and the "
+        cautions.append(f"WARNING: weak evidence: the default proxy's 95% interval reaches {low:.2f} and the "
                         f"accuracies' own seed-to-seed reliability is {ceiling['spearman_brown']:.2f}; on this "
                         f"data no score is shown to track accuracy.")
-    warning = " ".join(warnings) or None
+    warning = " ".join(cautions) or None
     env = bench.environment("cpu", threads)
     summary = {
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(settings).items()},

@@ -173,9 +173,9 @@ def test_impl_comparison_divides_matching_rows_and_takes_the_geometric_mean():
     from bench.report import impl_comparison
 
     def row(name, dtype, impl, ms):
-        return {"target": "block", "name": name, "batch_size": 4, "device": "cpu", "channels_last": False, "compile": False,
-                "mode": "inference", "dtype": dtype, "impl": impl, "status": "ok", "latency_median_ms": ms,
-                "fraction_of_peak": 0.5}
+        return {"target": "block", "name": name, "batch_size": 4, "device": "cpu", "channels_last": False,
+                "compile": False, "mode": "inference", "dtype": dtype, "impl": impl, "status": "ok",
+                "latency_median_ms": ms, "fraction_of_peak": 0.5}
 
     frame = pd.DataFrame([row("a", "fp32", "reference", 8.0), row("b", "fp32", "reference", 3.0),
                           row("a", "fp32", "fast", 2.0), row("b", "fp32", "fast", 3.0),
