@@ -71,12 +71,25 @@ def _flop_counter_mapping() -> dict[Any, Any]:
 
 
 @dataclass(frozen=True)
+class AttentionCall:
+    """One fused-attention kernel call, as the counters saw it: enough to time the kernel alone."""
+
+    shapes: tuple[tuple[int, ...], ...]  # query, key, value
+    strides: tuple[tuple[int, ...], ...]  # their strides (views into one projection, say)
+
+    @property
+    def flops(self) -> int:
+        return sdpa_flop_count(*self.shapes)
+
+
+@dataclass(frozen=True)
 class FlopCount:
     macs_fvcore: int  # forward pass, fvcore convention (1 per multiply-add), with our handlers
     flops_flopcounter: int  # FlopCounterMode over the same forward pass (2 per multiply-add)
     by_operator_fvcore: dict[str, int] = field(default_factory=dict)
     unattributed_fvcore: tuple[str, ...] = ()  # ops fvcore saw but counted as zero
     unattributed_flopcounter: tuple[str, ...] = ()  # aten ops FlopCounterMode saw without a formula
+    attention_calls: tuple[AttentionCall, ...] = ()  # fused-attention kernels, in call order
 
     @property
     def flops_fvcore(self) -> int:
@@ -103,18 +116,26 @@ class FlopCount:
             "fvcore_only_macs": self.macs_fvcore - self.shared_macs_fvcore,
             "unattributed_ops_fvcore": " ".join(self.unattributed_fvcore),
             "unattributed_ops_flopcounter": " ".join(self.unattributed_flopcounter),
+            "attention_flops": sum(call.flops for call in self.attention_calls),
         }
 
 
 class _AtenOpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
-    """Records every aten op that runs, to list those FlopCounterMode has no formula for."""
+    """Records every aten op that runs, to list those FlopCounterMode has no formula for, and the
+    fused-attention kernel calls (whatever the backend: CPU flash, CUDA flash, efficient, cuDNN)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.ops: set[Any] = set()
+        self.attention_calls: list[AttentionCall] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops.add(func._overloadpacket)
+        name = str(func._overloadpacket)
+        if "scaled_dot_product" in name and "backward" not in name:
+            q, k, v = args[:3]
+            self.attention_calls.append(AttentionCall((tuple(q.shape), tuple(k.shape), tuple(v.shape)),
+                                                      (q.stride(), k.stride(), v.stride())))
         return func(*args, **(kwargs or {}))
 
 
@@ -152,7 +173,8 @@ def count_flops(model: nn.Module, inputs: tuple[torch.Tensor, ...] | torch.Tenso
     formulas = {_op_name(op) for op in (*counter.flop_registry, *mapping)}
     unattributed = tuple(sorted(name for name in map(_op_name, recorder.ops)
                                 if name not in formulas and name not in counted and name not in _NO_ARITHMETIC))
-    return FlopCount(macs, int(counter.get_total_flops()), by_operator, unattributed_fvcore, unattributed)
+    return FlopCount(macs, int(counter.get_total_flops()), by_operator, unattributed_fvcore, unattributed,
+                     tuple(recorder.attention_calls))
 
 
 def count_training_flops(model: nn.Module, inputs: tuple[torch.Tensor, ...] | torch.Tensor) -> int:
@@ -165,4 +187,4 @@ def count_training_flops(model: nn.Module, inputs: tuple[torch.Tensor, ...] | to
     return int(counter.get_total_flops())
 
 
-__all__ = ["FlopCount", "count_flops", "count_training_flops", "SHARED_OPS"]
+__all__ = ["AttentionCall", "FlopCount", "count_flops", "count_training_flops", "SHARED_OPS"]

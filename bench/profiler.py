@@ -10,7 +10,8 @@ from bench.env import environment
 from bench.flops import count_flops, count_training_flops
 from bench.isolated import RssWorker
 from bench.memory import cpu_allocator_peak, cuda_allocator_peak
-from bench.roofline import Roofline
+from bench.flops import AttentionCall
+from bench.roofline import Roofline, attention_kernel_ms
 from bench.targets import Target, as_target
 from bench.timing import measure_latency
 from bench.workload import Options, build_workload
@@ -40,8 +41,11 @@ def profile(target: Any, batch_size: int = 1, options: Options = Options(), *,
     try:
         workload = build_workload(target, batch_size, options)
         row["params"] = sum(p.numel() for p in workload.eager.parameters())
+        attention_calls: tuple[AttentionCall, ...] = ()
         if flops:
-            row |= count_flops(workload.eager, workload.x).row()
+            count = count_flops(workload.eager, workload.x)
+            attention_calls = count.attention_calls
+            row |= count.row()
             row["work_flops"] = (count_training_flops(workload.eager, workload.x) if options.mode == "train"
                                  else row["flops_2x_macs_fvcore"])
         if memory:
@@ -62,6 +66,8 @@ def profile(target: Any, batch_size: int = 1, options: Options = Options(), *,
             torch.cuda.empty_cache()
     if roofline is not None:
         row |= roofline.columns() | _roofline_columns(row, roofline)
+        if row["status"] == "ok" and flops and options.mode == "inference":
+            row |= _kernel_bound_columns(row, attention_calls, roofline, options, threads)
     row["latency_samples_ms"] = list(latency.times_ms) if row["status"] == "ok" else []
     return row | environment(options.device, threads)
 
@@ -87,3 +93,17 @@ def _roofline_columns(row: dict[str, Any], roofline: Roofline) -> dict[str, Any]
     intensity = row["work_flops"] / traffic if traffic else math.nan
     return {"achieved_flops": achieved, "fraction_of_peak": achieved / roofline.peak_flops,
             "flop_per_byte": intensity, "roofline_bound_flops": roofline.bound(intensity)}
+
+
+def _kernel_bound_columns(row: dict[str, Any], attention_calls: tuple[AttentionCall, ...], roofline: Roofline,
+                          options: Options, threads: int) -> dict[str, Any]:
+    """The fastest this workload could run with the kernels it calls: its fused-attention calls at the
+    speed they reach alone (fp32 or the row's dtype, whichever is faster), every other FLOP at the
+    GEMM peak. Without attention this is the GEMM bound itself."""
+    gemm_bound_ms = row["work_flops"] / roofline.peak_flops * 1e3
+    attention_ms = attention_kernel_ms(attention_calls, options.device, dict.fromkeys(("fp32", options.dtype)),
+                                       threads) if attention_calls else 0.0
+    other_ms = (row["work_flops"] - row["attention_flops"]) / roofline.peak_flops * 1e3
+    bound_ms = attention_ms + other_ms
+    return {"gemm_bound_ms": gemm_bound_ms, "attention_kernel_ms": attention_ms, "kernel_bound_ms": bound_ms,
+            "fraction_of_kernel_bound": bound_ms / row["latency_median_ms"]}

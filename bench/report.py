@@ -48,14 +48,20 @@ def impl_comparison(frame: pd.DataFrame) -> pd.DataFrame:
     """Each non-reference implementation against the reference on the same workloads, in one run.
 
     `speedup` compares at the same dtype; `vs ref fp32` against the reference's fp32 latency (the
-    seed's eager speed), which is what a low-precision fast path is for. Each (device, dtype, impl)
-    group of two or more blocks (or networks) ends with the geometric mean over them.
+    seed's eager speed), which is what a low-precision fast path is for. The bounds say how far
+    `vs ref fp32` could go on this machine: `GEMM-roof bound` with every FLOP at the GEMM peak,
+    `kernel bound` with the implementation's fused-attention calls at the speed they reach alone
+    and the rest at the GEMM peak (bench.profiler). Each (device, dtype, impl) group of two or
+    more blocks (or networks) ends with the geometric mean over them.
     """
     if "impl" not in frame or "reference" not in set(frame["impl"]) or frame["impl"].nunique() < 2:
         return pd.DataFrame()
     ok = frame[frame["status"] == "ok"]
     ref = ok[ok["impl"] == "reference"]
     timed = ["latency_median_ms", "fraction_of_peak"]
+    for bound in ("gemm_bound_ms", "kernel_bound_ms", "fraction_of_kernel_bound"):
+        if bound not in ok:
+            ok = ok.assign(**{bound: np.nan})
     merged = (ok[ok["impl"] != "reference"]
               .merge(ref[SAME_WORKLOAD + ["dtype"] + timed], on=SAME_WORKLOAD + ["dtype"], how="left",
                      suffixes=("", "_ref"))
@@ -68,15 +74,18 @@ def impl_comparison(frame: pd.DataFrame) -> pd.DataFrame:
         "speedup": merged["latency_median_ms_ref"] / merged["latency_median_ms"],
         "vs ref fp32": merged["latency_median_ms_ref_fp32"] / merged["latency_median_ms"],
         "reference % peak": 100 * merged["fraction_of_peak_ref"], "impl % peak": 100 * merged["fraction_of_peak"],
+        "GEMM-roof bound": merged["latency_median_ms_ref_fp32"] / merged["gemm_bound_ms"],
+        "kernel bound": merged["latency_median_ms_ref_fp32"] / merged["kernel_bound_ms"],
+        "% of kernel bound": 100 * merged["fraction_of_kernel_bound"],
     })
     groups = []
     for (device, dtype, impl, target), rows in table.groupby(["device", "dtype", "impl", "target"], sort=False):
         groups.append(rows)
         if len(rows) > 1:
-            geomean = np.exp(np.log(rows[["speedup", "vs ref fp32"]]).mean())
+            geomean = np.exp(np.log(rows[["speedup", "vs ref fp32", "GEMM-roof bound", "kernel bound"]]).mean())
             groups.append(pd.DataFrame([{"name": f"geometric mean of {len(rows)} {target}s", "device": device,
                                          "dtype": dtype, "impl": impl} | geomean.to_dict()]))
-    out = pd.concat(groups, ignore_index=True).drop(columns="target").round(3)
+    out = pd.concat(groups, ignore_index=True).drop(columns="target").dropna(axis=1, how="all").round(3)
     out["batch"] = out["batch"].astype("Int64")
     return out
 
@@ -181,7 +190,11 @@ def write_report(frame: pd.DataFrame, out_dir: Path, rooflines: list[Roofline]) 
         lines += ["## Implementations on the same workloads", "",
                   "`speedup`: reference / implementation median latency at the same dtype; `vs ref fp32`: against "
                   "the reference in fp32 (the seed's eager speed); `% peak`: achieved FLOP/s over the GEMM peak "
-                  "calibrated in this run at that dtype.", "",
+                  "calibrated in this run at that dtype. The bounds are the most `vs ref fp32` could be here: "
+                  "`GEMM-roof bound` with every FLOP at that GEMM peak; `kernel bound` with the "
+                  "implementation's fused-attention calls at the speed they reach when timed alone "
+                  "(fp32 or this dtype, whichever is faster) and every other FLOP at the GEMM peak; "
+                  "`% of kernel bound`: how close the implementation comes to it.", "",
                   comparison.astype(object).where(comparison.notna(), None).to_markdown(index=False, missingval=""),
                   ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]

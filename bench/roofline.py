@@ -1,13 +1,19 @@
 """This machine's roofline, calibrated in the same run as the measurements it judges."""
 from __future__ import annotations
 
+import functools
+from collections import Counter
 from dataclasses import asdict, dataclass
+from typing import Iterable
 
 import torch
+import torch.nn.functional as F
 
+from bench.flops import AttentionCall
 from bench.timing import StopRule, measure_latency
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+CALIBRATION_STOP = StopRule(rel_iqr=0.05, min_runs=5, min_time_s=0.3, max_time_s=2.0)
 
 
 @dataclass(frozen=True)
@@ -26,7 +32,7 @@ class Roofline:
 
 
 def calibrate(device: str = "cpu", dtype: str = "fp32", threads: int | None = None,
-              stop: StopRule = StopRule(rel_iqr=0.05, min_runs=5, min_time_s=0.3, max_time_s=2.0)) -> Roofline:
+              stop: StopRule = CALIBRATION_STOP) -> Roofline:
     dev = torch.device(device)
     torch_dtype = DTYPES[dtype]
     sizes = (1024, 2048) if dev.type == "cpu" else (4096, 8192)
@@ -46,3 +52,26 @@ def calibrate(device: str = "cpu", dtype: str = "fp32", threads: int | None = No
     stats = measure_latency(lambda: dst.copy_(src), device=dev, threads=threads, stop=stop, label="copy")
     bandwidth = 2 * src.numel() * src.element_size() / (stats.min_ms / 1e3)
     return Roofline(str(dev), dtype, best, best_size, bandwidth)
+
+
+
+def attention_kernel_ms(calls: Iterable[AttentionCall], device: str = "cpu", dtypes: Iterable[str] = ("fp32",),
+                        threads: int | None = None, stop: StopRule = CALIBRATION_STOP) -> float:
+    """What a workload's fused-attention calls cost when the kernel runs alone, in ms.
+
+    Each distinct call is timed on fresh tensors of the same shapes and strides, in each of
+    `dtypes`, and the fastest is kept (from its fastest timed block, as for the GEMM peak). Next to
+    the GEMM peak this is the other half of a kernel-aware bound: attention at head_dim 32 runs well
+    below the GEMM rate, so a block made mostly of attention cannot reach the GEMM roof.
+    """
+    return sum(count * min(_attention_call_ms(call, device, dtype, threads, stop) for dtype in dtypes)
+               for call, count in Counter(calls).items())
+
+
+@functools.lru_cache(maxsize=256)
+def _attention_call_ms(call: AttentionCall, device: str, dtype: str, threads: int | None, stop: StopRule) -> float:
+    q, k, v = (torch.empty_strided(shape, stride, device=device, dtype=DTYPES[dtype]).normal_()
+               for shape, stride in zip(call.shapes, call.strides))
+    stats = measure_latency(lambda: F.scaled_dot_product_attention(q, k, v), device=device, threads=threads,
+                            stop=stop, label="attention")
+    return stats.min_ms

@@ -18,9 +18,10 @@ Three paths, picked per call:
   norm -> head through the linear mean-pool); the residual `x + pos_embed(x)` is the 3x3 depthwise
   kernel with 1 added to its centre tap; the static branch's mixing weight beta is folded into its
   kernel and bias; the residual stream is one channels_last tensor updated in place, and the 1x1
-  convs are oneDNN convolutions on it. Attention is `F.scaled_dot_product_attention` reading Q, K,
-  V as strided views of conv1's (tokens, 3C) output (no chunk, no copy); its (B, N, heads, d)
-  output is already the channels_last layout that conv2 reads. The folded constants are cached
+  convs are oneDNN convolutions on it (GEMMs on its token view when tokens are few). Attention is
+  `F.scaled_dot_product_attention` reading Q, K, V as strided views of conv1's (tokens, 3C) output
+  (no chunk, no copy); its (B, N, heads, d) output is already the channels_last layout that conv2
+  reads. The folded constants are cached
   and rebuilt whenever a parameter or BatchNorm statistic changes (tensor version counters), dtype
   or device changes.
 * training mode (or eval with autograd on): the lean path. Same parameters, same BatchNorm
@@ -29,8 +30,9 @@ Three paths, picked per call:
   linear layers on (tokens, C) views, fused SDPA (with its fused backward), Q/K/V as views,
   pos_embed's residual as its kernel's centre tap, beta folded into the static kernel.
 * under autocast, the inference path follows `autocast_policy` (see `optimize`): with "follow"
-  the GEMMs and attention run in the autocast dtype on folded weights cast once and cached, while
-  the residual stream, norms and depthwise convs stay in fp32, like the reference's under autocast.
+  the GEMMs run in the autocast dtype on folded weights cast once and cached, and attention too
+  where its kernel is faster so (`attention_dtype`), while the residual stream, norms and
+  depthwise convs stay in fp32, like the reference's under autocast.
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ from container.affinity import DepthwiseConv, TokenMixing
 from container.blocks import ContainerBlock
 from container.networks import ContainerNet
 
-__all__ = ["optimize", "FastContainerBlock", "FastContainerNet"]
+__all__ = ["optimize", "FastContainerBlock", "FastContainerNet", "attention_dtype"]
 
 
 # --- folding ----------------------------------------------------------------------------------
@@ -85,14 +87,15 @@ def _fold_block(block: ContainerBlock, dtype: torch.dtype, gemm_dtype: torch.dty
     def cast(t: torch.Tensor, to: torch.dtype) -> torch.Tensor:
         return t.to(to).contiguous()
 
-    def conv1x1(w: torch.Tensor) -> torch.Tensor:
+    def weight1x1(w: torch.Tensor) -> torch.Tensor:
         return cast(w[:, :, None, None], gemm_dtype)
 
     out: dict[str, Any] = {
         "dim": block.dim, "heads": block.heads, "static": kind.static, "alpha": 1.0,
+        "attention_dtype": attention_dtype(block.conv1.weight.device, gemm_dtype),
         "pos_w": cast(pos_w, dtype), "pos_b": cast(pos_b, dtype),
-        "w1": conv1x1(w1), "b1": cast(b1, gemm_dtype), "w2": conv1x1(w2), "b2": cast(b2, gemm_dtype),
-        "wf1": conv1x1(wf1), "bf1": cast(bf1, gemm_dtype), "wf2": conv1x1(wf2), "bf2": cast(bf2, gemm_dtype),
+        "w1": weight1x1(w1), "b1": cast(b1, gemm_dtype), "w2": weight1x1(w2), "b2": cast(b2, gemm_dtype),
+        "wf1": weight1x1(wf1), "bf1": cast(bf1, gemm_dtype), "wf2": weight1x1(wf2), "bf2": cast(bf2, gemm_dtype),
     }
     static = block.static_affinity
     if static is not None:
@@ -151,6 +154,18 @@ def _static_dense(k: dict[str, Any], v: torch.Tensor, b: int, n: int, o: torch.T
     return out
 
 
+def attention_dtype(device: torch.device, gemm_dtype: torch.dtype) -> torch.dtype:
+    """The dtype fused attention runs in when the GEMMs run in `gemm_dtype`.
+
+    torch's CPU flash-attention kernel is fast in bf16/fp16 only through AMX tiles; without them
+    it converts each tile and runs slower than in fp32 (AVX512-BF16 EPYC, head_dim 32, the four
+    stage shapes: 8-25% slower), so there attention stays in fp32, which is also more accurate."""
+    if device.type == "cpu" and gemm_dtype in (torch.bfloat16, torch.float16) \
+            and not torch.cpu._is_amx_tile_supported():
+        return torch.float32
+    return gemm_dtype
+
+
 def _token_mixing(k: dict[str, Any], qkv: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
     """Token mixing of conv1's output qkv (B*N, 3C or C) -> (B*N, C)."""
     c, heads, n = k["dim"], k["heads"], h * w
@@ -159,9 +174,10 @@ def _token_mixing(k: dict[str, Any], qkv: torch.Tensor, b: int, h: int, w: int) 
     if qkv.shape[-1] == 3 * c:
         d = c // heads
         t = qkv.view(b, n, 3, heads, d)
-        q, kk, v = (t[:, :, i].transpose(1, 2) for i in range(3))  # (B, heads, N, d) strided views
+        adt = k["attention_dtype"]
+        q, kk, v = (t[:, :, i].transpose(1, 2).to(adt) for i in range(3))  # (B, heads, N, d) views
         # The CPU flash kernel writes its output as (B, N, heads, d): conv2's (tokens, C) layout.
-        o = F.scaled_dot_product_attention(q, kk, v).transpose(1, 2).reshape(b, n, c)
+        o = F.scaled_dot_product_attention(q, kk, v).to(qkv.dtype).transpose(1, 2).reshape(b, n, c)
         if static is None:
             return o.view(b * n, c)
         v = qkv.view(b, n, 3 * c)[:, :, 2 * c:]
@@ -178,6 +194,21 @@ def _token_mixing(k: dict[str, Any], qkv: torch.Tensor, b: int, h: int, w: int) 
     return _static_dense(k, v, b, n, o, alpha).view(b * n, c)
 
 
+# oneDNN's channels_last 1x1 convolution beats a GEMM on the token view when there are many tokens
+# (10-25% faster at 3,136-12,544 on this project's AVX512 EPYC) and loses when there are few (2-3x
+# slower at 49 tokens with 2,048 input channels; the two cross near 1,000): below this many tokens
+# the 1x1 convs run as addmm.
+GEMM_BELOW_TOKENS = 1024
+
+
+def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution of channels_last x, as oneDNN's convolution or as addmm on its token view."""
+    b, c, h, w = x.shape
+    if b * h * w >= GEMM_BELOW_TOKENS:
+        return F.conv2d(x, weight, bias)
+    return _nchw(torch.addmm(bias, _nhwc(x), weight.view(-1, c).t()), b, h, w)
+
+
 def _lowp(t: torch.Tensor, lowp: torch.dtype | None) -> torch.Tensor:
     return t if lowp is None else t.to(lowp)
 
@@ -186,21 +217,21 @@ def block_infer(x: torch.Tensor, k: dict[str, Any], lowp: torch.dtype | None = N
     """One block on its folded constants: (B, C, H, W) -> (B, C, H, W) channels_last.
 
     The residual stream u is one channels_last tensor that the block updates in place. The 1x1
-    convs run as oneDNN convolutions on it (on this project's CPU 10-20% faster than `addmm` on the
-    same (tokens, C) view, bias included); token mixing reads conv1's output as its (tokens, 3C)
-    view. Under autocast, lowp is its dtype: the 1x1 conv inputs are cast to it and their outputs
+    convs run on it as oneDNN convolutions, or as `addmm` on its (tokens, C) view where there are
+    few tokens (`_conv1x1`); token mixing reads conv1's output as its (tokens, 3C) view. Under autocast, lowp is its dtype: the 1x1 conv inputs are cast to it and their outputs
     added to the stream, which stays in the parameters' dtype, like the reference's.
     """
     b, c, h, w = x.shape
     x = x.to(k["pos_w"].dtype).contiguous(memory_format=torch.channels_last)
     u = F.conv2d(x, k["pos_w"], k["pos_b"], padding=1, groups=c)  # x + pos_embed(x)
-    qkv = F.conv2d(_lowp(u, lowp), k["w1"], k["b1"])              # norm1 is folded into conv1
+    qkv = _conv1x1(_lowp(u, lowp), k["w1"], k["b1"])              # norm1 is folded into conv1
     m = _token_mixing(k, _nhwc(qkv), b, h, w)
     del qkv
-    u.add_(F.conv2d(_lowp(_nchw(m, b, h, w), lowp), k["w2"], k["b2"]))  # x2
+    u.add_(_conv1x1(_lowp(_nchw(m, b, h, w), lowp), k["w2"], k["b2"]))  # x2
     del m
-    hidden = F.conv2d(_lowp(u, lowp), k["wf1"], k["bf1"])         # norm2 is folded into fc1
-    u.add_(F.conv2d(torch.ops.aten.gelu_(hidden), k["wf2"], k["bf2"]))  # x3
+    hidden = _conv1x1(_lowp(u, lowp), k["wf1"], k["bf1"])         # norm2 is folded into fc1
+    torch.ops.aten.gelu_(_nhwc(hidden))  # on the token view: 1.4-2x faster than on the 4-D view
+    u.add_(_conv1x1(hidden, k["wf2"], k["bf2"]))  # x3
     return u
 
 
@@ -515,10 +546,11 @@ def optimize(model: nn.Module, *, channels_last: bool = True, training: bool | N
     compile: run the paths through torch.compile (`compile_options` go to torch.compile).
     share_parameters: reuse `model`'s tensors (and submodules) instead of deep-copying them.
     autocast_policy: what the inference path does inside torch.autocast. "follow": GEMMs (1x1
-        convs, attention, dense token mixing, patch embedding, head) in the autocast dtype, the
-        residual stream, norms and depthwise convs in fp32. "fp32": ignore autocast. "auto"
-        (default): "follow" where the device has fast low-precision GEMMs (CUDA, CPUs with
-        AVX512-BF16/AMX), else "fp32" (on an AVX2-only CPU bf16 GEMMs run 10-100x slower).
+        convs, attention where `attention_dtype` says so, dense token mixing, patch embedding,
+        head) in the autocast dtype, the residual stream, norms and depthwise convs in fp32.
+        "fp32": ignore autocast. "auto" (default): "follow" where the device has fast
+        low-precision GEMMs (CUDA, CPUs with AVX512-BF16/AMX), else "fp32" (on an AVX2-only CPU
+        bf16 GEMMs run 10-100x slower).
     """
     if share_parameters:
         source = model

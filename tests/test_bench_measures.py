@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch.utils.benchmark import Measurement
 from torch.utils.benchmark.utils.common import TaskSpec
 
+import bench
 import container
 from bench import BlockTarget, LatencyStats, Roofline, StopRule, count_flops, cpu_allocator_peak, measure_latency
 from bench.timing import relative_iqr
@@ -61,6 +62,52 @@ def test_scaled_dot_product_attention_is_counted_by_both_counters():
     assert counted.macs_fvcore == 2 * b * h * n * n * d  # Q K^T and A V; neither counter does this unaided
     assert counted.flops_flopcounter == 2 * counted.macs_fvcore
     assert counted.unattributed_fvcore == () and counted.unattributed_flopcounter == ()
+
+
+def test_fused_attention_calls_are_recorded_with_their_shapes_and_flops():
+    dim, side, heads, batch = 64, 6, 2, 3
+    block = container.ContainerBlock(dim, heads, "mix", 5, tokens=(side, side)).eval()
+    x = torch.randn(batch, dim, side, side)
+    assert count_flops(block, x).attention_calls == ()  # the seed materialises its affinity matrix
+    fast = count_flops(container.optimize(block), x)
+    n, d = side * side, dim // heads
+    (call,) = fast.attention_calls
+    assert call.shapes == ((batch, heads, n, d),) * 3
+    # Q, K and V are strided views into conv1's (tokens, 3C) output, and recorded as such
+    assert call.strides[0] == (n * 3 * dim, d, 3 * dim, 1)
+    assert fast.row()["attention_flops"] == call.flops == 2 * analytic_block_macs(
+        "mix", dim, side, heads, 5, 4.0, batch)["shared"] - 2 * batch * n * (9 + 5 * 5 + 12 * dim) * dim
+
+
+def test_attention_kernel_time_adds_up_over_calls_and_keeps_the_faster_dtype():
+    from bench.flops import AttentionCall
+    from bench.roofline import attention_kernel_ms
+    shape = (2, 2, 64, 32)
+    call = AttentionCall((shape,) * 3, (torch.empty(shape).stride(),) * 3)
+    quick = StopRule(rel_iqr=1.0, min_runs=2, min_time_s=0.0, max_time_s=0.2)
+    once = attention_kernel_ms([call], stop=quick)
+    assert once > 0
+    assert attention_kernel_ms([call, call, call], stop=quick) == pytest.approx(3 * once)  # timed once, cached
+    both = attention_kernel_ms([call], dtypes=("fp32", "bf16"), stop=quick)
+    assert both == min(once, attention_kernel_ms([call], dtypes=("bf16",), stop=quick))
+
+
+def test_kernel_bound_charges_attention_its_kernel_time_and_the_rest_the_gemm_peak():
+    from bench.profiler import profile
+    from bench.roofline import attention_kernel_ms
+    roof = Roofline("cpu", "fp32", peak_flops=50e9, gemm_size=1024, bandwidth_bytes_s=10e9)
+    quick = bench.Options(impl="fast", stop=StopRule(rel_iqr=1.0, min_runs=2, min_time_s=0.0, max_time_s=0.2))
+    target = BlockTarget("mix", 64, 7)
+    row = profile(target, 2, quick, roofline=roof, memory=False)
+    calls = count_flops(container.optimize(target.build().eval()), torch.randn(2, 64, 7, 7)).attention_calls
+    attention_ms = attention_kernel_ms(calls, threads=torch.get_num_threads())  # the profile's, cached
+    assert row["attention_kernel_ms"] == attention_ms > 0
+    assert row["gemm_bound_ms"] == pytest.approx(row["work_flops"] / 50e9 * 1e3)
+    other_ms = (row["work_flops"] - row["attention_flops"]) / 50e9 * 1e3
+    assert row["kernel_bound_ms"] == pytest.approx(attention_ms + other_ms)
+    assert row["fraction_of_kernel_bound"] == pytest.approx(row["kernel_bound_ms"] / row["latency_median_ms"])
+    conv = profile(BlockTarget("conv", 64, 7), 2, quick, roofline=roof, memory=False)
+    assert conv["attention_kernel_ms"] == 0.0 and conv["kernel_bound_ms"] == conv["gemm_bound_ms"]
 
 
 def test_container_light_macs_match_the_published_figure():

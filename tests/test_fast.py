@@ -94,8 +94,46 @@ def test_stage_shapes_fp32(kind, dim, side):
         assert rel_err(optimize(block)(x), block(x)) < 1e-4
 
 
-# bf16: autocast_policy="follow" computes the GEMMs and attention in bf16 whatever the CPU; the
-# error is relative to the fp32 reference, in the Frobenius norm.
+# bf16: autocast_policy="follow" computes the GEMMs in bf16 whatever the CPU (attention too where
+# its kernel is fast in bf16); the error is relative to the fp32 reference, in the Frobenius norm.
+
+@pytest.mark.parametrize("gemm_below_tokens", [0, 10**9], ids=["oneDNN conv", "addmm"])
+def test_both_ways_of_running_the_1x1_convs_match_the_reference(monkeypatch, gemm_below_tokens):
+    monkeypatch.setattr(fast_module, "GEMM_BELOW_TOKENS", gemm_below_tokens)
+    block = perturb_(MixBlock(64, 2), seed=1).eval()
+    x = torch.randn(2, 64, 9, 9)
+    with torch.inference_mode():
+        assert rel_err(optimize(block)(x), block(x)) < 1e-4
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert norm_rel_err(optimize(block, autocast_policy="follow")(x), block(x)) < 2e-2
+
+
+def test_attention_dtype_follows_the_kernel_speed(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert fast_module.attention_dtype(cuda, torch.bfloat16) == torch.bfloat16
+    assert fast_module.attention_dtype(cpu, torch.float32) == torch.float32
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert fast_module.attention_dtype(cpu, torch.bfloat16) == torch.float32
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert fast_module.attention_dtype(cpu, torch.bfloat16) == torch.bfloat16
+
+
+def test_bf16_inference_runs_attention_in_attention_dtype():
+    block = make_block("mix")
+    x = torch.randn(2, 32, 6, 6)
+    seen = []
+
+    class SdpaDtypes(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if "scaled_dot_product" in str(func):
+                seen.append(args[0].dtype)
+            return func(*args, **(kwargs or {}))
+
+    fast = optimize(block, autocast_policy="follow")
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16), SdpaDtypes():
+        fast(x)
+    assert seen == [fast_module.attention_dtype(x.device, torch.bfloat16)]
+
 
 @pytest.mark.parametrize("dim,side", STAGES, ids=[f"{d}@{s}" for d, s in STAGES])
 def test_stage_shapes_bf16_autocast(dim, side):
