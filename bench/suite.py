@@ -74,7 +74,19 @@ def default_jobs(options_list: Iterable[Options], kinds: Iterable[str] | None = 
         sweep = {SWEEP_STAGE: tuple(batch_sizes or SWEEP_BATCHES)}
         jobs += block_jobs(kinds, options, batch_sizes=sweep)
         jobs += network_jobs(networks, options)
-    return jobs
+    return grouped_by_workload(jobs)
+
+
+def grouped_by_workload(jobs: list[Job]) -> list[Job]:
+    """The same jobs with every variant of one workload (impl, dtype, device, ...) back to back.
+
+    A VM's speed drifts by 10-30% over minutes; measured side by side, the variants a report
+    divides (fast by reference, bf16 by fp32) share the drift instead of absorbing it.
+    """
+    first: dict[tuple[str, int], int] = {}
+    for i, job in enumerate(jobs):
+        first.setdefault((job.target.name, job.batch_size), i)
+    return sorted(jobs, key=lambda job: first[(job.target.name, job.batch_size)])
 
 
 def new_run_dir(root: str | Path = "results/runs") -> Path:

@@ -169,6 +169,17 @@ def test_the_batch_sweep_leaves_every_stage_at_its_own_batch():
     assert [(j.target.name, j.batch_size) for j in jobs if j.group == "batch-sweep"] == [("mix@320x14", 2)]
 
 
+def test_default_jobs_measure_the_variants_of_a_workload_back_to_back():
+    from bench.suite import default_jobs
+
+    variants = [bench.Options(impl=impl, dtype=dtype) for dtype in ("fp32", "bf16") for impl in ("reference", "fast")]
+    jobs = default_jobs(variants, kinds=["mix"], networks=["container_light"], batch_sizes=[32])
+    order = [(j.target.name, j.batch_size) for j in jobs]
+    assert order == [w for w in dict.fromkeys(order) for _ in range(4)]  # four variants in a row, each workload
+    assert [(j.options.dtype, j.options.impl) for j in jobs[:4]] == [
+        ("fp32", "reference"), ("fp32", "fast"), ("bf16", "reference"), ("bf16", "fast")]
+
+
 def test_impl_comparison_divides_matching_rows_and_takes_the_geometric_mean():
     from bench.report import impl_comparison
 
