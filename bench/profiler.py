@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import torch
@@ -13,7 +14,7 @@ from bench.memory import cpu_allocator_peak, cuda_allocator_peak
 from bench.flops import AttentionCall
 from bench.roofline import Roofline, attention_kernel_ms
 from bench.targets import Target, as_target
-from bench.timing import measure_latency
+from bench.timing import measure_latency, synchronize
 from bench.workload import Options, build_workload
 
 
@@ -41,6 +42,8 @@ def profile(target: Any, batch_size: int = 1, options: Options = Options(), *,
     try:
         workload = build_workload(target, batch_size, options)
         row["params"] = sum(p.numel() for p in workload.eager.parameters())
+        # The first compiled call compiles; time it before anything else runs the module.
+        row["compile_s"] = _first_call_s(workload.step, device) if options.compile else math.nan
         attention_calls: tuple[AttentionCall, ...] = ()
         if flops:
             count = count_flops(workload.eager, workload.x)
@@ -53,7 +56,6 @@ def profile(target: Any, batch_size: int = 1, options: Options = Options(), *,
         latency = measure_latency(workload.step, device=device, threads=threads, stop=options.stop,
                                   label=target.name)
         row |= latency.row()
-        row["compile_s"] = latency.cold_ms / 1e3 if options.compile else math.nan
         row["throughput_img_s"] = batch_size / (latency.median_ms / 1e3)
         if rss_worker is not None and device.type == "cpu":
             row |= rss_worker.measure(target, batch_size, options, threads)
@@ -70,6 +72,14 @@ def profile(target: Any, batch_size: int = 1, options: Options = Options(), *,
             row |= _kernel_bound_columns(row, attention_calls, roofline, options, threads)
     row["latency_samples_ms"] = list(latency.times_ms) if row["status"] == "ok" else []
     return row | environment(options.device, threads)
+
+
+def _first_call_s(step, device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    return time.perf_counter() - start
 
 
 def _memory_columns(step, device: torch.device) -> dict[str, Any]:
