@@ -13,68 +13,33 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Sequence
 
-EXIT_BAD_INPUT = 2
+from search.cli_args import EXIT_BAD_INPUT, Parser, non_negative_float, non_negative_int, positive_float, positive_int
+
 EXIT_NO_FEASIBLE = 3
 EXIT_INTERRUPTED = 130
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, not usage + message
-        self.exit(EXIT_BAD_INPUT, f"search: error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be a finite number > 0")
-    return value
 
 
 def parser() -> argparse.ArgumentParser:
     from search.proxies import list_proxies
     from search.study import DEFAULT_OBJECTIVE, DEFAULT_RESULTS_DIR
 
-    p = _Parser(prog="python -m search", description=__doc__.split("\n")[0],
-                epilog="more commands: predictor-report, predictor-bench, validate-proxy "
-                       "(python -m search COMMAND --help)",
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog="python -m search", description=__doc__.split("\n")[0],
+               epilog="more commands: predictor-report, predictor-bench, validate-proxy "
+                      "(python -m search COMMAND --help)")
     p.add_argument("--budget-ms", metavar="MS",
                    help="latency budget: median milliseconds per call at the deployment setting")
     g = p.add_argument_group("deployment setting (what latency is measured at)")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    g.add_argument("--batch-size", type=_positive_int, default=1)
-    g.add_argument("--image-size", type=_positive_int, default=224)
-    g.add_argument("--threads", type=_positive_int, default=None, help="intra-op threads (default: torch's)")
+    g.add_argument("--batch-size", type=positive_int, default=1)
+    g.add_argument("--image-size", type=positive_int, default=224)
+    g.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: torch's)")
     g.add_argument("--dtype", default="fp32", help="fp32, or bf16 / fp16 through autocast")
     g = p.add_argument_group("search")
-    g.add_argument("--trials", type=_positive_int, default=30,
+    g.add_argument("--trials", type=positive_int, default=30,
                    help="the study's number of finished trials; a resumed study runs only the missing ones")
-    g.add_argument("--timeout", type=_positive_float, default=None, metavar="S", help="stop this run after S seconds")
+    g.add_argument("--timeout", type=positive_float, default=None, metavar="S", help="stop this run after S seconds")
     g.add_argument("--seed", type=int, default=0, help="sampler and initialisation seed")
     g.add_argument("--objective", default=DEFAULT_OBJECTIVE, choices=list_proxies(),
                    help="score to maximise (training-free proxy, or params / flops)")
@@ -84,19 +49,19 @@ def parser() -> argparse.ArgumentParser:
                    help="override the space, e.g. 'stages[2].kind=[conv,attn]', 'kernel_size=[3,5]', "
                         "'stages[0].depth=[1,2]' (repeatable)")
     g.add_argument("--print-space", action="store_true", help="print the space as YAML and exit")
-    g.add_argument("--proxy-inits", type=_positive_int, default=3, help="initialisations a proxy is averaged over")
-    g.add_argument("--proxy-batch", type=_positive_int, default=8, help="mini-batch of the data-dependent proxies")
+    g.add_argument("--proxy-inits", type=positive_int, default=3, help="initialisations a proxy is averaged over")
+    g.add_argument("--proxy-batch", type=positive_int, default=8, help="mini-batch of the data-dependent proxies")
     g.add_argument("--score-infeasible", action="store_true",
                    help="also score over-budget trials (by default they get #params and FLOPs only)")
-    g.add_argument("--recheck", type=_non_negative_int, default=None, metavar="N",
+    g.add_argument("--recheck", type=non_negative_int, default=None, metavar="N",
                    help="re-measure the top N feasible architectures before the report (default: all of them)")
     g.add_argument("--recheck-margin", type=float, default=0.05, metavar="F",
                    help="headroom for the re-measurement: it must fit budget x (1 - F) to stay in the ranking")
     g = p.add_argument_group("latency measurement (bench.StopRule)")
-    g.add_argument("--stop-rel-iqr", type=_positive_float, default=0.05)
-    g.add_argument("--stop-min-runs", type=_positive_int, default=5)
-    g.add_argument("--stop-min-s", type=float, default=0.2)
-    g.add_argument("--stop-max-s", type=_positive_float, default=None,
+    g.add_argument("--stop-rel-iqr", type=positive_float, default=0.05)
+    g.add_argument("--stop-min-runs", type=positive_int, default=5)
+    g.add_argument("--stop-min-s", type=non_negative_float, default=0.2)
+    g.add_argument("--stop-max-s", type=positive_float, default=None,
                    help="time limit per measurement (default: 1.5 s, or 12 x the budget if longer)")
     g.add_argument("--lock-file", default=None,
                    help="machine-wide lock so that two workers never measure at once "
@@ -158,8 +123,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             import yaml
             print(yaml.safe_dump(space.to_dict(), sort_keys=False, default_flow_style=None), end="")
             return 0
-        if args.stop_min_s < 0:
-            raise SearchInputError(f"--stop-min-s {args.stop_min_s}: must be >= 0")
         budget_stop = default_stop(budget)
         stop = bench.StopRule(rel_iqr=args.stop_rel_iqr, min_runs=args.stop_min_runs, min_time_s=args.stop_min_s,
                               max_time_s=args.stop_max_s or budget_stop.max_time_s)

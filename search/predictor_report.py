@@ -29,6 +29,7 @@ import pandas as pd
 import bench
 from bench.io import save_figure, write_json, write_table, write_text
 
+from search.cli_args import Parser, non_negative_float, positive_float, positive_int
 from search.latency import DEFAULT_STOP, BenchLatency, Deployment, MachineLock
 from search.predictor import (DEFAULT_FIT, DEFAULT_MARGIN, FIT_SEED, PREDICTOR_DIR, LatencyPredictor, PredictorGate,
                               network_parts)
@@ -327,9 +328,9 @@ def _bench_markdown(s: dict[str, Any]) -> str:
 def _deployment_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("deployment setting")
     g.add_argument("--device", default="cpu")
-    g.add_argument("--batch-size", type=int, default=1)
-    g.add_argument("--image-size", type=int, default=224)
-    g.add_argument("--threads", type=int, default=None)
+    g.add_argument("--batch-size", type=positive_int, default=1)
+    g.add_argument("--image-size", type=positive_int, default=224)
+    g.add_argument("--threads", type=positive_int, default=None)
     g.add_argument("--dtype", default="fp32")
     p.add_argument("--space", type=Path, default=None, metavar="FILE", help="search space as JSON or YAML")
     p.add_argument("--out-dir", type=Path, default=PREDICTOR_DIR)
@@ -342,26 +343,25 @@ def _deployment(args: argparse.Namespace) -> Deployment:
 
 
 def report_parser(prog: str = "python -m search predictor-report") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="the latency predictor's accuracy on held-out networks",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog=prog, description="the latency predictor's accuracy on held-out networks")
     _deployment_args(p)
-    p.add_argument("--samples", type=int, default=DEFAULT_EVAL, help="held-out networks to measure (>= 30 for the table)")
+    p.add_argument("--samples", type=positive_int, default=DEFAULT_EVAL,
+                   help="held-out networks to measure (>= 30 for the table)")
     p.add_argument("--fit", type=int, default=DEFAULT_FIT, help="networks the calibration is fitted on")
     p.add_argument("--seed", type=int, default=EVAL_SEED, help="seed of the held-out sample")
     p.add_argument("--refit", action="store_true", help="measure the calibration networks again")
-    p.add_argument("--rounds", type=int, default=3, help="real measurements of each held-out network")
+    p.add_argument("--rounds", type=positive_int, default=3, help="real measurements of each held-out network")
     return p
 
 
 def bench_parser(prog: str = "python -m search predictor-bench") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="trials per minute with and without the predictor gate",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog=prog, description="trials per minute with and without the predictor gate")
     _deployment_args(p)
-    p.add_argument("--budget-ms", type=float, required=True)
-    p.add_argument("--seconds", type=float, default=150.0, help="time limit of each of the two searches")
+    p.add_argument("--budget-ms", type=positive_float, required=True)
+    p.add_argument("--seconds", type=positive_float, default=150.0, help="time limit of each of the two searches")
     p.add_argument("--objective", default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN)
+    p.add_argument("--margin", type=non_negative_float, default=DEFAULT_MARGIN)
     return p
 
 
@@ -369,10 +369,10 @@ def main_report(argv: Sequence[str] | None = None) -> int:
     args = report_parser().parse_args(argv)
     try:
         space = SearchSpace.load(args.space) if args.space else SearchSpace.default()
-        if args.samples < 1 or args.fit < 4:
-            raise SearchInputError("--samples must be >= 1 and --fit >= 4")
+        if args.fit < 4:
+            raise SearchInputError(f"--fit {args.fit}: must be >= 4")
         summary = predictor_report(_deployment(args), space, n_eval=args.samples, n_fit=args.fit,
-                                   eval_seed=args.seed, refit=args.refit, out_dir=args.out_dir, rounds=max(1, args.rounds),
+                                   eval_seed=args.seed, refit=args.refit, out_dir=args.out_dir, rounds=args.rounds,
                                    lock_file=args.lock_file)
     except (SearchInputError, bench.BenchInputError) as e:
         print(f"search: error: {e}", file=sys.stderr)
@@ -400,11 +400,3 @@ def main_bench(argv: Sequence[str] | None = None) -> int:
               f"{r['feasible']} feasible, best {r['best_score']:.4g})")
     print(f"Report: {summary['files']['report']}")
     return 0
-
-
-if __name__ == "__main__":
-    commands = {"report": main_report, "bench": main_bench}
-    if len(sys.argv) < 2 or sys.argv[1] not in commands:
-        print("usage: python -m search.predictor_report {report,bench} ...", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(commands[sys.argv[1]](sys.argv[2:]))

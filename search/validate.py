@@ -48,6 +48,7 @@ import container
 from bench.io import save_figure, write_json, write_table, write_text
 from container import NetworkConfig, StageConfig
 
+from search.cli_args import Parser, positive_float, positive_int
 from search.proxies import PROXIES, ProxyScorer, list_proxies
 from search.sampling import sample_configs
 from search.space import SearchInputError, SearchSpace
@@ -397,18 +398,17 @@ def markdown(s: dict[str, Any]) -> str:
 
 def parser(prog: str = "python -m search validate-proxy") -> argparse.ArgumentParser:
     d = ValidationSettings()
-    p = argparse.ArgumentParser(prog=prog, description="train a sample of the space on digits; rank-correlate scores",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--archs", type=int, default=d.archs, help="architectures to train (>= 30 for the table)")
+    p = Parser(prog=prog, description="train a sample of the space on digits; rank-correlate scores")
+    p.add_argument("--archs", type=positive_int, default=d.archs, help="architectures to train (>= 30 for the table)")
     p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds), help="training seeds (>= 2)")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--image-size", type=int, default=d.image_size)
-    p.add_argument("--width-div", type=int, default=d.width_div)
+    p.add_argument("--epochs", type=positive_int, default=d.epochs)
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    p.add_argument("--lr", type=positive_float, default=d.lr)
+    p.add_argument("--image-size", type=positive_int, default=d.image_size)
+    p.add_argument("--width-div", type=positive_int, default=d.width_div)
     p.add_argument("--sample-seed", type=int, default=d.sample_seed)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--bootstrap", type=int, default=d.bootstrap)
+    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--bootstrap", type=positive_int, default=d.bootstrap)
     p.add_argument("--default-objective", default=None, help="the proxy checked against #params (default: the search's)")
     p.add_argument("--space", type=Path, default=None, metavar="FILE")
     p.add_argument("--out-dir", type=Path, default=OUT_DIR)

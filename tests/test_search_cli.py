@@ -64,6 +64,22 @@ def test_other_bad_flags_exit_2_with_one_line(argv, capsys):
     one_line(capsys.readouterr().err)
 
 
+@pytest.mark.parametrize("argv,flag", [
+    (["--budget-ms", "10", "--stop-min-s", "-1"], "--stop-min-s"),
+    (["predictor-bench", "--budget-ms", "-1"], "--budget-ms"),
+    (["predictor-bench", "--budget-ms", "5", "--seconds", "inf"], "--seconds"),
+    (["predictor-report", "--samples", "0"], "--samples"),
+    (["predictor-report", "--fit", "2"], "--fit"),
+    (["validate-proxy", "--archs", "x"], "--archs"),
+    (["validate-proxy", "--lr", "0"], "--lr"),
+])
+def test_every_command_rejects_bad_numbers_in_one_line_naming_the_flag(argv, flag, capsys):
+    with pytest.raises(SystemExit) as info:
+        sys.exit(main(argv))
+    assert info.value.code == 2
+    assert flag in one_line(capsys.readouterr().err)
+
+
 def test_space_file_with_impossible_range_names_the_field(tmp_path, capsys):
     data = json.loads(json.dumps(TINY_SPACE))
     data["stages"][1]["depth"] = [4, 2]
