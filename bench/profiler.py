@@ -42,8 +42,10 @@ def profile(target: Any, batch_size: int = 1, options: Options = Options(), *,
     try:
         workload = build_workload(target, batch_size, options)
         row["params"] = sum(p.numel() for p in workload.eager.parameters())
-        # The first compiled call compiles; time it before anything else runs the module.
-        row["compile_s"] = _first_call_s(workload.step, device) if options.compile else math.nan
+        # The first call initialises lazily (compiles, folds constants, picks kernels): it is timed on
+        # its own, before anything else runs the module, so memory and latency are of steady calls.
+        first_call_s = _first_call_s(workload.step, device)
+        row["compile_s"] = first_call_s if options.compile else math.nan
         attention_calls: tuple[AttentionCall, ...] = ()
         if flops:
             count = count_flops(workload.eager, workload.x)
@@ -55,7 +57,7 @@ def profile(target: Any, batch_size: int = 1, options: Options = Options(), *,
             row |= _memory_columns(workload.step, device)
         latency = measure_latency(workload.step, device=device, threads=threads, stop=options.stop,
                                   label=target.name)
-        row |= latency.row()
+        row |= latency.row() | {"latency_cold_ms": first_call_s * 1e3}
         row["throughput_img_s"] = batch_size / (latency.median_ms / 1e3)
         if rss_worker is not None and device.type == "cpu":
             row |= rss_worker.measure(target, batch_size, options, threads)
