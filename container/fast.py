@@ -161,7 +161,7 @@ def attention_dtype(device: torch.device, gemm_dtype: torch.dtype) -> torch.dtyp
     it converts each tile and runs slower than in fp32 (AVX512-BF16 EPYC, head_dim 32, the four
     stage shapes: 8-26% slower), so there attention stays in fp32, which is also more accurate."""
     if device.type == "cpu" and gemm_dtype in (torch.bfloat16, torch.float16) \
-            and not torch.cpu._is_amx_tile_supported():
+            and not getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
         return torch.float32
     return gemm_dtype
 

@@ -29,7 +29,6 @@ def _checked(convert: Callable[[str], float], noun: str, ok: Callable[[float], b
         if not ok(value):
             raise argparse.ArgumentTypeError(f"{text} must be {requirement}")
         return value
-    parse.__name__ = requirement  # argparse names the type in some messages
     return parse
 
 
