@@ -8,10 +8,9 @@ from typing import Any
 import torch
 
 from bench.env import environment
-from bench.flops import count_flops, count_training_flops
+from bench.flops import AttentionCall, count_flops, count_training_flops
 from bench.isolated import RssWorker
 from bench.memory import cpu_allocator_peak, cuda_allocator_peak
-from bench.flops import AttentionCall
 from bench.roofline import Roofline, attention_kernel_ms
 from bench.targets import Target, as_target
 from bench.timing import measure_latency, synchronize

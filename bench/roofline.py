@@ -54,7 +54,6 @@ def calibrate(device: str = "cpu", dtype: str = "fp32", threads: int | None = No
     return Roofline(str(dev), dtype, best, best_size, bandwidth)
 
 
-
 def attention_kernel_ms(calls: Iterable[AttentionCall], device: str = "cpu", dtypes: Iterable[str] = ("fp32",),
                         threads: int | None = None, stop: StopRule = CALIBRATION_STOP) -> float:
     """What a workload's fused-attention calls cost when the kernel runs alone, in ms.

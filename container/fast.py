@@ -21,9 +21,8 @@ Three paths, picked per call:
   convs are oneDNN convolutions on it (GEMMs on its token view when tokens are few). Attention is
   `F.scaled_dot_product_attention` reading Q, K, V as strided views of conv1's (tokens, 3C) output
   (no chunk, no copy); its (B, N, heads, d) output is already the channels_last layout that conv2
-  reads. The folded constants are cached
-  and rebuilt whenever a parameter or BatchNorm statistic changes (tensor version counters), dtype
-  or device changes.
+  reads. The folded constants are cached and rebuilt whenever a parameter or BatchNorm statistic
+  changes (tensor version counters), dtype or device changes.
 * training mode (or eval with autograd on): the lean path. Same parameters, same BatchNorm
   batch statistics and running-stat updates, same DropPath draws, so gradients equal the
   reference's; it differs only in how it computes: channels_last throughout, 1x1 convs as
@@ -175,7 +174,8 @@ def _token_mixing(k: dict[str, Any], qkv: torch.Tensor, b: int, h: int, w: int) 
         d = c // heads
         t = qkv.view(b, n, 3, heads, d)
         adt = k["attention_dtype"]
-        q, kk, v = (t[:, :, i].transpose(1, 2).to(adt) for i in range(3))  # (B, heads, N, d) views
+        # (B, heads, N, d) strided views; copies only where attention runs in another dtype
+        q, kk, v = (t[:, :, i].transpose(1, 2).to(adt) for i in range(3))
         # The CPU flash kernel writes its output as (B, N, heads, d): conv2's (tokens, C) layout.
         o = F.scaled_dot_product_attention(q, kk, v).to(qkv.dtype).transpose(1, 2).reshape(b, n, c)
         if static is None:
