@@ -4,8 +4,9 @@ Conventions: fvcore counts one multiply-add as one "flop"; we publish that as MA
 FLOPs = 2 x MACs. FlopCounterMode counts FLOPs (2 per multiply-add) directly.
 
 Both counters miss some ops silently: neither counts scaled_dot_product_attention on CPU, and
-fvcore's generic einsum estimate is inexact. We register exact handlers for those, and record the
-ops each counter saw but could not attribute.
+fvcore's generic einsum estimate is inexact, and FlopCounterMode overcounts the backward of grouped
+convs. We register exact handlers for those, and record the ops each counter saw but could not
+attribute.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 import torch.nn as nn
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_backward_flop_count, sdpa_flop_count
 
 # fvcore operator names (its handle keys without "aten::") that FlopCounterMode counts too; the
 # cross-check compares 2 x fvcore on these with FlopCounterMode's total.
@@ -60,9 +61,18 @@ def _cpu_flash_sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value
     return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
+def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                         _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    # FlopCounterMode's own formula transposes the weight's shape and so counts a grouped conv's
+    # input gradient as a dense conv (513x the forward for a 512-channel depthwise conv). Each
+    # gradient it computes (input, weight) costs exactly the forward's multiply-adds.
+    forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed=transposed)
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
 def _flop_counter_mapping() -> dict[Any, Any]:
     aten = torch.ops.aten
-    mapping = {}
+    mapping: dict[Any, Any] = {aten.convolution_backward: _conv_backward_flops}
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
         mapping[aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_flash_sdpa_flops
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):

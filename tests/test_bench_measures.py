@@ -50,6 +50,27 @@ def test_block_flops_match_the_analytic_formula(kind, dim, side, heads, k):
         assert "softmax" in counted.unattributed_fvcore  # recorded, not silently dropped
 
 
+@pytest.mark.parametrize("groups", [1, 8, 64], ids=["dense", "grouped", "depthwise"])
+def test_a_conv_backward_costs_one_forward_per_gradient(groups):
+    from bench.flops import count_training_flops
+    conv = torch.nn.Conv2d(64, 64, 5, padding=2, groups=groups)
+    x = torch.randn(2, 64, 7, 7)
+    forward = 2 * 2 * 49 * 64 * (64 // groups) * 25
+    assert count_training_flops(conv, x) == forward + forward  # the weight's gradient; x needs none
+    assert count_training_flops(conv, x.requires_grad_()) == 3 * forward
+
+
+@pytest.mark.parametrize("kind", list(container.BLOCK_KINDS))
+def test_block_training_flops_are_three_forwards_less_the_input_gradient(kind):
+    from bench.flops import count_training_flops
+    dim, side, batch = 32, 6, 2
+    block = container.ContainerBlock(dim, 2, kind, 5, mlp_ratio=3.0, tokens=(side, side))
+    x = torch.randn(batch, dim, side, side)
+    forward = 2 * analytic_block_macs(kind, dim, side, 2, 5, 3.0, batch)["shared"]
+    pos_embed_input_grad = 2 * batch * side * side * dim * 9  # x needs no gradient
+    assert count_training_flops(block.train(), x) == 3 * forward - pos_embed_input_grad
+
+
 class SdpaAttention(torch.nn.Module):
     def forward(self, q, k, v):
         return F.scaled_dot_product_attention(q, k, v)
