@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import torch
@@ -13,7 +12,7 @@ from bench.isolated import RssWorker
 from bench.memory import cpu_allocator_peak, cuda_allocator_peak
 from bench.roofline import Roofline, attention_kernel_ms
 from bench.targets import Target, as_target
-from bench.timing import measure_latency, synchronize
+from bench.timing import measure_latency
 from bench.workload import Options, build_workload
 
 
@@ -41,10 +40,6 @@ def profile(target: Any, batch_size: int = 1, options: Options = Options(), *,
     try:
         workload = build_workload(target, batch_size, options)
         row["params"] = sum(p.numel() for p in workload.eager.parameters())
-        # The first call initialises lazily (compiles, folds constants, picks kernels): it is timed on
-        # its own, before anything else runs the module, so memory and latency are of steady calls.
-        first_call_s = _first_call_s(workload.step, device)
-        row["compile_s"] = first_call_s if options.compile else math.nan
         attention_calls: tuple[AttentionCall, ...] = ()
         if flops:
             count = count_flops(workload.eager, workload.x)
@@ -52,11 +47,14 @@ def profile(target: Any, batch_size: int = 1, options: Options = Options(), *,
             row |= count.row()
             row["work_flops"] = (count_training_flops(workload.eager, workload.x) if options.mode == "train"
                                  else row["flops_2x_macs_fvcore"])
-        if memory:
-            row |= _memory_columns(workload.step, device)
+        # Timing comes first: its cold call is the module's first (lazy initialisation: compiling,
+        # folding constants, picking kernels), so the memory measured after it is of a steady call.
         latency = measure_latency(workload.step, device=device, threads=threads, stop=options.stop,
                                   label=target.name)
-        row |= latency.row() | {"latency_cold_ms": first_call_s * 1e3}
+        row |= latency.row()
+        row["compile_s"] = latency.cold_ms / 1e3 if options.compile else math.nan
+        if memory:
+            row |= _memory_columns(workload.step, device)
         row["throughput_img_s"] = batch_size / (latency.median_ms / 1e3)
         if rss_worker is not None and device.type == "cpu":
             row |= rss_worker.measure(target, batch_size, options, threads)
@@ -73,14 +71,6 @@ def profile(target: Any, batch_size: int = 1, options: Options = Options(), *,
             row |= _kernel_bound_columns(row, attention_calls, roofline, options, threads)
     row["latency_samples_ms"] = list(latency.times_ms) if row["status"] == "ok" else []
     return row | environment(options.device, threads)
-
-
-def _first_call_s(step, device: torch.device) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    step()
-    synchronize(device)
-    return time.perf_counter() - start
 
 
 def _memory_columns(step, device: torch.device) -> dict[str, Any]:

@@ -95,7 +95,7 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
-def synchronize(device: torch.device) -> None:
+def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -114,17 +114,17 @@ def measure_latency(fn: Callable[[], object], *, device: str | torch.device = "c
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        synchronize(device)
+        _synchronize(device)
         start = time.perf_counter()
         fn()
-        synchronize(device)
+        _synchronize(device)
         cold_s = time.perf_counter() - start
 
         warm_start, warm_calls = time.perf_counter(), 0
         while warm_calls < 2 or time.perf_counter() - warm_start < warmup_s:
             fn()
             warm_calls += 1
-        synchronize(device)
+        _synchronize(device)
         per_call = max((time.perf_counter() - warm_start) / warm_calls, 1e-9)
         number = max(1, math.ceil(min_block_s / per_call))
 

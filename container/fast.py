@@ -218,8 +218,9 @@ def block_infer(x: torch.Tensor, k: dict[str, Any], lowp: torch.dtype | None = N
 
     The residual stream u is one channels_last tensor that the block updates in place. The 1x1
     convs run on it as oneDNN convolutions, or as `addmm` on its (tokens, C) view where there are
-    few tokens (`_conv1x1`); token mixing reads conv1's output as its (tokens, 3C) view. Under autocast, lowp is its dtype: the 1x1 conv inputs are cast to it and their outputs
-    added to the stream, which stays in the parameters' dtype, like the reference's.
+    few tokens (`_conv1x1`); token mixing reads conv1's output as its (tokens, 3C) view. Under
+    autocast, lowp is its dtype: the 1x1 conv inputs are cast to it and their outputs added to the
+    stream, which stays in the parameters' dtype, like the reference's.
     """
     b, c, h, w = x.shape
     x = x.to(k["pos_w"].dtype).contiguous(memory_format=torch.channels_last)
