@@ -281,12 +281,14 @@ class SearchStudy:
         study, mine = self.study, self.identity
         attrs = study.user_attrs
         if "fingerprint" not in attrs:
-            for key, value in mine.items():
-                study.set_user_attr(key, value)
             study.set_user_attr("search_format", SEARCH_FORMAT)
             study.set_user_attr("environment", bench.environment(self.settings.deployment.device,
                                                                  self.settings.deployment.threads))
             study.set_user_attr("created_utc", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+            # One attribute at a time: the fingerprint goes last, so a worker that sees it sees the
+            # whole identity (otherwise a second worker starting at once reads a half-written one).
+            for key, value in sorted(mine.items(), key=lambda item: item[0] == "fingerprint"):
+                study.set_user_attr(key, value)
             attrs = study.user_attrs  # re-read: another worker may have recorded its identity first
         check_identity(study.study_name, attrs, mine)
 
