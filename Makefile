@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml constraints.txt
 test: install
 	$(PY) -m pytest
 
+# ruff's rules are in pyproject.toml ([tool.ruff]).
+.PHONY: lint
+lint: install
+	$(VENV)/bin/ruff check .
+
 bench: install
 	$(PY) -m bench
 
@@ -30,7 +35,7 @@ bench-fast: install
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .benchmarks
 
-# The throughput regression gate (bench/regress.py): exit 0 ok, 1 regressed, 2 bad input (e.g. no
+# The throughput regression gate (bench/regress/): exit 0 ok, 1 regressed, 2 bad input (e.g. no
 # baseline for this machine). REGRESS_ARGS passes options, e.g. REGRESS_ARGS="--against origin/main".
 .PHONY: regress regress-update
 regress: install

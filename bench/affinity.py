@@ -9,12 +9,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
 
-import container  # noqa: E402
-from bench.io import save_figure  # noqa: E402
-from bench.targets import BenchInputError, BlockTarget  # noqa: E402
+import container
+from bench.io import save_figure
+from bench.targets import BenchInputError, BlockTarget
 
 
 def block_and_input(kind: str | None = None, dim: int = 64, side: int = 14, heads: int | None = None,

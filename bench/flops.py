@@ -117,6 +117,10 @@ class FlopCount:
             return 0.0 if self.shared_macs_fvcore == 0 else math.inf
         return abs(2 * self.shared_macs_fvcore - reference) / reference
 
+    @property
+    def attention_flops(self) -> int:
+        return sum(call.flops for call in self.attention_calls)
+
     def row(self) -> dict[str, Any]:
         return {
             "macs_fvcore": self.macs_fvcore,
@@ -126,7 +130,7 @@ class FlopCount:
             "fvcore_only_macs": self.macs_fvcore - self.shared_macs_fvcore,
             "unattributed_ops_fvcore": " ".join(self.unattributed_fvcore),
             "unattributed_ops_flopcounter": " ".join(self.unattributed_flopcounter),
-            "attention_flops": sum(call.flops for call in self.attention_calls),
+            "attention_flops": self.attention_flops,
         }
 
 

@@ -6,7 +6,7 @@
 Baseline mode (the default, what `make regress` does): one baseline is measured first, as
 `make regress-update` would (to a temporary file, not the committed one), then `--runs` gate runs of
 the unchanged code and `--runs` runs with a slowdown injected alternate, each a full gate run (its
-own worker process, set-up and rounds). The slowdown (see bench/regress_worker.py): extra in-place
+own worker process, set-up and rounds). The slowdown (see bench/regress/worker.py): extra in-place
 elementwise passes over an input-sized buffer after every call of each row. Their number is found
 once, at the start, so that each row is `--slowdown` (15%) slower, measured interleaved; every
 slowed run then does exactly that extra work (CONTAINER_BENCH_REGRESS_SLOWDOWN_PASSES), as a
@@ -17,7 +17,6 @@ Writes results/gate_eval.md and results/gate_eval.json (bench.io, atomically).
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
@@ -27,11 +26,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from bench import regress
+from bench.cli_kit import Parser, fraction, positive_float, positive_int, writable_file
 from bench.env import REPO_ROOT, environment, fingerprint, git_commit, machine_summary
-from bench.io import write_json, write_text
-from bench.regress_worker import PASSES_ENV, SLOWDOWN_ENV
+from bench.formatting import markdown_table
+from bench.io import results_root, write_json, write_text
+from bench.regress import PASSES_ENV, SLOWDOWN_ENV
 from bench.targets import BenchInputError
 
 DEFAULT_ROWS = "conv,mix,container_light"
@@ -127,47 +129,47 @@ def markdown(doc: dict) -> str:
         f"('measured change, slowed') is the better figure for the slowdown actually injected. "
         f"Total {doc['seconds'] / 60:.1f} minutes.",
         "",
-        "| | runs | runs flagged | rows flagged |",
-        "| --- | ---: | ---: | ---: |",
-        f"| unchanged code (false alarms) | {s['null_runs']} | {s['false_alarm_runs']} | "
-        f"{s['row_false_alarms']} of {s['row_null_trials']} |",
-        f"| ~{a['slowdown']:.0%} slower (detections) | {s['slowed_runs']} | {s['detected_runs_any']} "
-        f"(every row: {s['detected_runs_all']}) | {s['row_detections']} of {s['row_slowed_trials']} |",
+        markdown_table(pd.DataFrame([
+            {"": "unchanged code (false alarms)", "runs": s["null_runs"], "runs flagged": s["false_alarm_runs"],
+             "rows flagged": f"{s['row_false_alarms']} of {s['row_null_trials']}"},
+            {"": f"~{a['slowdown']:.0%} slower (detections)", "runs": s["slowed_runs"],
+             "runs flagged": f"{s['detected_runs_any']} (every row: {s['detected_runs_all']})",
+             "rows flagged": f"{s['row_detections']} of {s['row_slowed_trials']}"}]), align="lrrr"),
         "",
-        "| row | false alarms | measured change, unchanged: median (max) | detections | injected "
-        "| measured change, slowed: median (min) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        markdown_table(pd.DataFrame([
+            {"row": row, "false alarms": f"{r['false_alarms']}/{r['null_runs']}",
+             "measured change, unchanged: median (max)":
+                 f"{r['null_change_median']:+.1%} ({r['null_change_max']:+.1%})",
+             "detections": f"{r['detections']}/{r['slowed_runs']}", "injected": f"{r['injected']:+.1%}",
+             "measured change, slowed: median (min)":
+                 f"{r['slowed_change_median']:+.1%} ({r['slowed_change_min']:+.1%})"}
+            for row, r in s["per_row"].items()]), align="lrrrrr"),
     ]
-    for row, r in s["per_row"].items():
-        lines.append(f"| {row} | {r['false_alarms']}/{r['null_runs']} | {r['null_change_median']:+.1%} "
-                     f"({r['null_change_max']:+.1%}) | {r['detections']}/{r['slowed_runs']} | "
-                     f"{r['injected']:+.1%} | {r['slowed_change_median']:+.1%} ({r['slowed_change_min']:+.1%}) |")
-    lines += ["", "Every run:", "", "| # | code | seconds | " + " | ".join(a["rows"]) + " | flagged |",
-              "| ---: | --- | ---: | " + " | ".join("---:" for _ in a["rows"]) + " | --- |"]
-    for i, run in enumerate(doc["runs"], 1):
-        cells = []
-        for row in a["rows"]:
-            v = run["rows"].get(row)
-            cells.append(f"{v['change']:+.1%} (p {v['p_slower']:.1g})" if v else "-")
-        lines.append(f"| {i} | {'slowed' if run['slowdown'] else 'unchanged'} | {run['seconds']:.0f} | "
-                     + " | ".join(cells) + f" | {', '.join(run['regressed']) or '-'} |")
+    every_run = pd.DataFrame([
+        {"#": i, "code": "slowed" if run["slowdown"] else "unchanged", "seconds": f"{run['seconds']:.0f}",
+         **{row: (f"{v['change']:+.1%} (p {v['p_slower']:.1g})" if (v := run["rows"].get(row)) else None)
+            for row in a["rows"]},
+         "flagged": ", ".join(run["regressed"]) or None}
+        for i, run in enumerate(doc["runs"], 1)])
+    lines += ["", "Every run:", "", markdown_table(every_run, align="rlr" + "r" * len(a["rows"]) + "l")]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
-    p = argparse.ArgumentParser(prog="python -m bench.gate_eval", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m bench.gate_eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--mode", choices=("baseline", "against"), default="baseline")
     p.add_argument("--against", default="HEAD", help="revision for --mode against (default HEAD)")
     p.add_argument("--rows", default=DEFAULT_ROWS, help=f"rows of the suite (default {DEFAULT_ROWS})")
-    p.add_argument("--runs", type=int, default=10, help="runs of each kind (default 10)")
-    p.add_argument("--slowdown", type=float, default=0.15, help="injected slowdown (default 0.15)")
-    p.add_argument("--rounds", type=int, default=regress.DEFAULT_ROUNDS)
-    p.add_argument("--baseline-rounds", type=int, default=regress.DEFAULT_UPDATE_ROUNDS)
-    p.add_argument("--min-effect", type=float, default=regress.DEFAULT_MIN_EFFECT)
-    p.add_argument("--alpha", type=float, default=regress.DEFAULT_ALPHA)
-    p.add_argument("--out", default=str(REPO_ROOT / "results" / "gate_eval"), help="output stem (.md and .json)")
+    p.add_argument("--runs", type=positive_int, default=10, help="runs of each kind (default 10)")
+    p.add_argument("--slowdown", type=fraction, default=0.15, help="injected slowdown (default 0.15)")
+    p.add_argument("--rounds", type=positive_int, default=regress.DEFAULT_ROUNDS)
+    p.add_argument("--baseline-rounds", type=positive_int, default=regress.DEFAULT_UPDATE_ROUNDS)
+    p.add_argument("--min-effect", type=positive_float, default=regress.DEFAULT_MIN_EFFECT)
+    p.add_argument("--alpha", type=fraction, default=regress.DEFAULT_ALPHA)
+    p.add_argument("--out", type=writable_file, default=results_root() / "gate_eval",
+                   help="output stem (.md and .json)")
     args = p.parse_args(argv)
     console = Console(stderr=True)
     try:

@@ -14,10 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.env import REPO_ROOT
+from bench.cli_kit import Parser, writable_file
+from bench.io import results_root, save_figure
+from bench.regress import HISTORY_PATH, METHOD
 from bench.targets import BenchInputError
 
-DEFAULT_OUT = REPO_ROOT / "results" / "runs" / "regress_history.png"
+DEFAULT_OUT = results_root() / "runs" / "regress_history.png"
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
@@ -42,8 +44,6 @@ def read_history(path: Path) -> list[dict[str, Any]]:
 def select(records: list[dict[str, Any]], machine: str | None) -> list[dict[str, Any]]:
     """The records of one machine fingerprint (default: the most recent record's) made by the
     gate's current measuring method (figures made another way are not comparable)."""
-    from bench.regress import METHOD
-
     if machine == "all":
         return records
     records = [r for r in records if r.get("method") == METHOD]
@@ -63,8 +63,6 @@ def plot(records: list[dict[str, Any]], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-
-    from bench.io import save_figure
 
     commits: list[str] = []
     for r in sorted(records, key=lambda r: r.get("timestamp_utc", "")):
@@ -104,11 +102,9 @@ def plot(records: list[dict[str, Any]], out: Path) -> Path:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    from bench.regress import HISTORY_PATH
-
     parser.description = __doc__.split("\n\n")[0]
     parser.add_argument("--history", default=str(HISTORY_PATH), help="history file written by the gate")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="PNG to write")
+    parser.add_argument("--out", type=writable_file, default=DEFAULT_OUT, help="PNG to write")
     parser.add_argument("--machine", default=None,
                         help="machine fingerprint to plot (default: the latest record's; 'all' for every machine)")
 
@@ -126,6 +122,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="python -m bench.history")
+    _parser = Parser(prog="python -m bench.history")
     configure_parser(_parser)
     raise SystemExit(main(_parser.parse_args()))

@@ -1,4 +1,8 @@
-"""Atomic result files: a run killed half-way leaves no half-written file and earlier files intact."""
+"""Where results go and how they are written.
+
+One results root for every command, whatever the working directory (`results_root`), and atomic
+writers: a run killed half-way leaves no half-written file and earlier files intact.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -9,6 +13,20 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
+
+from bench.env import REPO_ROOT
+
+RESULTS_ENV = "CONTAINER_BENCH_RESULTS"
+
+
+def results_root() -> Path:
+    """$CONTAINER_BENCH_RESULTS if set; else results/ of the source checkout these packages are installed
+    from (an editable install, the usual case); else ./results of the working directory."""
+    if os.environ.get(RESULTS_ENV):
+        return Path(os.environ[RESULTS_ENV]).expanduser().absolute()
+    if (REPO_ROOT / "pyproject.toml").is_file():
+        return REPO_ROOT / "results"
+    return Path.cwd() / "results"
 
 
 @contextlib.contextmanager

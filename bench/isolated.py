@@ -9,9 +9,21 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+import torch
+
+from bench.targets import Target
+from bench.workload import Options, build_workload
+
+
+@dataclass(frozen=True)
+class RssPeak:
+    peak_bytes: int  # the worker's peak resident set over two calls of the workload
+    before_call_bytes: int  # its resident set once the workload was built
+    call_delta_bytes: int  # peak - before; -1 where the kernel cannot reset the peak (no clear_refs)
 
 
 def _reset_peak_rss() -> bool:
@@ -29,16 +41,13 @@ def _peak_rss_bytes() -> int:
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import resource
+    import resource  # here, not at the top: Unix only, and only where there is no /proc
+
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _measure(target, batch_size, options, threads) -> dict[str, int]:
-    import torch
-
-    from bench.workload import build_workload
-
+def _measure(target: Target, batch_size: int, options: Options, threads: int) -> RssPeak:
     torch.set_num_threads(threads)
     workload = build_workload(target, batch_size, options)
     baseline = psutil.Process(os.getpid()).memory_info().rss
@@ -46,8 +55,7 @@ def _measure(target, batch_size, options, threads) -> dict[str, int]:
     workload.step()
     workload.step()
     peak = _peak_rss_bytes()
-    return {"rss_peak_bytes": peak, "rss_before_call_bytes": baseline,
-            "rss_call_delta_bytes": peak - baseline if exact else -1}
+    return RssPeak(peak_bytes=peak, before_call_bytes=baseline, call_delta_bytes=peak - baseline if exact else -1)
 
 
 class RssWorker:
@@ -58,7 +66,7 @@ class RssWorker:
         self._pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
                                          max_tasks_per_child=None if exact else 1)
 
-    def measure(self, target, batch_size, options, threads) -> dict[str, int]:
+    def measure(self, target: Target, batch_size: int, options: Options, threads: int) -> RssPeak:
         return self._pool.submit(_measure, target, batch_size, options, threads).result()
 
     def close(self) -> None:

@@ -25,6 +25,13 @@ class AllocatorPeak:
     allocated_bytes: int  # every allocation made during the call, added up
 
 
+@dataclass(frozen=True)
+class CudaPeak:
+    peak_allocated_bytes: int  # most bytes allocated at once during the call, above the level before it
+    peak_reserved_bytes: int  # the caching allocator's reserved peak (its whole pool, not only this call)
+    allocated_bytes: int  # every allocation made during the call, added up
+
+
 def _allocation_events(prof) -> list[tuple[int, int, str]]:
     from torch._C._profiler import _EventType
 
@@ -69,7 +76,7 @@ def cpu_allocator_peak(fn: Callable[[], object]) -> AllocatorPeak:
     return AllocatorPeak(peak_bytes=int(peak), allocated_bytes=int(sum(s for s in sizes if s > 0)))
 
 
-def cuda_allocator_peak(fn: Callable[[], object], device: torch.device) -> dict[str, int]:
+def cuda_allocator_peak(fn: Callable[[], object], device: torch.device) -> CudaPeak:
     """CUDA caching-allocator peaks of one call: allocated above the level before it, and reserved."""
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
@@ -78,8 +85,6 @@ def cuda_allocator_peak(fn: Callable[[], object], device: torch.device) -> dict[
     fn()
     torch.cuda.synchronize(device)
     stats = torch.cuda.memory_stats(device)
-    return {
-        "cuda_peak_allocated_bytes": int(torch.cuda.max_memory_allocated(device) - before),
-        "cuda_peak_reserved_bytes": int(torch.cuda.max_memory_reserved(device)),
-        "cuda_allocated_during_call_bytes": int(stats.get("allocated_bytes.all.allocated", 0) - allocated_before),
-    }
+    return CudaPeak(peak_allocated_bytes=int(torch.cuda.max_memory_allocated(device) - before),
+                    peak_reserved_bytes=int(torch.cuda.max_memory_reserved(device)),
+                    allocated_bytes=int(stats.get("allocated_bytes.all.allocated", 0) - allocated_before))

@@ -7,15 +7,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
 
-from bench.env import machine_summary  # noqa: E402
-from bench.io import save_figure, write_text  # noqa: E402
-from bench.roofline import Roofline  # noqa: E402
+from bench.env import machine_summary
+from bench.io import save_figure, write_text
+from bench.roofline import Roofline
 
 VARIANT = ["device", "dtype", "channels_last", "compile", "mode", "impl"]
 

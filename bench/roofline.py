@@ -40,7 +40,7 @@ def calibrate(device: str = "cpu", dtype: str = "fp32", threads: int | None = No
     for n in sizes:
         a = torch.randn(n, n, device=dev).to(torch_dtype)
         b = torch.randn(n, n, device=dev).to(torch_dtype)
-        stats = measure_latency(lambda: torch.mm(a, b), device=dev, threads=threads, stop=stop, label="gemm")
+        stats = measure_latency(functools.partial(torch.mm, a, b), device=dev, threads=threads, stop=stop, label="gemm")
         # A peak is what the machine can do: interference only ever adds time, so the fastest block
         # estimates it; the median would let one busy moment pass a lower peak for the machine's.
         flops = 2 * n**3 / (stats.min_ms / 1e3)

@@ -1,6 +1,7 @@
 """The suites behind `make bench`: which targets, at which batch sizes and settings, in which order."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +14,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import container
 from bench.env import environment, git_commit
-from bench.io import write_json, write_table
+from bench.io import results_root, write_json, write_table
 from bench.isolated import RssWorker
 from bench.profiler import profile
+from bench.report import print_summary, table_console, write_report
 from bench.roofline import Roofline, calibrate
 from bench.targets import STAGE_SHAPES, BlockTarget, NetworkTarget, Target
 from bench.timing import StopRule
@@ -89,23 +91,33 @@ def grouped_by_workload(jobs: list[Job]) -> list[Job]:
     return sorted(jobs, key=lambda job: first[(job.target.name, job.batch_size)])
 
 
-def new_run_dir(root: str | Path = "results/runs") -> Path:
+def new_run_dir(root: str | Path | None = None) -> Path:
+    """A fresh run directory, <root>/<time>-<commit>; root defaults to the results root's runs/."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(root) / f"{stamp}-{git_commit()}"
+    return Path(results_root() / "runs" if root is None else root) / f"{stamp}-{git_commit()}"
 
 
 def run_suite(jobs: list[Job], out_dir: str | Path, *, rss: bool = True, console: Console | None = None,
               progress: bool = True, calibration_stop: StopRule | None = None) -> pd.DataFrame:
-    """Measure every job and write results.csv / results.json after each one, then the report."""
-    from bench.report import print_summary, table_console, write_report
+    """Measure every job and write results.csv / results.json after each one, then the report.
 
+    Each row gets the environment's columns (machine, commit, time), taken once per device and
+    thread count in the run: bench.profile leaves them out, so a search trial does not pay for them.
+    """
     console = console or table_console()
     out_dir = Path(out_dir)
     rooflines: dict[tuple[str, str], Roofline] = {}
+    environments: dict[tuple[str, int], dict[str, object]] = {}
+
+    def environment_of(device: str, threads: int) -> dict[str, object]:
+        if (device, threads) not in environments:
+            environments[device, threads] = environment(device, threads)
+        return environments[device, threads]
+
     rows: list[dict] = []
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console, disable=not progress, transient=False) as bar, \
-            (RssWorker() if rss else _NoWorker()) as worker:
+            (RssWorker() if rss else contextlib.nullcontext()) as worker:
         task = bar.add_task("calibrating roofline", total=len(jobs))
         for job in jobs:
             key = (job.options.device, job.options.dtype)
@@ -115,15 +127,16 @@ def run_suite(jobs: list[Job], out_dir: str | Path, *, rss: bool = True, console
                                            **({"stop": calibration_stop} if calibration_stop else {}))
             bar.update(task, description=f"{job.target.name} b{job.batch_size} {job.options.device} "
                                          f"{job.options.dtype}{' cl' if job.options.channels_last else ''}")
-            row = profile(job.target, job.batch_size, job.options, roofline=rooflines[key],
-                          rss_worker=worker if (rss and job.rss) else None)
-            rows.append(row | {"group": job.group})
+            result = profile(job.target, job.batch_size, job.options, roofline=rooflines[key],
+                             rss_worker=worker if (rss and job.rss) else None)
+            rows.append(result.row() | environment_of(result.options.device, result.threads) | {"group": job.group})
             _write_rows(rows, out_dir)
             bar.advance(task)
         bar.update(task, description="done")
     frame = _write_rows(rows, out_dir)
-    write_json(out_dir / "environment.json", environment(threads=jobs[0].options.threads if jobs else None)
-               | {"rooflines": [vars(r) for r in rooflines.values()]})
+    threads = (jobs[0].options.threads if jobs else None) or torch.get_num_threads()
+    write_json(out_dir / "environment.json",
+               environment_of("cpu", threads) | {"rooflines": [vars(r) for r in rooflines.values()]})
     write_report(frame, out_dir, list(rooflines.values()))
     print_summary(frame, console)
     console.print(f"results: [bold]{out_dir}[/] (results.csv, results.json, report.md)")
@@ -139,14 +152,6 @@ def _write_rows(rows: list[dict], out_dir: Path) -> pd.DataFrame:
                    [{"name": r["name"], "batch_size": r["batch_size"], "device": r["device"], "dtype": r["dtype"],
                      "samples_ms": s} for r, s in zip(rows, samples)])
     return frame
-
-
-class _NoWorker:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return None
 
 
 def resolve_devices(spec: str) -> list[str]:

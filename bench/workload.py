@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+import container
 from bench.roofline import DTYPES
 from bench.targets import BenchInputError, Target
 from bench.timing import StopRule
@@ -81,8 +82,6 @@ def build_workload(target: Target, batch_size: int, options: Options, seed: int 
     training = options.mode == "train"
     module.train(training)
     if options.impl == "fast":
-        import container
-
         if not hasattr(container, "optimize"):
             raise BenchInputError("--impl fast: this version of container/ has no optimize()")
         module = container.optimize(module, training=training)

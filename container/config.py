@@ -111,6 +111,17 @@ class NetworkConfig:
             sizes.append(side)
         return sizes
 
+    def describe(self) -> str:
+        """One line for reports: per stage, depth x dim / heads, kind, kernel, MLP ratio
+        (`2x64/2h conv k5 r4; 3x128/4h mix k3 r2`)."""
+        return "; ".join(f"{s.depth}x{s.dim}/{s.heads}h {s.kind} k{s.kernel_size} r{s.mlp_ratio:g}"
+                         for s in self.stages)
+
+    def describe_short(self) -> str:
+        """Depths, dims and kinds only, for a terminal column: `d3-4-8-3 w64-128-320-512 conv-conv-conv-mix`."""
+        return (f"d{'-'.join(str(s.depth) for s in self.stages)} w{'-'.join(str(s.dim) for s in self.stages)} "
+                f"{'-'.join(s.kind for s in self.stages)}")
+
     def replace(self, **changes: Any) -> "NetworkConfig":
         return dataclasses.replace(self, **changes)
 

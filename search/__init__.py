@@ -10,17 +10,19 @@ results/search/<study>/.
     container.build(result.best_config)
 """
 from search.latency import (DEFAULT_STOP, BenchLatency, CachedLatency, Deployment, Latency, LatencySource,
-                            MachineLock, MeasurementError, default_stop)
+                            MachineLock, MeasurementError, PredictedLatency, PredictorGate, default_stop)
 from search.proxies import PROXIES, ProxyScorer, Scorer, Scores, list_proxies, register_proxy
 from search.report import print_summary, ranking, write_report
+from search.settings import NoFeasibleNetworkError, SearchSettings, WorkerMismatchError, parse_budget
 from search.space import SearchInputError, SearchSpace, SpaceError, StageSpace
-from search.study import (NoFeasibleNetworkError, SearchResult, SearchSettings, SearchStudy, WorkerMismatchError,
-                          make_storage, parse_budget, run_search)
+from search.storage import make_storage
+from search.study import SearchStudy, run_search
+from search.trials import SearchResult
 
 __all__ = [
     "BenchLatency", "CachedLatency", "DEFAULT_STOP", "Deployment", "Latency", "LatencySource", "MachineLock",
-    "MeasurementError", "NoFeasibleNetworkError", "PROXIES", "ProxyScorer", "Scorer", "Scores", "SearchInputError",
-    "SearchResult", "SearchSettings", "SearchSpace", "SearchStudy", "SpaceError", "StageSpace", "WorkerMismatchError",
-    "default_stop", "list_proxies", "make_storage", "parse_budget", "print_summary", "ranking", "register_proxy", "run_search",
-    "write_report",
+    "MeasurementError", "NoFeasibleNetworkError", "PROXIES", "PredictedLatency", "PredictorGate", "ProxyScorer",
+    "Scorer", "Scores", "SearchInputError", "SearchResult", "SearchSettings", "SearchSpace", "SearchStudy",
+    "SpaceError", "StageSpace", "WorkerMismatchError", "default_stop", "list_proxies", "make_storage", "parse_budget",
+    "print_summary", "ranking", "register_proxy", "run_search", "write_report",
 ]

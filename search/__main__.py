@@ -13,21 +13,32 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
-from search.cli_args import EXIT_BAD_INPUT, Parser, non_negative_float, non_negative_int, positive_float, positive_int
+import yaml
+
+import bench
+from bench.cli_kit import (Parser, fail, fraction, non_negative_float, non_negative_int, positive_float, positive_int,
+                           program_name, writable_dir, writable_file)
+from bench.report import table_console
+
+from search import predictor_report, validate
+from search.latency import Deployment, default_stop
+from search.proxies import list_proxies
+from search.report import print_summary
+from search.settings import DEFAULT_OBJECTIVE, DEFAULT_RESULTS_DIR, NoFeasibleNetworkError, SearchSettings, parse_budget
+from search.space import SearchInputError, SearchSpace
+from search.study import run_search
 
 EXIT_NO_FEASIBLE = 3
 EXIT_INTERRUPTED = 130
 
 
 def parser() -> argparse.ArgumentParser:
-    from search.proxies import list_proxies
-    from search.study import DEFAULT_OBJECTIVE, DEFAULT_RESULTS_DIR
-
-    p = Parser(prog="python -m search", description=__doc__.split("\n")[0],
-               epilog="more commands: predictor-report, predictor-bench, validate-proxy "
-                      "(python -m search COMMAND --help)")
+    prog = program_name("search")
+    others = "".join(f"\n  {name:<18}{summary}" for name, (_, summary) in COMMANDS.items())
+    p = Parser(prog=prog, description=__doc__.split("\n")[0],
+               epilog=f"other commands (each has its own --help: {prog} COMMAND --help):{others}")
     p.add_argument("--budget-ms", metavar="MS",
                    help="latency budget: median milliseconds per call at the deployment setting")
     g = p.add_argument_group("deployment setting (what latency is measured at)")
@@ -55,7 +66,7 @@ def parser() -> argparse.ArgumentParser:
                    help="also score over-budget trials (by default they get #params and FLOPs only)")
     g.add_argument("--recheck", type=non_negative_int, default=None, metavar="N",
                    help="re-measure the top N feasible architectures before the report (default: all of them)")
-    g.add_argument("--recheck-margin", type=float, default=0.05, metavar="F",
+    g.add_argument("--recheck-margin", type=fraction, default=0.05, metavar="F",
                    help="headroom for the re-measurement: it must fit budget x (1 - F) to stay in the ranking")
     g = p.add_argument_group("latency measurement (bench.StopRule)")
     g.add_argument("--stop-rel-iqr", type=positive_float, default=0.05)
@@ -63,14 +74,14 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--stop-min-s", type=non_negative_float, default=0.2)
     g.add_argument("--stop-max-s", type=positive_float, default=None,
                    help="time limit per measurement (default: 1.5 s, or 12 x the budget if longer)")
-    g.add_argument("--lock-file", default=None,
+    g.add_argument("--lock-file", type=writable_file, default=None,
                    help="machine-wide lock so that two workers never measure at once "
                         "(default: $CONTAINER_BENCH_SEARCH_LOCK or /tmp/container-bench-search-measure.lock)")
     g.add_argument("--predictor", action="store_true",
                    help="reject candidates the latency predictor (results/predictor/<fingerprint>.json; built and "
                         "calibrated on first use) puts clearly over budget, without measuring them; the rest, and "
                         "every ranked one, are measured for real")
-    g.add_argument("--predictor-margin", type=float, default=0.10, metavar="FRACTION",
+    g.add_argument("--predictor-margin", type=non_negative_float, default=0.10, metavar="FRACTION",
                    help="with --predictor: reject only what is predicted above budget x (1 + FRACTION)")
     g = p.add_argument_group("storage")
     g.add_argument("--study", default=None, metavar="NAME",
@@ -78,49 +89,36 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--storage", default=None, metavar="URL",
                    help="any Optuna storage URL (sqlite:///x.db, postgresql://...) or a .journal file; "
                         "default: a journal file in the study directory")
-    g.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
+    g.add_argument("--results-dir", type=writable_dir, default=DEFAULT_RESULTS_DIR,
+                   help="one directory per study (default: the results root's search/; the root is "
+                        "$CONTAINER_BENCH_RESULTS, else results/ of this checkout)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
-COMMANDS = {
-    "predictor-report": ("search.predictor_report", "main_report"),
-    "predictor-bench": ("search.predictor_report", "main_bench"),
-    "validate-proxy": ("search.validate", "main"),
+COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
+    "predictor-report": (predictor_report.main_report, "the latency predictor's accuracy on held-out networks"),
+    "predictor-bench": (predictor_report.main_bench, "trials per minute with and without the predictor"),
+    "validate-proxy": (validate.main, "rank correlation of every score with trained accuracy"),
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in COMMANDS:
-        import importlib
-
-        module, function = COMMANDS[argv[0]]
-        return getattr(importlib.import_module(module), function)(argv[1:])
+        return COMMANDS[argv[0]][0](argv[1:])
     args = parser().parse_args(argv)
-
-    import bench
-    from bench.report import table_console
-
-    from search.latency import Deployment, default_stop
-    from search.report import print_summary
-    from search.space import SearchInputError, SearchSpace
-    from search.study import NoFeasibleNetworkError, SearchSettings, parse_budget, run_search
-
-    def fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
-        print(f"search: error: {message}", file=sys.stderr)
-        return code
 
     try:
         if not args.print_space:
             if args.budget_ms is None:
-                raise SearchInputError("--budget-ms: required (the latency budget in milliseconds, e.g. --budget-ms 25)")
+                raise SearchInputError("--budget-ms: required (the latency budget in milliseconds, "
+                                       "e.g. --budget-ms 25)")
             budget = parse_budget(args.budget_ms)
         space = SearchSpace.load(args.space) if args.space else SearchSpace.default()
         if args.space_set:
             space = space.with_overrides(args.space_set)
         if args.print_space:
-            import yaml
             print(yaml.safe_dump(space.to_dict(), sort_keys=False, default_flow_style=None), end="")
             return 0
         budget_stop = default_stop(budget)
@@ -134,20 +132,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             storage=args.storage, results_dir=args.results_dir, stop=stop, proxy_inits=args.proxy_inits,
             proxy_batch=args.proxy_batch, recheck=args.recheck, recheck_margin=args.recheck_margin,
             score_infeasible=args.score_infeasible,
-            progress=not args.no_progress, lock_file=args.lock_file, predictor=args.predictor,
+            progress=not args.no_progress, lock_file=args.lock_file and str(args.lock_file), predictor=args.predictor,
             predictor_margin=args.predictor_margin)
     except (SearchInputError, bench.BenchInputError) as e:
-        return fail(str(e))
+        return fail("search", str(e))
 
     console = table_console()
     try:
         result = run_search(settings)
     except (SearchInputError, bench.BenchInputError) as e:
-        return fail(str(e))
+        return fail("search", str(e))
     except NoFeasibleNetworkError as e:
-        return fail(str(e), EXIT_NO_FEASIBLE)
+        return fail("search", str(e), EXIT_NO_FEASIBLE)
     except KeyboardInterrupt:
-        return fail("interrupted before the study was opened; nothing was recorded", EXIT_INTERRUPTED)
+        return fail("search", "interrupted before the study was opened; nothing was recorded", EXIT_INTERRUPTED)
 
     print_summary(result, settings.objective, console)
     report = result.files.get("report")
@@ -158,8 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     if not result.feasible:
         smallest = result.trials["latency_median_ms"].min() if len(result.trials) else float("nan")
-        return fail(f"--budget-ms {settings.budget_ms:g}: no architecture in {len(result.trials)} trials fits "
-                    f"(smallest measured latency {smallest:.2f} ms); see {report}", EXIT_NO_FEASIBLE)
+        return fail("search", f"--budget-ms {settings.budget_ms:g}: no architecture in {len(result.trials)} trials "
+                              f"fits (smallest measured latency {smallest:.2f} ms); see {report}", EXIT_NO_FEASIBLE)
     console.print(f"{status}. Report: {report}; winner's config: {result.files.get('best')}")
     return 0
 

@@ -1,9 +1,15 @@
 """Latency of a config at the deployment setting: measured through bench.profile, one at a time per
-machine, cached by config + device fingerprint + deployment setting.
+machine, cached by config + device fingerprint + deployment setting, optionally screened by a predictor.
 
-The seam is `LatencySource`: anything with `measure(config) -> Latency`. `BenchLatency` times on
-this machine (under a machine-wide lock); `CachedLatency` wraps any source with a persistent cache
-in the study directory. A latency predictor, or a fake in the tests, is another `LatencySource`.
+The seam is `LatencySource`: anything with `measure(config) -> Latency`. The search asks one source
+for every trial's latency, a stack of three:
+
+* `BenchLatency` times on this machine through bench.profile (under a machine-wide lock);
+* `CachedLatency` wraps any source with a persistent cache in the study directory;
+* `PredictorGate` (with `--predictor`) wraps the cache: a candidate predicted clearly over budget is
+  answered with its prediction (`source = "predicted"`) and never measured.
+
+A remote device, or a fake in the tests, is another `LatencySource`.
 """
 from __future__ import annotations
 
@@ -14,7 +20,8 @@ import os
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +31,7 @@ import bench
 from bench.io import write_json
 from container import NetworkConfig
 
+from search.sampling import config_id
 from search.space import SearchInputError
 
 # A trial's measurement takes 0.2 s to 1.5 s after warm-up, so 30 trials fit in minutes.
@@ -34,8 +42,11 @@ def default_stop(budget_ms: float) -> bench.StopRule:
     """DEFAULT_STOP scaled to the budget: time at least ~12 calls of a network at the budget
     (a 60 ms budget keeps the 1.5 s cap, a 500 ms budget allows 6 s; never more than 30 s)."""
     return bench.StopRule(rel_iqr=DEFAULT_STOP.rel_iqr, min_runs=DEFAULT_STOP.min_runs,
-                          min_time_s=DEFAULT_STOP.min_time_s, max_time_s=min(30.0, max(DEFAULT_STOP.max_time_s, 0.012 * budget_ms)))
-_WARM_UP = bench.StopRule(rel_iqr=0.5, min_runs=1, min_time_s=0.0, max_time_s=0.3)
+                          min_time_s=DEFAULT_STOP.min_time_s,
+                          max_time_s=min(30.0, max(DEFAULT_STOP.max_time_s, 0.012 * budget_ms)))
+
+
+DEFAULT_MARGIN = 0.10  # the predictor gate rejects a candidate predicted above budget * (1 + margin)
 LOCK_ENV = "CONTAINER_BENCH_SEARCH_LOCK"
 DEFAULT_LOCK = Path("/tmp/container-bench-search-measure.lock")
 
@@ -91,7 +102,14 @@ class Latency:
     iqr_ms: float = 0.0
     runs: int = 0
     noisy: bool = False
-    source: str = "bench"
+    source: str = "bench"  # who gave the figure: "bench", "predicted", or a custom source's name
+    cached: bool = False  # served from the latency cache rather than measured for this request
+    predicted_ms: float | None = None  # the predictor gate's figure, when a gate screened this config
+
+    @classmethod
+    def from_stats(cls, stats: bench.LatencyStats, source: str = "bench") -> "Latency":
+        return cls(median_ms=stats.median_ms, p90_ms=stats.p90_ms, iqr_ms=stats.iqr_ms, runs=stats.runs,
+                   noisy=stats.noisy, source=source)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,6 +122,12 @@ class Latency:
 
 class LatencySource(Protocol):
     def measure(self, config: NetworkConfig) -> Latency: ...
+
+
+class Predictor(Protocol):
+    """What the predictor gate needs of a latency predictor (search.predictor.LatencyPredictor)."""
+
+    def predict(self, config: NetworkConfig) -> float: ...
 
 
 class MachineLock:
@@ -150,33 +174,29 @@ class MachineLock:
 
 
 class BenchLatency:
-    """Times a config on this machine through bench.profile, holding the machine lock throughout."""
+    """Times a config on this machine through bench.profile, holding the machine lock throughout.
+
+    bench.measure_latency does every warm-up (a process's first measurement warms up longer), so the
+    first trial is timed like the others without a warm-up here."""
 
     def __init__(self, deployment: Deployment, stop: bench.StopRule = DEFAULT_STOP, lock: MachineLock | None = None):
         self.deployment = deployment
         self.stop = stop
         self.lock = lock or MachineLock()
 
-    _warmed: set[tuple[str, str]] = set()  # (device, dtype) already warmed up in this process
-
     def measure(self, config: NetworkConfig) -> Latency:
-        target = bench.NetworkTarget(config, "search")
-        with self.lock:
-            warm_key = (self.deployment.device, self.deployment.dtype)
-            if warm_key not in BenchLatency._warmed:
-                # A process's first measurement runs slow (thread pools, kernel libraries, lazy init);
-                # measure once and throw it away, so the first trial is timed like the others.
-                bench.profile(target, self.deployment.batch_size, self.deployment.options(_WARM_UP),
-                              flops=False, memory=False)
-                BenchLatency._warmed.add(warm_key)
-            row = bench.profile(target, self.deployment.batch_size, self.deployment.options(self.stop),
-                                flops=False, memory=False)
-        if row.get("status") != "ok":
-            raise MeasurementError(f"status {row.get('status')!r} at batch size {self.deployment.batch_size} "
-                                   f"on {self.deployment.device}")
-        return Latency(median_ms=float(row["latency_median_ms"]), p90_ms=float(row["latency_p90_ms"]),
-                       iqr_ms=float(row["latency_iqr_ms"]), runs=int(row["runs"]), noisy=bool(row["noisy"]),
-                       source="bench")
+        return measure_target(bench.NetworkTarget(config, "search"), self.deployment, self.stop, self.lock)
+
+
+def measure_target(target: Any, deployment: Deployment, stop: bench.StopRule,
+                   lock: AbstractContextManager[Any]) -> Latency:
+    """One bench.profile latency (no FLOPs, no memory) of a config or a part, under the machine lock."""
+    d = deployment
+    with lock:
+        result = bench.profile(target, d.batch_size, d.options(stop), flops=False, memory=False)
+    if result.status != "ok" or result.latency is None:
+        raise MeasurementError(f"status {result.status!r} at batch size {d.batch_size} on {d.device}")
+    return Latency.from_stats(result.latency)
 
 
 def config_key(config: NetworkConfig, context: dict[str, Any]) -> str:
@@ -225,25 +245,25 @@ class CachedLatency:
         return Latency.from_dict(entry["latency"]) if entry else None
 
     def measure(self, config: NetworkConfig) -> Latency:
-        return self.measure_cached(config)[0]
-
-    def measure_cached(self, config: NetworkConfig) -> tuple[Latency, bool]:
-        """(latency, whether it came from the cache)."""
+        """The cached latency (`cached=True`), or a new measurement of `source`, stored. A prediction
+        (`source = "predicted"`, from a gate behind the cache) is passed on but never stored."""
         key = self.key(config)
         if key in self.entries:
             self.hits += 1
-            return Latency.from_dict(self.entries[key]["latency"]), True
+            return replace(Latency.from_dict(self.entries[key]["latency"]), cached=True)
         with self.lock:
             self._load()  # another worker may have measured it meanwhile
             if key in self.entries:
                 self.hits += 1
-                return Latency.from_dict(self.entries[key]["latency"]), True
+                return replace(Latency.from_dict(self.entries[key]["latency"]), cached=True)
             latency = self.source.measure(config)
+            if latency.source == "predicted":
+                return latency
             self.misses += 1
             self.entries[key] = {"config": config.to_dict(), **self.context, "latency": latency.to_dict(),
                                  "measured_at": time.time()}
             self._save()
-        return latency, False
+        return latency
 
     def remeasure(self, config: NetworkConfig) -> Latency:
         """A fresh measurement, bypassing the cache (kept beside the cached one)."""
@@ -258,5 +278,55 @@ class CachedLatency:
         return latency
 
 
-__all__ = ["BenchLatency", "CachedLatency", "DEFAULT_LOCK", "DEFAULT_STOP", "Deployment", "Latency", "LatencySource",
-           "MachineLock", "MeasurementError", "config_key", "default_stop"]
+class PredictedLatency:
+    """A LatencySource that only predicts (source = "predicted"): nothing is measured."""
+
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+
+    def measure(self, config: NetworkConfig) -> Latency:
+        ms = self.predictor.predict(config)
+        return Latency(median_ms=ms, p90_ms=ms, source="predicted", predicted_ms=ms)
+
+
+class PredictorGate:
+    """The search's one predictor screening, a LatencySource in front of `real` (the study's cache).
+
+    A candidate predicted above `budget * (1 + margin)` is answered with its prediction
+    (`source = "predicted"`, over budget, so never feasible) and not measured; every other one is
+    measured by `real`, its prediction kept in `predicted_ms`. A config measured for real before
+    (by this gate, or found in the cache behind it) is never screened again."""
+
+    def __init__(self, predictor: Predictor, real: LatencySource, budget_ms: float, margin: float = DEFAULT_MARGIN):
+        if not margin >= 0:
+            raise SearchInputError(f"--predictor-margin {margin}: must be >= 0")
+        self.predictor, self.real, self.budget_ms, self.margin = predictor, real, budget_ms, margin
+        self.rejected = 0  # answered with a prediction, unmeasured
+        self.measured = 0  # passed on to `real`
+        self._real: set[str] = set()
+
+    @property
+    def threshold_ms(self) -> float:
+        return self.budget_ms * (1 + self.margin)
+
+    def _measured_before(self, config: NetworkConfig) -> bool:
+        if config_id(config) in self._real:
+            return True
+        return isinstance(self.real, CachedLatency) and self.real.lookup(config) is not None
+
+    def measure(self, config: NetworkConfig) -> Latency:
+        predicted = None
+        if not self._measured_before(config):
+            predicted = self.predictor.predict(config)
+            if predicted > self.threshold_ms:
+                self.rejected += 1
+                return Latency(median_ms=predicted, p90_ms=predicted, source="predicted", predicted_ms=predicted)
+        latency = self.real.measure(config)
+        self._real.add(config_id(config))
+        self.measured += 1
+        return replace(latency, predicted_ms=predicted) if predicted is not None else latency
+
+
+__all__ = ["BenchLatency", "CachedLatency", "DEFAULT_LOCK", "DEFAULT_MARGIN", "DEFAULT_STOP", "Deployment", "Latency",
+           "LatencySource", "MachineLock", "MeasurementError", "PredictedLatency", "Predictor", "PredictorGate",
+           "config_key", "default_stop", "measure_target"]

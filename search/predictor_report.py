@@ -27,14 +27,18 @@ import numpy as np
 import pandas as pd
 
 import bench
+from bench.cli_kit import Parser, non_negative_float, positive_float, positive_int, writable_dir, writable_file
+from bench.formatting import markdown_table
 from bench.io import save_figure, write_json, write_table, write_text
 
-from search.cli_args import Parser, non_negative_float, positive_float, positive_int
-from search.latency import DEFAULT_STOP, BenchLatency, Deployment, MachineLock
-from search.predictor import (DEFAULT_FIT, DEFAULT_MARGIN, FIT_SEED, PREDICTOR_DIR, LatencyPredictor, PredictorGate,
-                              network_parts)
+from container import NetworkConfig
+
+from search.latency import DEFAULT_MARGIN, Deployment, MachineLock
+from search.predictor import DEFAULT_FIT, FIT_SEED, LatencyPredictor
 from search.sampling import config_id, sample_configs
+from search.settings import DEFAULT_OBJECTIVE, PREDICTOR_DIR, SearchSettings
 from search.space import SearchInputError, SearchSpace
+from search.study import run_search
 
 EVAL_SEED = 2000
 DEFAULT_EVAL = 30
@@ -53,10 +57,6 @@ def accuracy(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
             "within_5pct": float(np.mean(np.abs(err) <= 0.05)), "mape_pct": float(np.mean(np.abs(err)) * 100),
             "max_ape_pct": float(np.max(np.abs(err)) * 100), "bias_pct": float(np.mean(err) * 100),
             "spearman_rho": float(rho)}
-
-
-def _describe(config) -> str:
-    return "; ".join(f"{s.depth}x{s.dim}/{s.heads}h {s.kind} k{s.kernel_size} r{s.mlp_ratio:g}" for s in config.stages)
 
 
 def predictor_report(deployment: Deployment, space: SearchSpace | None = None, *, n_eval: int = DEFAULT_EVAL,
@@ -106,7 +106,7 @@ def predictor_report(deployment: Deployment, space: SearchSpace | None = None, *
                      "measured_ms": m["median_ms"], "measured_p90_ms": m["p90_ms"], "measured_iqr_ms": m["iqr_ms"],
                      "measured_noisy": m["noisy"], "rounds_ms": json.dumps([round(v, 4) for v in m["rounds_ms"]]),
                      "error_pct": (predicted - m["median_ms"]) / m["median_ms"] * 100,
-                     "architecture": _describe(config), "config": config.to_json()})
+                     "architecture": config.describe(), "config": config.to_json()})
     eval_s = time.perf_counter() - t0
     frame = pd.DataFrame(rows)
     calibrated = accuracy(frame["predicted_ms"].to_numpy(), frame["measured_ms"].to_numpy())
@@ -126,7 +126,8 @@ def predictor_report(deployment: Deployment, space: SearchSpace | None = None, *
                   "measured_this_run": predictor.measured_parts, "stop_rule": vars(predictor.stop)},
         "calibration": cal.to_dict() | {"features": ["blocks_ms", "other_ms", "one"]},
         "eval_seed": eval_seed, "fit_seed": fit_seed, "calibrated": calibrated, "raw_sum": raw,
-        "calibrated_quiet_only": quiet_acc, "measurement": reproducibility, "goal_met": calibrated["within_10pct"] >= 0.95,
+        "calibrated_quiet_only": quiet_acc, "measurement": reproducibility,
+        "goal_met": calibrated["within_10pct"] >= 0.95,
         "seconds": {"table": table_s, "calibration": calibrate_s, "evaluation": eval_s,
                     "total": time.perf_counter() - start},
     }
@@ -190,33 +191,37 @@ def _markdown(s: dict[str, Any], frame: pd.DataFrame) -> str:
         f"- evaluation: {c['n']} networks sampled from the default space (seed {s['eval_seed']}), none used for "
         f"fitting, each measured for real {s['measurement']['rounds']} times (rounds over all networks) with the "
         "search's stop rule; its latency is the lowest of those medians (interference only adds time)",
-        f"- time: table {sec['table']:.0f} s, calibration {sec['calibration']:.0f} s, evaluation {sec['evaluation']:.0f} s, "
-        f"total {sec['total']:.0f} s",
+        f"- time: table {sec['table']:.0f} s, calibration {sec['calibration']:.0f} s, "
+        f"evaluation {sec['evaluation']:.0f} s, total {sec['total']:.0f} s",
         "",
-        "| predictor | within +-10% | within +-5% | MAPE | max APE | bias | Spearman rho |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        f"| calibrated | **{_pct(c['within_10pct'])}** | {_pct(c['within_5pct'])} | {c['mape_pct']:.1f}% | "
-        f"{c['max_ape_pct']:.1f}% | {c['bias_pct']:+.1f}% | {c['spearman_rho']:.3f} |",
-        f"| table sum, uncalibrated | {_pct(r['within_10pct'])} | {_pct(r['within_5pct'])} | {r['mape_pct']:.1f}% | "
-        f"{r['max_ape_pct']:.1f}% | {r['bias_pct']:+.1f}% | {r['spearman_rho']:.3f} |",
     ]
+
+    def accuracy_row(name: str, a: dict[str, Any], bold: bool = False) -> dict[str, str]:
+        within = f"**{_pct(a['within_10pct'])}**" if bold else _pct(a["within_10pct"])
+        return {"predictor": name, "within +-10%": within, "within +-5%": _pct(a["within_5pct"]),
+                "MAPE": f"{a['mape_pct']:.1f}%", "max APE": f"{a['max_ape_pct']:.1f}%",
+                "bias": f"{a['bias_pct']:+.1f}%", "Spearman rho": f"{a['spearman_rho']:.3f}"}
+
+    rows = [accuracy_row("calibrated", c, bold=True), accuracy_row("table sum, uncalibrated", r)]
     if q is not None and q["n"] < c["n"]:
-        lines.append(f"| calibrated, {q['n']} networks whose measurement converged (not `noisy`) | "
-                     f"{_pct(q['within_10pct'])} | {_pct(q['within_5pct'])} | {q['mape_pct']:.1f}% | "
-                     f"{q['max_ape_pct']:.1f}% | {q['bias_pct']:+.1f}% | {q['spearman_rho']:.3f} |")
-    r = s["measurement"]
-    lines.append(f"| one real measurement (what a search trial takes), same networks | {_pct(r['single_within_10pct'])} | "
-                 f"{_pct(r['single_within_5pct'])} | {r['single_mape_pct']:.1f}% | | | |")
+        rows.append(accuracy_row(f"calibrated, {q['n']} networks whose measurement converged (not `noisy`)", q))
+    m = s["measurement"]
+    rows.append({"predictor": "one real measurement (what a search trial takes), same networks",
+                 "within +-10%": _pct(m["single_within_10pct"]), "within +-5%": _pct(m["single_within_5pct"]),
+                 "MAPE": f"{m['single_mape_pct']:.1f}%"})
+    lines.append(markdown_table(pd.DataFrame(rows).fillna(""), align="lrrrrrr"))
     lines += ["", "The last row is the noise floor: how often a single bench.profile median of the same network lands "
               "within the band around its quiet latency on this machine while it is shared.", ""]
     lines += ["", ("Goal (at least 95% within +-10%): **met**." if s["goal_met"] else
                    f"Goal (at least 95% within +-10%): **not met** ({_pct(c['within_10pct'])})."), "",
               "![predicted against measured](predicted_vs_measured.png)", "",
               "## Every held-out network", "",
-              "| # | predicted (ms) | measured (ms) | IQR (ms) | error | architecture |", "| ---: | ---: | ---: | ---: | ---: | --- |"]
-    for _, row in frame.iterrows():
-        lines.append(f"| {int(row['network'])} | {row['predicted_ms']:.2f} | {row['measured_ms']:.2f} | "
-                     f"{row['measured_iqr_ms']:.2f} | {row['error_pct']:+.1f}% | {row['architecture']} |")
+              markdown_table(pd.DataFrame({
+                  "#": frame["network"].astype(int), "predicted (ms)": frame["predicted_ms"].map("{:.2f}".format),
+                  "measured (ms)": frame["measured_ms"].map("{:.2f}".format),
+                  "IQR (ms)": frame["measured_iqr_ms"].map("{:.2f}".format),
+                  "error": frame["error_pct"].map("{:+.1f}%".format), "architecture": frame["architecture"]}),
+                  align="rrrrrl")]
     lines += ["", "`report.csv` has the configs as JSON; reproduce with `python -m search predictor-report`."]
     return "\n".join(lines) + "\n"
 
@@ -229,8 +234,6 @@ def predictor_bench(deployment: Deployment, budget_ms: float, *, seconds: float 
                     out_dir: str | Path = PREDICTOR_DIR, table_path: str | Path | None = None,
                     lock_file: str | None = None, check_rejected: int = 10) -> dict[str, Any]:
     """The same search run twice for `seconds` each, from an empty study: without and with the gate."""
-    from search.study import DEFAULT_OBJECTIVE, SearchSettings, run_search
-
     space = space or SearchSpace.default()
     objective = objective or DEFAULT_OBJECTIVE
     out_dir = Path(out_dir)
@@ -264,8 +267,6 @@ def predictor_bench(deployment: Deployment, budget_ms: float, *, seconds: float 
                      "rejected_by_predictor": int(len(predicted))}
             if len(predicted) and check_rejected:
                 # How many of the rejected would have fitted? Measure a few for real (after the timed run).
-                from container import NetworkConfig
-
                 rejected = [NetworkConfig.from_json(c) for c in predicted["config"]]
                 entry["false_rejects"] = _false_rejects(predictor, rejected, budget_ms, check_rejected)
             results[mode] = entry
@@ -307,11 +308,11 @@ def _bench_markdown(s: dict[str, Any]) -> str:
              f"{d['threads']} threads; gate rejects a candidate predicted above budget x {1 + s['margin']:.2f}",
              f"- one-off set-up, cached per machine: table of {s['table_entries']} parts + calibration, "
              f"{s['setup_s']:.0f} s in this run (0 when cached)", "",
-             "| run | trials | trials / minute | measured for real | rejected by the predictor | feasible | best score |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for mode, r in s["runs"].items():
-        lines.append(f"| {mode} | {r['trials']} | **{r['trials_per_minute']:.1f}** | {r['measured']} | "
-                     f"{r['rejected_by_predictor']} | {r['feasible']} | {r['best_score']:.4g} |")
+             markdown_table(pd.DataFrame([
+                 {"run": mode, "trials": r["trials"], "trials / minute": f"**{r['trials_per_minute']:.1f}**",
+                  "measured for real": r["measured"], "rejected by the predictor": r["rejected_by_predictor"],
+                  "feasible": r["feasible"], "best score": f"{r['best_score']:.4g}"}
+                 for mode, r in s["runs"].items()]), align="lrrrrrr")]
     gate = s["runs"].get("predictor gate", {})
     fr = gate.get("false_rejects")
     if fr:
@@ -333,8 +334,8 @@ def _deployment_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=positive_int, default=None)
     g.add_argument("--dtype", default="fp32")
     p.add_argument("--space", type=Path, default=None, metavar="FILE", help="search space as JSON or YAML")
-    p.add_argument("--out-dir", type=Path, default=PREDICTOR_DIR)
-    p.add_argument("--lock-file", default=None)
+    p.add_argument("--out-dir", type=writable_dir, default=PREDICTOR_DIR)
+    p.add_argument("--lock-file", type=writable_file, default=None)
 
 
 def _deployment(args: argparse.Namespace) -> Deployment:

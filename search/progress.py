@@ -2,21 +2,32 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 from optuna.trial import FrozenTrial
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from search.trials import counts_toward_target, feasible
+
+
+class TrialSource(Protocol):
+    """What the progress display reads from a running study (search.study.SearchStudy is one)."""
+
+    def trials(self) -> list[FrozenTrial]: ...
 
 
 class SearchProgress:
-    def __init__(self, runner: Any, *, enabled: bool = True, console: Console | None = None):
-        self.runner = runner
+    def __init__(self, source: TrialSource, *, title: str, target: int | None, budget_ms: float, objective: str,
+                 enabled: bool = True, console: Console | None = None):
+        self.source = source
+        self.title, self.target, self.budget_ms, self.objective = title, target, budget_ms, objective
         self.enabled = enabled
         self.console = console or Console(stderr=True)
         self.progress: Progress | None = None
-        self.task: Any = None
+        self.task: TaskID | None = None
+        self.recheck_task: TaskID | None = None
         self.best: tuple[float, float, int] | None = None  # (score, latency, trial)
         self.infeasible = 0
         self.failed = 0
@@ -24,26 +35,20 @@ class SearchProgress:
     def __enter__(self) -> "SearchProgress":
         if not self.enabled:
             return self
-        s = self.runner.settings
-        done = self.runner.counted_trials()
-        self._scan()
+        trials = self.source.trials()
+        done = sum(counts_toward_target(t) for t in trials)
+        for t in trials:
+            self._note(t, feasible(t))
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("{task.fields[best]}"), console=self.console,
                                  transient=False)
         self.progress.start()
-        self.task = self.progress.add_task(f"search {s.name}", total=s.n_trials, completed=done,
-                                           best=self._best_text())
+        self.task = self.progress.add_task(self.title, total=self.target, completed=done, best=self._best_text())
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if self.progress is not None:
             self.progress.stop()
-
-    def _scan(self) -> None:
-        from search.study import feasible
-
-        for t in self.runner.study.get_trials(deepcopy=False):
-            self._note(t, feasible(t))
 
     def _note(self, t: FrozenTrial, is_feasible: bool) -> None:
         if t.state == optuna.trial.TrialState.FAIL:
@@ -62,28 +67,26 @@ class SearchProgress:
             self.best = candidate
 
     def _best_text(self) -> str:
-        budget = self.runner.settings.budget_ms
+        budget = self.budget_ms
         extra = f" | over budget {self.infeasible}" + (f" | failed {self.failed}" if self.failed else "")
         if self.best is None:
             return f"best feasible: none yet (budget {budget:g} ms){extra}"
         score, neg_latency, neg_trial = self.best
-        return (f"best feasible {self.runner.settings.objective}: {score:.4g} "
+        return (f"best feasible {self.objective}: {score:.4g} "
                 f"(trial {-neg_trial}, {-neg_latency:.1f} ms <= {budget:g} ms){extra}")
 
     def callback(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        from search.study import feasible
-
         self._note(trial, feasible(trial))
         error = trial.user_attrs.get("error")
         if trial.state == optuna.trial.TrialState.FAIL and error and not trial.user_attrs.get("interrupted"):
             self.console.print(f"[yellow]trial {trial.number} failed[/]: {error}")
         if self.progress is not None:
-            self.progress.update(self.task, completed=self.runner.counted_trials(), best=self._best_text())
+            done = sum(counts_toward_target(t) for t in self.source.trials())
+            self.progress.update(self.task, completed=done, best=self._best_text())
 
     def recheck(self, done: int, total: int) -> None:
         if self.progress is None or total == 0:
             return
-        if not hasattr(self, "_recheck_task"):
-            self._recheck_task = self.progress.add_task("re-measuring the feasible candidates", total=total,
-                                                        best="")
-        self.progress.update(self._recheck_task, completed=done)
+        if self.recheck_task is None:
+            self.recheck_task = self.progress.add_task("re-measuring the feasible candidates", total=total, best="")
+        self.progress.update(self.recheck_task, completed=done)

@@ -121,6 +121,19 @@ def count_flops(model: nn.Module, config: NetworkConfig, device: torch.device | 
     return bench.count_flops(model.eval(), x).flops_fvcore
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with `n` intra-op threads (None: leave them), restoring the previous count after. Scoring uses the
+    deployment's thread count: more threads than free cores only adds contention."""
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 @dataclass(frozen=True)
 class Scores:
     score: float
@@ -152,17 +165,6 @@ class ProxyScorer:
         self.device = torch.device(device)
         self.threads = threads
 
-    @contextlib.contextmanager
-    def _threads(self) -> Iterator[None]:
-        """Score with the deployment's thread count (more threads than free cores only adds contention)."""
-        previous = torch.get_num_threads()
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(previous)
-
     def _build(self, config: NetworkConfig, seed: int) -> nn.Module:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
@@ -170,12 +172,12 @@ class ProxyScorer:
 
     def size(self, config: NetworkConfig) -> tuple[int, int]:
         """(#params, FLOPs) without the score."""
-        with self._threads():
+        with torch_threads(self.threads):
             model = self._build(config, self.seed)
             return count_params(model), count_flops(model, config, self.device)
 
     def evaluate(self, config: NetworkConfig) -> Scores:
-        with self._threads():
+        with torch_threads(self.threads):
             return self._evaluate(config)
 
     def _evaluate(self, config: NetworkConfig) -> Scores:
@@ -198,4 +200,4 @@ class ProxyScorer:
 
 
 __all__ = ["PROXIES", "Proxy", "ProxyScorer", "Scorer", "Scores", "count_flops", "count_params", "list_proxies",
-           "naswot", "register_proxy", "synflow"]
+           "naswot", "register_proxy", "synflow", "torch_threads"]

@@ -9,23 +9,25 @@ import json
 import math
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import optuna  # noqa: E402
-import pandas as pd  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import optuna
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
 
-from bench.env import machine_summary  # noqa: E402
-from bench.io import save_figure, write_json, write_table, write_text  # noqa: E402
+from bench.env import machine_summary
+from bench.formatting import fixed, markdown_table, number, si
+from bench.io import save_figure, write_json, write_table, write_text
+from container import as_config
 
-if TYPE_CHECKING:
-    from search.study import SearchResult, SearchSettings
+from search.settings import SearchSettings
+from search.trials import SearchResult, feasible
 
 RANKING_COLUMNS = ["rank", "trial", "score", "score_spread", "params", "flops", "latency_median_ms", "latency_p90_ms",
                    "latency_iqr_ms", "rechecked", "recheck_median_ms", "recheck_p90_ms", "pareto", "duplicate_of",
@@ -34,27 +36,6 @@ TOP_N = 10
 
 
 # --- tables -------------------------------------------------------------------------------------------
-
-
-def describe(config: dict[str, Any] | str | None) -> str:
-    """One line per network: depth x dim / heads, kind, kernel, MLP ratio for each stage."""
-    if config is None:
-        return ""
-    if isinstance(config, str):
-        config = json.loads(config)
-    return "; ".join(f"{s['depth']}x{s['dim']}/{s['heads']}h {s['kind']} k{s['kernel_size']} r{s['mlp_ratio']:g}"
-                     for s in config["stages"])
-
-
-def describe_short(config: dict[str, Any] | str | None) -> str:
-    """depths, dims and kinds only: `d3-4-8-3 w64-128-320-512 conv-conv-conv-mix`."""
-    if config is None:
-        return ""
-    if isinstance(config, str):
-        config = json.loads(config)
-    st = config["stages"]
-    return (f"d{'-'.join(str(s['depth']) for s in st)} w{'-'.join(str(s['dim']) for s in st)} "
-            f"{'-'.join(s['kind'] for s in st)}")
 
 
 def pareto_mask(score: np.ndarray, latency: np.ndarray) -> np.ndarray:
@@ -89,50 +70,20 @@ def ranking(trials: pd.DataFrame) -> pd.DataFrame:
     mask = np.zeros(len(keep), dtype=bool)
     mask[unique] = pareto_mask(score[unique], keep["latency_median_ms"].to_numpy(dtype=float)[unique])
     keep["pareto"] = mask
-    keep["architecture"] = [describe(c) for c in keep["config"]]
+    keep["architecture"] = [as_config(c).describe() for c in keep["config"]]
     return keep[RANKING_COLUMNS]
 
 
-def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
-        return "-"
-    if isinstance(v, (bool, np.bool_)):
-        return "yes" if v else "no"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    return f"{float(v):.{digits}g}"
-
-
-def _si(v: Any) -> str:
-    if v is None or pd.isna(v):
-        return "-"
-    v = float(v)
-    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(v) >= scale:
-            return f"{v / scale:.3g}{suffix}"
-    return f"{v:.3g}"
-
-
-def _millions(v: Any) -> str:  # params
-    return _si(v)
-
-
-def _giga(v: Any) -> str:  # FLOPs
-    return _si(v)
-
-
-def _ms(v: Any) -> str:
-    return "-" if v is None or pd.isna(v) else f"{float(v):.2f}"
-
-
 def _markdown_table(frame: pd.DataFrame, objective: str) -> str:
-    head = (f"| rank | trial | {objective} | params | FLOPs | latency median (ms) | p90 (ms) | re-measured (ms) | "
-            f"architecture (depth x dim / heads, kind, kernel, MLP ratio per stage) |\n"
-            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
-    rows = [f"| {int(r['rank'])} | {int(r['trial'])} | {_fmt(r['score'])} | {_millions(r['params'])} | "
-            f"{_giga(r['flops'])} | {_ms(r['latency_median_ms'])} | {_ms(r['latency_p90_ms'])} | "
-            f"{_ms(r['recheck_median_ms'])} | {r['architecture']} |" for _, r in frame.iterrows()]
-    return head + "\n".join(rows) + "\n"
+    columns = {  # by position: the objective may be called "params" or "flops" too
+        "rank": frame["rank"].astype(int), "trial": frame["trial"].astype(int), "score": frame["score"].map(number),
+        "params": frame["params"].map(si), "FLOPs": frame["flops"].map(si),
+        "latency median (ms)": frame["latency_median_ms"].map(fixed), "p90 (ms)": frame["latency_p90_ms"].map(fixed),
+        "re-measured (ms)": frame["recheck_median_ms"].map(fixed),
+        "architecture (depth x dim / heads, kind, kernel, MLP ratio per stage)": frame["architecture"]}
+    table = pd.DataFrame(columns)
+    table.columns = [objective if name == "score" else name for name in columns]
+    return markdown_table(table, align="rrrrrrrrl") + "\n"
 
 
 # --- plots ---------------------------------------------------------------------------------------------
@@ -228,7 +179,7 @@ def plot_importances(score_imp: dict[str, float], latency_imp: dict[str, float])
 # --- the report ----------------------------------------------------------------------------------------
 
 
-def write_report(result: "SearchResult", study: optuna.Study, settings: "SearchSettings") -> dict[str, Path]:
+def write_report(result: SearchResult, study: optuna.Study, settings: SearchSettings) -> dict[str, Path]:
     out = Path(result.study_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
@@ -262,8 +213,6 @@ def write_report(result: "SearchResult", study: optuna.Study, settings: "SearchS
         fig = plot_history(trials, settings.objective)
         plots["history"] = save_figure(fig, out / "history.png", dpi=120)
         plt.close(fig)
-        from search.study import feasible
-
         complete = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
         dropped = set(trials.loc[trials["dropped"].astype(bool), "trial"])
         score_imp = importances(study, [t for t in complete if feasible(t) and t.number not in dropped],
@@ -279,13 +228,13 @@ def write_report(result: "SearchResult", study: optuna.Study, settings: "SearchS
     return files
 
 
-def markdown(result: "SearchResult", settings: "SearchSettings", study: optuna.Study, plots: dict[str, Path]) -> str:
+def markdown(result: SearchResult, settings: SearchSettings, study: optuna.Study, plots: dict[str, Path]) -> str:
     trials, rank = result.trials, result.ranking
     d = settings.deployment
     env = study.user_attrs.get("environment") or {}
     n = lambda mask: int(mask.sum()) if len(trials) else 0  # noqa: E731
     complete = trials["state"] == "COMPLETE" if len(trials) else pd.Series(dtype=bool)
-    feasible = trials["feasible"].astype(bool) if len(trials) else pd.Series(dtype=bool)
+    fits = trials["feasible"].astype(bool) if len(trials) else pd.Series(dtype=bool)
     dropped = trials[trials["dropped"].astype(bool)] if len(trials) else trials
     lines = [f"# Latency-constrained search: {result.study_name}", ""]
     if result.interrupted:
@@ -293,25 +242,26 @@ def markdown(result: "SearchResult", settings: "SearchSettings", study: optuna.S
                   + ("" if rank.empty or rank["rechecked"].all() else "; some candidates are not re-measured yet")
                   + f". Resume: run the same command again with `--study {result.study_name}`.", ""]
     lines += [
-        f"- budget: **{settings.budget_ms:g} ms** per call (median), batch {d.batch_size}, {d.image_size}x{d.image_size}, "
-        f"{d.dtype}, device {d.device}, {d.threads} threads",
+        f"- budget: **{settings.budget_ms:g} ms** per call (median), batch {d.batch_size}, "
+        f"{d.image_size}x{d.image_size}, {d.dtype}, device {d.device}, {d.threads} threads",
         f"- hardware: {machine_summary(env)}, "
         f"torch {env.get('torch_version', '?')}; fingerprint `{settings.deployment.fingerprint()}`",
         f"- objective: `{settings.objective}` (higher is better"
         + (f", averaged over {settings.proxy_inits} initialisations" if settings.objective in ("synflow", "naswot")
            else "") + ")" + ("; two objectives (score up, latency down)" if settings.pareto else ""),
-        f"- trials: {len(trials)} ({n(complete)} complete, {n(feasible)} feasible, {n(complete & ~feasible)} over budget, "
+        f"- trials: {len(trials)} ({n(complete)} complete, {n(fits)} feasible, {n(complete & ~fits)} over budget, "
         f"{n(trials['state'] == 'FAIL') if len(trials) else 0} failed); {len(dropped)} dropped on re-measurement",
         f"- latency: measured with bench.profile, stop rule {settings.stop}; cache hits this run: {result.cache_hits}, "
         f"new measurements: {result.cache_misses}",
     ]
-    if getattr(settings, "predictor", False):
+    if settings.predictor:
         rejected = int((trials["latency_source"] == "predicted").sum()) if "latency_source" in trials else 0
-        lines.append(f"- latency predictor: {rejected} candidates predicted above {settings.budget_ms * (1 + settings.predictor_margin):.4g} ms "
+        lines.append(f"- latency predictor: {rejected} candidates predicted above "
+                     f"{settings.predictor_threshold_ms:.4g} ms "
                      f"(budget + {settings.predictor_margin:.0%}) were rejected without measuring (`latency_source` = "
                      f"`predicted` in trials.csv); every other candidate, and every ranked one, was measured for real")
     lines += [
-        f"- re-check: every ranked architecture"
+        "- re-check: every ranked architecture"
         + ("" if settings.recheck is None else f" among the top {settings.recheck}")
         + f" is measured again and stays only if that median is <= {settings.recheck_limit_ms:.4g} ms "
         f"(budget - {settings.recheck_margin:.0%} headroom)",
@@ -327,9 +277,9 @@ def markdown(result: "SearchResult", settings: "SearchSettings", study: optuna.S
         unique = rank[rank["duplicate_of"].isna()]
         best = unique.iloc[0]
         lines += [f"## Winner: trial {int(best['trial'])}", "",
-                  f"{settings.objective} {_fmt(best['score'])}, {_millions(best['params'])} params, "
-                  f"{_giga(best['flops'])} FLOPs, {_ms(best['latency_median_ms'])} ms median "
-                  f"(p90 {_ms(best['latency_p90_ms'])} ms; re-measured {_ms(best['recheck_median_ms'])} ms).", "",
+                  f"{settings.objective} {number(best['score'])}, {si(best['params'])} params, "
+                  f"{si(best['flops'])} FLOPs, {fixed(best['latency_median_ms'])} ms median "
+                  f"(p90 {fixed(best['latency_p90_ms'])} ms; re-measured {fixed(best['recheck_median_ms'])} ms).", "",
                   "`best.json` holds its config: `container.build(json.load(open('best.json')))`.", "",
                   "```json", json.dumps(result.best_config, indent=2), "```", "",
                   f"## Top {min(TOP_N, len(unique))} feasible architectures", "",
@@ -340,11 +290,10 @@ def markdown(result: "SearchResult", settings: "SearchSettings", study: optuna.S
         lines += [f"`ranking.csv` lists all {len(rank)} feasible trials ({len(unique)} distinct architectures) with "
                   "their configs as JSON.", ""]
     if len(dropped):
-        lines += ["## Dropped on re-measurement", "",
-                  "| trial | first median (ms) | re-measured median (ms) |", "| ---: | ---: | ---: |"]
-        lines += [f"| {int(r['trial'])} | {_ms(r['latency_median_ms'])} | {_ms(r['recheck_median_ms'])} |"
-                  for _, r in dropped.iterrows()]
-        lines.append("")
+        table = pd.DataFrame({"trial": dropped["trial"].astype(int),
+                              "first median (ms)": dropped["latency_median_ms"].map(fixed),
+                              "re-measured median (ms)": dropped["recheck_median_ms"].map(fixed)})
+        lines += ["## Dropped on re-measurement", "", markdown_table(table, align="rrr"), ""]
     titles = {"score_vs_latency": "Score against latency", "history": "Best feasible score against trial number",
               "importances": "Parameter importances"}
     if plots:
@@ -354,7 +303,7 @@ def markdown(result: "SearchResult", settings: "SearchSettings", study: optuna.S
     return "\n".join(lines) + "\n"
 
 
-def print_summary(result: "SearchResult", objective: str, console: Console | None = None, top: int = 5) -> None:
+def print_summary(result: SearchResult, objective: str, console: Console | None = None, top: int = 5) -> None:
     console = console or Console()
     rank = result.ranking
     if rank.empty:
@@ -365,11 +314,11 @@ def print_summary(result: "SearchResult", objective: str, console: Console | Non
         table.add_column(name, justify="left" if name.startswith("depth") else "right",
                          no_wrap=not name.startswith("depth"))
     for _, r in unique.iterrows():
-        table.add_row(str(int(r["rank"])), str(int(r["trial"])), _fmt(r["score"]), _millions(r["params"]),
-                      _giga(r["flops"]), _ms(r["latency_median_ms"]), _ms(r["latency_p90_ms"]),
-                      _ms(r["recheck_median_ms"]), describe_short(r["config"]))
+        table.add_row(str(int(r["rank"])), str(int(r["trial"])), number(r["score"]), si(r["params"]),
+                      si(r["flops"]), fixed(r["latency_median_ms"]), fixed(r["latency_p90_ms"]),
+                      fixed(r["recheck_median_ms"]), as_config(r["config"]).describe_short())
     console.print(table)
 
 
-__all__ = ["RANKING_COLUMNS", "describe", "describe_short", "importances", "markdown", "pareto_mask", "plot_history",
+__all__ = ["RANKING_COLUMNS", "importances", "markdown", "pareto_mask", "plot_history",
            "plot_importances", "plot_score_vs_latency", "print_summary", "ranking", "write_report"]

@@ -299,7 +299,8 @@ class SearchSpace:
         return s.depth[0] if name == "depth" else getattr(s, name)[0]
 
     def _stage(self, s: StageSpace, v: Mapping[str, Any]) -> StageConfig:
-        return StageConfig(depth=int(v["depth"]), dim=int(v["dim"]), heads=s.heads_for(int(v["dim"]), int(v["head_dim"])),
+        dim = int(v["dim"])
+        return StageConfig(depth=int(v["depth"]), dim=dim, heads=s.heads_for(dim, int(v["head_dim"])),
                            kind=str(v["kind"]), kernel_size=int(v["kernel_size"]), mlp_ratio=float(v["mlp_ratio"]),
                            patch_size=s.patch_size)
 

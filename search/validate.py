@@ -29,31 +29,31 @@ scores.csv (one row per architecture), correlations.csv and report.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 import bench
 import container
+from bench.cli_kit import Parser, positive_float, positive_int, writable_dir
+from bench.formatting import markdown_table
 from bench.io import save_figure, write_json, write_table, write_text
 from container import NetworkConfig, StageConfig
 
-from search.cli_args import Parser, positive_float, positive_int
-from search.proxies import PROXIES, ProxyScorer, list_proxies
+from search.proxies import PROXIES, ProxyScorer, list_proxies, torch_threads
 from search.sampling import sample_configs
+from search.settings import DEFAULT_OBJECTIVE, VALIDATION_DIR
 from search.space import SearchInputError, SearchSpace
 
-OUT_DIR = Path("results/proxy_validation")
+OUT_DIR = VALIDATION_DIR
 SAMPLE_SEED = 3000
 
 
@@ -126,17 +126,6 @@ def scale_config(config: NetworkConfig, *, width_div: int = 4, image_size: int =
 
 
 # --- training -----------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def train_and_test(config: NetworkConfig, seed: int, data: tuple[torch.Tensor, ...], *, epochs: int,
@@ -244,8 +233,6 @@ def _log(message: str) -> None:
 
 def validate_proxy(settings: ValidationSettings = ValidationSettings(), space: SearchSpace | None = None,
                    out_dir: str | Path = OUT_DIR) -> dict[str, Any]:
-    from search.study import DEFAULT_OBJECTIVE
-
     settings.validate()
     default = settings.default_objective or DEFAULT_OBJECTIVE
     space = space or SearchSpace.default()
@@ -256,7 +243,7 @@ def validate_proxy(settings: ValidationSettings = ValidationSettings(), space: S
     scaled = [scale_config(c, width_div=settings.width_div, image_size=settings.image_size) for c in full]
     data = digits(settings.image_size)
     acc_rows, score_rows = [], []
-    with _threads(settings.threads):
+    with torch_threads(settings.threads):
         threads = torch.get_num_threads()
         for i, config in enumerate(scaled):
             t0 = time.perf_counter()
@@ -270,7 +257,7 @@ def validate_proxy(settings: ValidationSettings = ValidationSettings(), space: S
             score_rows.append({"arch": i, **{name: scores[name] for name in list_proxies()},
                                "params_count": scores["params_count"], "flops_count": scores["flops_count"],
                                "accuracy_mean": float(np.mean(accs)), "accuracy_std": float(np.std(accs, ddof=1)),
-                               "proxy_s": proxy_s, "architecture": _describe(config),
+                               "proxy_s": proxy_s, "architecture": config.describe(),
                                "config": config.to_json(), "full_size_config": full[i].to_json()})
             elapsed = time.perf_counter() - start
             _log(f"{i + 1}/{len(scaled)}: accuracy {np.mean(accs):.3f} ({', '.join(f'{a:.3f}' for a in accs)}); "
@@ -321,10 +308,6 @@ def validate_proxy(settings: ValidationSettings = ValidationSettings(), space: S
     return summary
 
 
-def _describe(config: NetworkConfig) -> str:
-    return "; ".join(f"{s.depth}x{s.dim}/{s.heads}h {s.kind} k{s.kernel_size} r{s.mlp_ratio:g}" for s in config.stages)
-
-
 def _plot(scores: pd.DataFrame, corr: pd.DataFrame, path: Path) -> None:
     import matplotlib
 
@@ -349,15 +332,15 @@ def _plot(scores: pd.DataFrame, corr: pd.DataFrame, path: Path) -> None:
 
 def table(summary: dict[str, Any]) -> str:
     """The markdown table of correlations (also what the README shows)."""
-    c = summary["noise_ceiling"]
-    lines = ["| score | Spearman rho [95% CI] | Kendall tau [95% CI] |", "| --- | --- | --- |"]
-    for r in summary["correlations"]:
-        mark = " (default)" if r["score"] == summary["default_objective"] else ""
-        lines.append(f"| `{r['score']}`{mark} | {r['spearman']:.2f} [{r['spearman_lo']:.2f}, {r['spearman_hi']:.2f}] | "
-                     f"{r['kendall']:.2f} [{r['kendall_lo']:.2f}, {r['kendall_hi']:.2f}] |")
-    lines.append(f"| seed-to-seed noise ceiling (seed vs seed) | {c['spearman']:.2f} [{c['spearman_lo']:.2f}, "
-                 f"{c['spearman_hi']:.2f}] | {c['kendall']:.2f} [{c['kendall_lo']:.2f}, {c['kendall_hi']:.2f}] |")
-    return "\n".join(lines)
+    def row(name: str, r: dict[str, Any]) -> dict[str, str]:
+        return {"score": name,
+                "Spearman rho [95% CI]": f"{r['spearman']:.2f} [{r['spearman_lo']:.2f}, {r['spearman_hi']:.2f}]",
+                "Kendall tau [95% CI]": f"{r['kendall']:.2f} [{r['kendall_lo']:.2f}, {r['kendall_hi']:.2f}]"}
+
+    rows = [row(f"`{r['score']}`" + (" (default)" if r["score"] == summary["default_objective"] else ""), r)
+            for r in summary["correlations"]]
+    rows.append(row("seed-to-seed noise ceiling (seed vs seed)", summary["noise_ceiling"]))
+    return markdown_table(pd.DataFrame(rows), align="lll")
 
 
 def markdown(s: dict[str, Any]) -> str:
@@ -370,8 +353,8 @@ def markdown(s: dict[str, Any]) -> str:
         f"{s['data']['train']} train / {s['data']['test']} test (stratified, fixed)",
         f"- architectures: {st['archs']} drawn from the search space (seed {st['sample_seed']}), scaled down: widths / "
         f"{st['width_div']}, stride-2 patch embeddings, depth, kind, kernel, MLP ratio and heads kept",
-        f"- training: {st['epochs']} epochs, AdamW (lr {st['lr']:g}, weight decay {st['weight_decay']:g}), cosine, batch "
-        f"{st['batch_size']}, seeds {st['seeds']}; test accuracy after the last epoch: mean "
+        f"- training: {st['epochs']} epochs, AdamW (lr {st['lr']:g}, weight decay {st['weight_decay']:g}), cosine, "
+        f"batch {st['batch_size']}, seeds {st['seeds']}; test accuracy after the last epoch: mean "
         f"{s['accuracy']['mean']:.3f}, per architecture {s['accuracy']['min']:.3f} to {s['accuracy']['max']:.3f}",
         f"- scores computed on the same scaled networks as the search computes them ({st['proxy_inits']} "
         f"initialisations, batch {st['proxy_batch']}); intervals: percentile bootstrap over architectures, "
@@ -409,9 +392,10 @@ def parser(prog: str = "python -m search validate-proxy") -> argparse.ArgumentPa
     p.add_argument("--sample-seed", type=int, default=d.sample_seed)
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--bootstrap", type=positive_int, default=d.bootstrap)
-    p.add_argument("--default-objective", default=None, help="the proxy checked against #params (default: the search's)")
+    p.add_argument("--default-objective", default=None,
+                   help="the proxy checked against #params (default: the search's)")
     p.add_argument("--space", type=Path, default=None, metavar="FILE")
-    p.add_argument("--out-dir", type=Path, default=OUT_DIR)
+    p.add_argument("--out-dir", type=writable_dir, default=OUT_DIR)
     return p
 
 

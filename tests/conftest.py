@@ -1,5 +1,12 @@
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# Property tests here do real work (build modules, run them), whose time depends on the machine and
+# on whatever else runs on it: no per-example deadline, and no failing because generating the
+# examples was slow on a busy machine. The number of examples stays each test's own.
+settings.register_profile("container-bench", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("container-bench")
 
 
 def perturb_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -21,8 +21,10 @@ PORT = 5432  # only names the socket file inside the private directory; nothing 
 def find_bin_dir() -> Path | None:
     """The directory holding initdb and pg_ctl: $PG_BIN, Debian's /usr/lib/postgresql/<v>/bin (newest), or PATH."""
     candidates = [os.environ.get("PG_BIN", "")]
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: [int(x) for x in Path(p).parent.name.split(".")
-                                                                                if x.isdigit()], reverse=True)
+    def version(path: str) -> list[int]:
+        return [int(x) for x in Path(path).parent.name.split(".") if x.isdigit()]
+
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version, reverse=True)
     initdb = shutil.which("initdb")
     if initdb:
         candidates.append(str(Path(initdb).parent))
@@ -73,7 +75,8 @@ class ThrowawayPostgres:
                        "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 40\n"
                        "shared_buffers = 16MB\n")
         try:
-            self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start")
+            self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
+                      "start")
         except subprocess.CalledProcessError as e:
             log = self.log.read_text() if self.log.exists() else ""
             raise RuntimeError(f"pg_ctl start failed: {e.stderr or e.stdout}\n{log}") from None
@@ -81,7 +84,7 @@ class ThrowawayPostgres:
         self._wait_ready()
         return self
 
-    def _wait_ready(self, timeout: float = 30.0) -> None:
+    def _wait_ready(self, timeout: float = 120.0) -> None:
         import psycopg2
 
         deadline = time.monotonic() + timeout

@@ -40,7 +40,8 @@ def cost(config: NetworkConfig) -> float:
 class FakeLatency:
     """A LatencySource with latencies from a function; counts measurements per config."""
 
-    def __init__(self, fn: Callable[[NetworkConfig], float] = cost, *, remeasure: Callable[[NetworkConfig], float] | None = None,
+    def __init__(self, fn: Callable[[NetworkConfig], float] = cost, *,
+                 remeasure: Callable[[NetworkConfig], float] | None = None,
                  fail: Callable[[NetworkConfig], bool] | None = None, interrupt_at: int | None = None):
         self.fn, self.remeasure_fn, self.fail, self.interrupt_at = fn, remeasure, fail, interrupt_at
         self.calls: Counter[str] = Counter()

@@ -4,7 +4,8 @@ It runs the library's `run_search` on the tiny space with a fake latency source 
 two workers measuring at once would overlap) and logs every measurement interval, and a fake scorer
 that logs every trial it scores. The study's machine lock is the real one. With `--go FILE` the worker
 imports everything, writes `FILE.ready-<pid>` and waits for FILE, so that several workers start
-their trials together.
+their trials together, and each worker's first scored trial waits until every worker has reached its own
+(so that one worker cannot finish the whole study before another has opened it, however busy the machine).
 """
 from __future__ import annotations
 
@@ -46,19 +47,36 @@ class LoggingLatency:
 class LoggingScorer:
     objective = "params"
 
-    def __init__(self, log: Path):
-        self.log = log
+    def __init__(self, log: Path, go: Path | None = None, workers: int = 1):
+        self.log, self.go, self.workers = log, go, workers
+        self.waited = go is None
+
+    def _rendezvous(self) -> None:
+        """Runs outside the machine lock (after the measurement), so waiting here cannot deadlock."""
+        if self.waited:
+            return
+        self.waited = True
+        Path(f"{self.go}.trial-{os.getpid()}").touch()
+        deadline = time.monotonic() + 600
+        while len(list(self.go.parent.glob(f"{self.go.name}.trial-*"))) < self.workers:
+            if time.monotonic() > deadline:
+                return  # the test's own checks then say which worker ran no trial
+            time.sleep(0.02)
 
     def _scores(self, config: NetworkConfig) -> Scores:
         params = sum(s.depth * s.dim * s.dim * (2 + s.mlp_ratio) for s in config.stages)
         return Scores(score=math.log(params), params=int(params), flops=int(params * 100))
 
     def evaluate(self, config: NetworkConfig) -> Scores:
-        _append(self.log, {"event": "trial", "pid": os.getpid(), "scored": True, "config": config.to_json(sort_keys=True)})
+        self._rendezvous()
+        _append(self.log, {"event": "trial", "pid": os.getpid(), "scored": True,
+                           "config": config.to_json(sort_keys=True)})
         return self._scores(config)
 
     def size(self, config: NetworkConfig) -> tuple[int, int]:
-        _append(self.log, {"event": "trial", "pid": os.getpid(), "scored": False, "config": config.to_json(sort_keys=True)})
+        self._rendezvous()
+        _append(self.log, {"event": "trial", "pid": os.getpid(), "scored": False,
+                           "config": config.to_json(sort_keys=True)})
         s = self._scores(config)
         return s.params, s.flops
 
@@ -73,18 +91,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sleep", type=float, default=0.05)
     p.add_argument("--log", type=Path, required=True)
     p.add_argument("--go", type=Path, default=None)
+    p.add_argument("--workers", type=int, default=1, help="with --go: how many workers meet at their first trial")
     args = p.parse_args(argv)
     s = settings(args.tmp, budget_ms=args.budget_ms, n_trials=args.trials, study_name=args.study,
                  storage=args.storage, seed=None)
     if args.go is not None:
         Path(f"{args.go}.ready-{os.getpid()}").touch()
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600
         while not args.go.exists():
             if time.monotonic() > deadline:
                 print("worker: no go signal", file=sys.stderr)
                 return 1
             time.sleep(0.02)
-    result = run_search(s, latency_source=LoggingLatency(args.log, args.sleep), scorer=LoggingScorer(args.log))
+    result = run_search(s, latency_source=LoggingLatency(args.log, args.sleep),
+                        scorer=LoggingScorer(args.log, args.go, args.workers))
     _append(args.log, {"event": "done", "pid": os.getpid(), "trials_seen": len(result.trials),
                        "interrupted": result.interrupted})
     return 0

@@ -1,18 +1,13 @@
 """bench's figures against independent references: analytic FLOPs, known allocations, known samples."""
 import math
-import time
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.benchmark import Measurement
-from torch.utils.benchmark.utils.common import TaskSpec
 
 import bench
 import container
-from bench import BlockTarget, LatencyStats, Roofline, StopRule, count_flops, cpu_allocator_peak, measure_latency
-from bench.timing import relative_iqr
+from bench import BlockTarget, Roofline, StopRule, count_flops, cpu_allocator_peak
 
 
 def analytic_block_macs(kind: str, dim: int, side: int, heads: int, k: int, ratio: float, batch: int) -> dict:
@@ -119,7 +114,10 @@ def test_kernel_bound_charges_attention_its_kernel_time_and_the_rest_the_gemm_pe
     roof = Roofline("cpu", "fp32", peak_flops=50e9, gemm_size=1024, bandwidth_bytes_s=10e9)
     quick = bench.Options(impl="fast", stop=StopRule(rel_iqr=1.0, min_runs=2, min_time_s=0.0, max_time_s=0.2))
     target = BlockTarget("mix", 64, 7)
-    row = profile(target, 2, quick, roofline=roof, memory=False)
+    result = profile(target, 2, quick, roofline=roof, memory=False)
+    row = result.row()
+    assert row["kernel_bound_ms"] == result.bounds.kernel.kernel_bound_ms and result.bounds.roofline == roof
+    assert row["achieved_flops"] == result.bounds.position.achieved_flops
     calls = count_flops(container.optimize(target.build().eval()), torch.randn(2, 64, 7, 7)).attention_calls
     attention_ms = attention_kernel_ms(calls, threads=torch.get_num_threads())  # the profile's, cached
     assert row["attention_kernel_ms"] == attention_ms > 0
@@ -127,7 +125,7 @@ def test_kernel_bound_charges_attention_its_kernel_time_and_the_rest_the_gemm_pe
     other_ms = (row["work_flops"] - row["attention_flops"]) / 50e9 * 1e3
     assert row["kernel_bound_ms"] == pytest.approx(attention_ms + other_ms)
     assert row["fraction_of_kernel_bound"] == pytest.approx(row["kernel_bound_ms"] / row["latency_median_ms"])
-    conv = profile(BlockTarget("conv", 64, 7), 2, quick, roofline=roof, memory=False)
+    conv = profile(BlockTarget("conv", 64, 7), 2, quick, roofline=roof, memory=False).row()
     assert conv["attention_kernel_ms"] == 0.0 and conv["kernel_bound_ms"] == conv["gemm_bound_ms"]
 
 
@@ -155,87 +153,6 @@ def test_cpu_allocator_peak_of_a_known_allocation_pattern():
 def test_cpu_allocator_peak_ignores_memory_live_before_the_call():
     held = torch.ones(8 * 2**20, dtype=torch.uint8)
     assert cpu_allocator_peak(lambda: held.add_(1)).peak_bytes < 1024  # the scalar's wrapper, not the 8 MiB
-
-
-@pytest.mark.parametrize("times,elapsed,done", [
-    ([1.0] * 4, 1.0, False),  # too few runs
-    ([1.0] * 5, 0.1, False),  # too little time
-    ([1.0] * 5, 1.0, True),  # tight and enough
-    ([1.0, 2.0, 3.0, 4.0, 5.0], 1.0, False),  # IQR / median = 2 / 3, too noisy
-    ([1.0, 2.0, 3.0, 4.0, 5.0], 5.0, True),  # out of time: stop anyway
-    ([], 5.0, True),
-])
-def test_stop_rule_on_known_samples(times, elapsed, done):
-    assert StopRule(rel_iqr=0.05, min_runs=5, min_time_s=0.5, max_time_s=5.0).done(times, elapsed) is done
-
-
-def test_relative_iqr_of_known_samples():
-    assert relative_iqr([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(2 / 3)
-    assert relative_iqr([2.0] * 7) == 0.0
-
-
-def test_latency_statistics_of_known_samples():
-    times_s = [t / 1e3 for t in range(1, 11)]  # 1 .. 10 ms
-    m = Measurement(number_per_run=1, raw_times=times_s, task_spec=TaskSpec(stmt="pass", setup="pass"))
-    stats = LatencyStats.from_measurement(m, number_per_run=4, cold_s=0.5, noisy=False)
-    reference = np.arange(1, 11, dtype=float)
-    assert stats.median_ms == pytest.approx(np.median(reference))
-    assert stats.p90_ms == pytest.approx(np.quantile(reference, 0.9))
-    assert stats.iqr_ms == pytest.approx(np.quantile(reference, 0.75) - np.quantile(reference, 0.25))
-    assert (stats.min_ms, stats.runs, stats.number_per_run, stats.cold_ms) == (1.0, 10, 4, 500.0)
-
-
-def test_measure_latency_reports_the_cold_call_on_its_own():
-    calls = []
-
-    def fn():
-        calls.append(1)
-        if len(calls) == 1:
-            time.sleep(0.05)  # a slow first call, as lazy initialisation makes it
-
-    stats = measure_latency(fn, stop=StopRule(rel_iqr=1.0, min_runs=5, min_time_s=0.0, max_time_s=0.5),
-                            warmup_s=0.0)
-    assert stats.cold_ms >= 50.0
-    assert stats.median_ms < stats.cold_ms
-    assert stats.runs >= 5 and len(stats.times_ms) == stats.runs
-    assert stats.p90_ms >= stats.median_ms >= stats.min_ms
-
-
-def test_measure_latency_fixes_and_restores_the_thread_count():
-    before = torch.get_num_threads()
-    seen = []
-    measure_latency(lambda: seen.append(torch.get_num_threads()), threads=1,
-                    stop=StopRule(min_runs=3, min_time_s=0.0, max_time_s=0.2), warmup_s=0.0)
-    assert set(seen) == {1}
-    assert torch.get_num_threads() == before
-
-
-FREED_RSS_PROBE = """
-import sys, psutil, torch
-from bench.timing import keep_freed_memory
-if sys.argv[1] == "kept" and not keep_freed_memory():
-    print("no-mallopt"); raise SystemExit
-rss = psutil.Process().memory_info().rss
-x = torch.ones(4 << 20)  # a 16 MiB activation, touched and freed
-del x
-print(psutil.Process().memory_info().rss - rss)
-"""
-
-
-def test_timing_keeps_freed_memory_where_glibc_would_return_it():
-    import subprocess
-    import sys
-
-    def retained(mode):
-        out = subprocess.run([sys.executable, "-c", FREED_RSS_PROBE, mode], capture_output=True, text=True,
-                             check=True).stdout.split()[-1]
-        return out if out == "no-mallopt" else int(out)
-
-    kept = retained("kept")
-    if kept == "no-mallopt":
-        pytest.skip("this C library has no mallopt (not glibc)")
-    assert retained("default") < 4 << 20  # glibc gives a freed 16 MiB block back to the kernel at once
-    assert kept >= 16 << 20  # kept in the heap: the next call reuses it without page faults
 
 
 def test_roofline_bound_is_the_lower_of_compute_and_bandwidth():

@@ -21,7 +21,7 @@ def stage_dicts(draw):
                 mlp_ratio=draw(st.sampled_from([1.0, 2.0, 0.5])), patch_size=draw(st.sampled_from([1, 2])))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25)
 @given(stages=st.lists(stage_dicts(), min_size=1, max_size=3), mixing=st.sampled_from(["tied", "free"]))
 def test_every_valid_config_builds_and_round_trips(stages, mixing):
     stride = 1
@@ -47,7 +47,7 @@ def test_a_bad_stage_field_is_named_with_its_reason(name, value, reason):
         NetworkConfig.from_dict(network(VALID_STAGE | {name: value}))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(dim=st.integers(1, 512), heads=st.integers(1, 64))
 def test_dim_not_divisible_by_heads_is_named(dim, heads):
     stage = VALID_STAGE | dict(dim=dim, heads=heads)
@@ -58,7 +58,7 @@ def test_dim_not_divisible_by_heads_is_named(dim, heads):
         assert NetworkConfig.from_dict(network(stage)).stages[1].head_dim == dim // heads
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(image_size=st.integers(1, 400), patches=st.lists(st.integers(1, 4), min_size=1, max_size=4))
 def test_image_size_must_divide_by_the_total_stride(image_size, patches):
     stages = [VALID_STAGE | {"patch_size": p} for p in patches]
@@ -67,7 +67,8 @@ def test_image_size_must_divide_by_the_total_stride(image_size, patches):
         stride *= p
     data = dict(stages=stages, image_size=image_size)
     if image_size % stride:
-        with pytest.raises(ValueError, match=rf"image_size={image_size}: not divisible by the total patch stride {stride}"):
+        message = rf"image_size={image_size}: not divisible by the total patch stride {stride}"
+        with pytest.raises(ValueError, match=message):
             NetworkConfig.from_dict(data)
     else:
         assert NetworkConfig.from_dict(data).total_stride == stride

@@ -19,8 +19,8 @@ def test_cuda_peak_memory_of_a_known_allocation():
         return b
 
     peak = bench.cuda_allocator_peak(allocate, device)
-    assert peak["cuda_peak_allocated_bytes"] == 48 * 2**20
-    assert peak["cuda_peak_reserved_bytes"] >= 48 * 2**20
+    assert peak.peak_allocated_bytes == 48 * 2**20
+    assert peak.peak_reserved_bytes >= 48 * 2**20
 
 
 def test_cuda_timing_waits_for_the_kernels():
@@ -32,10 +32,12 @@ def test_cuda_timing_waits_for_the_kernels():
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
 def test_profile_a_block_on_cuda(dtype):
-    row = bench.profile(bench.BlockTarget("mix", 64, 14), 4, bench.Options(device="cuda", dtype=dtype,
-                                                                             stop=FAST_STOP))
-    assert row["status"] == "ok" and row["device"] == "cuda" and row["gpu_name"]
-    assert row["cuda_peak_allocated_bytes"] > 0 and "cpu_alloc_peak_bytes" not in row
+    result = bench.profile(bench.BlockTarget("mix", 64, 14), 4, bench.Options(device="cuda", dtype=dtype,
+                                                                                stop=FAST_STOP))
+    row = result.row()
+    assert result.status == "ok" and row["device"] == "cuda" and bench.environment("cuda")["gpu_name"]
+    assert row["cuda_peak_allocated_bytes"] == result.memory.cuda.peak_allocated_bytes > 0
+    assert result.memory.cpu is None and "cpu_alloc_peak_bytes" not in row
 
 
 def test_cuda_out_of_memory_is_recorded_and_the_run_goes_on():
@@ -45,9 +47,9 @@ def test_cuda_out_of_memory_is_recorded_and_the_run_goes_on():
     batch = int(free / (2 * (side * side) ** 2 * 4)) + 64
     row = bench.profile(bench.BlockTarget("attn", 64, side), batch, bench.Options(device="cuda", stop=FAST_STOP),
                         flops=False, memory=False)
-    assert row["status"] == "oom"
+    assert row.status == "oom"
     ok = bench.profile(bench.BlockTarget("attn", 64, side), 1, bench.Options(device="cuda", stop=FAST_STOP))
-    assert ok["status"] == "ok"
+    assert ok.status == "ok"
 
 
 def test_cuda_roofline_calibration_is_plausible():

@@ -4,6 +4,8 @@ import torch
 
 import container
 import container.fast as fast_module
+from container.fast import infer as fast_infer
+from container.fast import precision as fast_precision
 from container import BLOCK_KINDS, ContainerBlock, MixBlock, optimize
 from tests.conftest import perturb_
 
@@ -99,7 +101,7 @@ def test_stage_shapes_fp32(kind, dim, side):
 
 @pytest.mark.parametrize("gemm_below_tokens", [0, 10**9], ids=["oneDNN conv", "addmm"])
 def test_both_ways_of_running_the_1x1_convs_match_the_reference(monkeypatch, gemm_below_tokens):
-    monkeypatch.setattr(fast_module, "GEMM_BELOW_TOKENS", gemm_below_tokens)
+    monkeypatch.setattr(fast_infer, "GEMM_BELOW_TOKENS", gemm_below_tokens)
     block = perturb_(MixBlock(64, 2), seed=1).eval()
     x = torch.randn(2, 64, 9, 9)
     with torch.inference_mode():
@@ -162,7 +164,7 @@ def test_every_kind_under_bf16_autocast(kind):
     assert norm_rel_err(actual, expected) < 2e-2
     assert rel_err(fp32, expected) < 1e-4
     # "auto" computes in bf16 only where the CPU has fast bf16 GEMMs
-    assert rel_err(auto, actual if fast_module._native_low_precision(x.device, torch.bfloat16) else fp32) < 1e-6
+    assert rel_err(auto, actual if fast_precision.native_low_precision(x.device, torch.bfloat16) else fp32) < 1e-6
 
 
 def test_folded_constants_follow_parameter_updates():

@@ -19,7 +19,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from search.study import make_storage
+from search.storage import make_storage
 from tests.pg_server import ThrowawayPostgres, find_bin_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _start_together(commands: list[list[str]], go: Path, timeout: float = 120) -> list[subprocess.CompletedProcess]:
+def _start_together(commands: list[list[str]], go: Path, timeout: float = 600) -> list[subprocess.CompletedProcess]:
     """Start the workers, wait until each has imported everything, then let them all go at once."""
     procs = [subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for cmd in commands]
@@ -74,7 +74,8 @@ def _start_together(commands: list[list[str]], go: Path, timeout: float = 120) -
 
 def _worker_command(tmp_path: Path, log: Path, go: Path, trials: int, storage: str | None) -> list[str]:
     cmd = [sys.executable, "-m", "tests.search_worker", "--tmp", str(tmp_path), "--study", "shared",
-           "--trials", str(trials), "--log", str(log), "--go", str(go), "--sleep", "0.05"]
+           "--trials", str(trials), "--log", str(log), "--go", str(go), "--sleep", "0.05",
+           "--workers", str(WORKERS)]
     return cmd + (["--storage", storage] if storage else [])
 
 
@@ -159,8 +160,8 @@ def test_cli_workers_on_postgresql(tmp_path, postgres):
            "--stop-max-s", "0.05", "--stop-min-runs", "3", "--no-progress", "--lock-file", str(tmp_path / "lock")]
     procs = [subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(WORKERS)]
-    outs = [p.communicate(timeout=240) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     study = optuna.load_study(study_name="cli", storage=make_storage(url, tmp_path / "results" / "cli"))
     recorded = study.get_trials(deepcopy=False)

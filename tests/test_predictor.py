@@ -5,24 +5,23 @@ this machine is. The accuracy itself is published by `python -m search predictor
 """
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 
 import numpy as np
+import optuna
 import pytest
 
-import bench
-from search import Deployment, Latency, SearchSpace
-from search.predictor import (LatencyPredictor, NotCalibratedError, Part, PredictedLatency, PredictorGate,
-                              fit_calibration, network_parts)
+from search import CachedLatency, Deployment, MachineLock, PredictedLatency, PredictorGate, SearchSpace
+from search.parts import Part, network_parts
+from search.predictor import LatencyPredictor, NotCalibratedError, fit_calibration
 from search.predictor_report import accuracy
 from search.sampling import config_id, sample_configs
+from search.trials import feasible
 from tests.search_helpers import FAST_STOP, IMAGE, FakeLatency, tiny_space
 
 
 def predictor(tmp_path, **kw) -> LatencyPredictor:
-    from search import MachineLock
-
     return LatencyPredictor(Deployment(image_size=IMAGE, threads=1), stop=FAST_STOP, network_stop=FAST_STOP,
                             lock=MachineLock(tmp_path / "lock"), directory=tmp_path / "predictor", **kw)
 
@@ -143,6 +142,31 @@ def test_gate_rejects_clear_misses_and_measures_the_rest_for_real():
     assert gate.measure(fits).source == "fake"
 
 
+def test_gate_never_screens_what_the_cache_holds_and_the_cache_never_holds_a_prediction(tmp_path):
+    configs = sample_configs(tiny_space(), 6, 0, IMAGE)
+    cache = CachedLatency(FakeLatency(), tmp_path / "cache.json", {"fingerprint": "x"},
+                          lock=MachineLock(tmp_path / "lock"))
+    cache.measure(configs[0])
+    gate = PredictorGate(_FixedPredictor(lambda c: 1e9), cache, budget_ms=3.0)  # predicts everything over budget
+    first = gate.measure(configs[0])
+    assert first.source == "fake" and first.cached and first.predicted_ms is None  # measured before: unscreened
+    rejected = gate.measure(configs[1])
+    assert rejected.source == "predicted" and rejected.predicted_ms == rejected.median_ms == 1e9
+    assert cache.lookup(configs[1]) is None
+    # A gate behind the cache (a custom source stack): its prediction is passed on, never stored.
+    behind = CachedLatency(gate, tmp_path / "behind.json", {"fingerprint": "x"}, lock=MachineLock(tmp_path / "lock"))
+    assert behind.measure(configs[2]).source == "predicted" and behind.lookup(configs[2]) is None
+    passed = PredictorGate(_FixedPredictor(lambda c: 0.5), cache, budget_ms=3.0).measure(configs[3])
+    assert passed.source == "fake" and passed.predicted_ms == 0.5 and not passed.cached
+
+
+def test_a_predicted_latency_is_never_feasible():
+    ok = optuna.trial.create_trial(value=1.0, constraints={"latency_ms": -1.0}, user_attrs={"latency_source": "bench"})
+    predicted = optuna.trial.create_trial(value=1.0, constraints={"latency_ms": -1.0},
+                                          user_attrs={"latency_source": "predicted"})
+    assert feasible(ok) and not feasible(predicted)
+
+
 def test_gate_in_a_search_records_rejections_as_infeasible(tmp_path):
     from search import run_search
     from tests.search_helpers import FakeScorer, cost, settings
@@ -176,7 +200,7 @@ def test_search_with_predictor_flag_screens_before_measuring(tmp_path):
     from tests.search_helpers import FakeScorer, cost, settings
 
     s = settings(tmp_path, n_trials=16, predictor=True, predictor_margin=0.1, predictor_dir=tmp_path / "predictor")
-    p = LatencyPredictor(s.deployment, directory=tmp_path / "predictor", lock=_NullLock())
+    p = LatencyPredictor(s.deployment, directory=tmp_path / "predictor", lock=contextlib.nullcontext())
     configs = sample_configs(s.space, 40, 0, IMAGE, max_tries=10_000)
     for part in p.missing(configs + [s.space.smallest(IMAGE), s.space.largest(IMAGE)]):
         ms = part.dim * (part.side ** 0) / 24.0 if part.part == "block" else 0.0  # block cost = dim / 24 per block
@@ -190,7 +214,10 @@ def test_search_with_predictor_flag_screens_before_measuring(tmp_path):
     rejected = t[t["latency_source"] == "predicted"]
     assert len(rejected) > 0 and result.predictor_rejected == len(rejected)
     assert (rejected["latency_median_ms"] > 3.3 - 1e-9).all() and not rejected["feasible"].any()
+    assert (rejected["latency_predicted_ms"] == rejected["latency_median_ms"]).all()
+    assert not rejected["latency_cached"].astype(bool).any()
     measured = t[t["latency_source"] == "fake"]
+    assert measured["latency_predicted_ms"].notna().any()  # screened, let through, then measured
     assert (measured["latency_predicted_ms"].dropna() <= 3.3 + 1e-9).all()
     # Nothing rejected was measured: the fake source never saw a rejected config.
     from container import NetworkConfig
@@ -199,13 +226,8 @@ def test_search_with_predictor_flag_screens_before_measuring(tmp_path):
     assert not {NetworkConfig.from_json(c).to_json() for c in rejected["config"]} & seen
     assert {NetworkConfig.from_json(c).to_json() for c in measured["config"]} <= seen
     assert not result.ranking.empty and set(result.ranking["trial"]) <= set(measured["trial"])
+    # Only measurements are cached: a prediction never passes off as a latency in a later run.
+    cache = json.loads((result.study_dir / "latency_cache.json").read_text())
+    assert {e["latency"]["source"] for e in cache["entries"].values()} == {"fake"}
     report = (result.study_dir / "report.md").read_text()
     assert "latency predictor" in report
-
-
-class _NullLock:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None

@@ -1,13 +1,18 @@
-"""The regression gate's logic on synthetic samples: no timing, no worker processes, a few seconds."""
+"""The regression gate: its decision on synthetic samples, its baselines and history, and its worker's
+interleaved measurement (in-process, and as the process the gate starts, against a stand-in older tree)."""
 import argparse
 import json
+import textwrap
 
 import numpy as np
 import pytest
 from rich.console import Console
 
 from bench import BenchInputError, history, regress
-from bench.regress import FigureChange, Side, compare, compare_deterministic, decide
+from bench.env import REPO_ROOT
+from bench.regress import FigureChange, Round, Side, compare, compare_deterministic, decide
+from bench.regress import worker as regress_worker
+from bench.regress.worker import Worker, normalise
 
 
 def lognormal(n, scale=1.0, spread=0.04, seed=0):
@@ -91,7 +96,7 @@ def test_any_change_is_reported_and_only_an_increase_fails():
 def _side(label, figures, sample):
     side = Side(label, "abc")
     side.deterministic = {"a": figures}
-    side.rounds = {"a": [{"normalised": v, "row_ms": 10 * v, "calibration_ms": 10.0} for v in sample]}
+    side.rounds = {"a": [Round(normalised=v, row_ms=10 * v, calibration_ms=10.0) for v in sample]}
     return side
 
 
@@ -167,7 +172,7 @@ def test_the_cli_exits_2_on_bad_input(argv, capsys):
 
 
 def test_fallback_against_takes_the_revision_only_where_this_machine_has_no_baseline(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(regress, "BASELINE_DIR", tmp_path)
+    monkeypatch.setattr(regress.baselines, "BASELINE_DIR", tmp_path)
     assert _main("--fallback-against", "no-such-revision-xyz", "--no-history") == 2
     err = capsys.readouterr().err
     assert "no baseline for this machine" in err and "error: --against 'no-such-revision-xyz'" in err
@@ -203,13 +208,10 @@ def test_history_errors_are_clear(tmp_path):
         history.read_history(bad)
 
 
-# --- the worker's interleaving, against the real bench.measure_latency ------------------------------
+# --- the worker's interleaving, through the gate's own bench.timing.measure_interleaved --------------
 
 
 def test_the_worker_alternates_row_and_calibration_calls():
-    from bench.env import REPO_ROOT
-    from bench.regress_worker import Worker
-
     calls = []
     worker = Worker(REPO_ROOT)
     worker.steps = {"row": lambda: calls.append("r")}
@@ -217,5 +219,72 @@ def test_the_worker_alternates_row_and_calibration_calls():
     reply = worker.measure({"row": "row", "pairs": 3})
     assert len(reply["row_times_ms"]) == 4 and len(reply["calibration_times_ms"]) == 3
     assert len(reply["normalised"]) == 4
-    # a cold call and two warm-ups, then blocks of two warm-ups and one timed call, switching each block
-    assert "".join(calls) == "ccc" + "rrrccc" * 3 + "rrr"
+    # each timed call after two untimed calls of the same workload, row and calibration in turn
+    assert "".join(calls) == "rrr" + "ccc" + "rrr" + "ccc" + "rrr" + "ccc" + "rrr"
+
+
+def test_each_row_time_is_normalised_by_the_calibration_times_either_side():
+    assert normalise([2.0, 8.0, 3.0], [1.0, 4.0]) == pytest.approx([2.0, 8.0 / 2.0, 3.0 / 4.0])
+    assert normalise([2.0], []) == []
+
+
+def test_the_worker_times_with_the_gate_s_own_timing_module_loaded_by_path():
+    assert regress_worker.timing.__file__ == str(REPO_ROOT / "bench" / "timing.py")
+    assert regress_worker.timing.measure_interleaved.__module__ == "container_bench_gate_timing"
+
+
+# A stand-in for another revision's tree: only the public bench API the worker takes from a tree under
+# test, no bench/timing.py at all, and bench.profile returning a flat dict (older revisions) or a typed
+# result with .row() (newer ones).
+STAND_IN_BENCH = textwrap.dedent("""
+    from types import SimpleNamespace
+
+    FIGURES = {"params": 7, "macs_fvcore": 11, "cpu_alloc_peak_bytes": 13, "latency_median_ms": 1.0}
+
+
+    class StopRule:
+        def __init__(self, **kwargs):
+            pass
+
+
+    Options = StopRule
+
+
+    class BlockTarget:
+        def __init__(self, kind, dim, side):
+            self.dim, self.side = dim, side
+
+        def input_shape(self, batch):
+            return (batch, self.dim, self.side, self.side)
+
+
+    class NetworkTarget:
+        pass
+
+
+    def profile(target, batch, options, flops=True, memory=True):
+        return SimpleNamespace(row=lambda: dict(FIGURES)) if TYPED else dict(FIGURES)
+
+
+    def build_workload(target, batch, options):
+        return SimpleNamespace(step=lambda: sum(range(2000)))
+""")
+
+
+@pytest.mark.parametrize("typed", [False, True], ids=["profile-returns-a-dict", "profile-returns-a-result"])
+def test_a_worker_process_measures_another_tree_with_the_gate_s_timing(tmp_path, typed):
+    for package, text in (("bench", f"TYPED = {typed}\n" + STAND_IN_BENCH), ("container", "")):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text(text)
+    worker = regress.WorkerProcess(tmp_path, "reference", threads=1, inject=False)
+    try:
+        spec = {"name": "a", "target": "block", "kind": "conv", "dim": 8, "side": 4, "batch": 2}
+        setup = worker.request({"cmd": "setup", "rows": [spec], "threads": 1})
+        assert setup["errors"] == {}
+        assert setup["rows"] == {"a": {"params": 7, "macs_fvcore": 11, "cpu_alloc_peak_bytes": 13}}
+        assert setup["files"]["bench"] == str((tmp_path / "bench" / "__init__.py").resolve())
+        reply = worker.request({"cmd": "measure", "row": "a", "pairs": 2})
+    finally:
+        worker.close()
+    assert len(reply["row_times_ms"]) == 3 and len(reply["calibration_times_ms"]) == 2
+    assert len(reply["normalised"]) == 3 and all(r > 0 for r in reply["normalised"])

@@ -10,9 +10,10 @@ import optuna
 import pandas as pd
 import pytest
 
+import bench
 from search import (CachedLatency, Deployment, MachineLock, NoFeasibleNetworkError, SearchInputError, SearchSpace,
-                    SpaceError, WorkerMismatchError, run_search)
-from search.study import feasible, parse_budget
+                    SpaceError, WorkerMismatchError, make_storage, parse_budget, run_search)
+from search.trials import feasible
 
 from container import NetworkConfig
 from tests.search_helpers import IMAGE, TINY_SPACE, FakeLatency, FakeScorer, build_ok, cost, settings, tiny_space
@@ -24,8 +25,6 @@ def run(tmp_path, latency=None, scorer=None, **overrides):
 
 
 def load(tmp_path, name="t") -> optuna.Study:
-    from search.study import make_storage
-
     return optuna.load_study(study_name=name, storage=make_storage(None, tmp_path / "results" / name))
 
 
@@ -222,7 +221,7 @@ def test_two_workers_never_measure_at_once(tmp_path):
     for p in procs:
         p.start()
     for p in procs:
-        p.join(10)
+        p.join(120)
     spans = sorted(tuple(map(float, line.split()[1:])) for line in (tmp_path / "log").read_text().splitlines())
     assert len(spans) == 2 and spans[0][1] <= spans[1][0]
 
@@ -253,8 +252,6 @@ def test_ctrl_c_writes_the_report_and_resume_loses_nothing(tmp_path):
 
 def test_mismatched_worker_is_refused(tmp_path, monkeypatch):
     run(tmp_path, n_trials=2)
-    import bench
-
     monkeypatch.setattr(bench, "fingerprint", lambda device="cpu", threads=None: "ffffffffffff")
     with pytest.raises(WorkerMismatchError, match="refusing to join study 't'.*fingerprint"):
         run(tmp_path, n_trials=4)

@@ -13,7 +13,7 @@ import optuna
 import pytest
 
 from search.__main__ import main
-from search.study import make_storage
+from search.storage import make_storage
 
 from tests.search_helpers import TINY_SPACE
 
@@ -51,7 +51,8 @@ def test_bad_budget_from_the_shell():
     proc = subprocess.run([sys.executable, "-m", "search", "--budget-ms", "abc"], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2
-    assert one_line(proc.stderr) == "search: error: --budget-ms 'abc': not a number (give milliseconds, e.g. --budget-ms 25)"
+    assert one_line(proc.stderr) == ("search: error: --budget-ms 'abc': not a number "
+                                     "(give milliseconds, e.g. --budget-ms 25)")
     assert proc.stdout == ""
 
 
@@ -107,7 +108,7 @@ def test_resume_after_kill_loses_no_trial(tmp_path, space_file):
             "--objective", "naswot", *common(tmp_path, space_file)]
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     journal = tmp_path / "results" / "k" / "study.journal"
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # an upper bound only: the loop ends at the third complete trial
     complete = 0
     try:
         while time.time() < deadline and proc.poll() is None:
@@ -141,7 +142,8 @@ def test_resume_after_kill_loses_no_trial(tmp_path, space_file):
             assert now.state.name == "FAIL" and now.user_attrs.get("lost")
             if old.params:
                 retries = [t for t in after if t.user_attrs.get("retry_of") == old.number]
-                assert len(retries) == 1 and old.params.items() <= retries[0].params.items()  # killed mid-suggest: a prefix
+                # killed mid-suggest: the retry's parameters start with the lost trial's
+                assert len(retries) == 1 and old.params.items() <= retries[0].params.items()
         else:
             assert now.state == old.state and now.values == old.values
     assert (tmp_path / "results" / "k" / "ranking.csv").exists()

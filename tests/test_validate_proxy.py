@@ -18,7 +18,7 @@ from tests.search_helpers import TINY_SPACE
 
 
 def test_digits_ship_with_scikit_learn_and_split_stratified():
-    x_train, y_train, x_test, y_test = digits(16)
+    x_train, _, x_test, y_test = digits(16)
     assert x_train.shape == (1347, 1, 16, 16) and x_test.shape == (450, 1, 16, 16)
     assert abs(float(x_train.mean())) < 1e-4 and float(x_train.std()) == pytest.approx(1.0, abs=1e-3)
     assert set(y_test.tolist()) == set(range(10))
@@ -47,12 +47,14 @@ def test_rank_correlations_and_bootstrap_intervals():
     noisy = rank_correlations(x, x + rng.normal(0, 10, 30), n_boot=500, seed=0)
     assert noisy["spearman_lo"] < noisy["spearman"] < noisy["spearman_hi"]
     # A degenerate score (-inf) ranks below every finite one instead of breaking the statistics.
-    with_inf = rank_correlations(np.array([-math.inf, 1.0, 2.0, 3.0]), np.array([0.1, 0.2, 0.3, 0.4]), n_boot=50, seed=0)
+    with_inf = rank_correlations(np.array([-math.inf, 1.0, 2.0, 3.0]), np.array([0.1, 0.2, 0.3, 0.4]),
+                                 n_boot=50, seed=0)
     assert with_inf["spearman"] == pytest.approx(1.0)
 
 
 def test_noise_ceiling_from_two_seeds():
-    acc = pd.DataFrame([{"arch": a, "seed": s, "accuracy": a / 10 + (0.001 if s else 0)} for a in range(10) for s in (0, 1)])
+    acc = pd.DataFrame([{"arch": a, "seed": s, "accuracy": a / 10 + (0.001 if s else 0)}
+                        for a in range(10) for s in (0, 1)])
     c = noise_ceiling(acc, [0, 1], n_boot=100, seed=0)
     assert c["spearman"] == pytest.approx(1.0) and c["spearman_brown"] == pytest.approx(1.0)
     assert c["seed_std_mean"] == pytest.approx(0.001 / math.sqrt(2), rel=1e-3)

@@ -21,7 +21,7 @@ import torch
 
 from bench import Options, build_workload
 from bench.regress import suite
-from bench.regress_worker import _target, calibration_step
+from bench.regress.worker import build_target, calibration_step
 
 THREADS = int(os.environ.get("CONTAINER_BENCH_PERF_THREADS", "1"))
 ROWS = suite()
@@ -37,7 +37,7 @@ def _threads():
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.name.replace(" ", "-") for r in ROWS])
 def test_suite_row(benchmark, row):
-    target = _target(row.spec())
+    target = build_target(row.spec())
     workload = build_workload(target, row.batch, Options(threads=THREADS))
     benchmark.group = "container-bench regress suite"
     benchmark.extra_info.update(row.spec() | {"threads": THREADS,

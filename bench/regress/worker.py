@@ -1,11 +1,13 @@
 """One revision's side of the regression gate: a worker process that measures the suite on request.
 
-bench/regress.py starts one worker per revision under test: the working tree (baseline mode), or
-the working tree and a temporary worktree of another revision (`--against REV`). The parent runs
-this very file with the tree under test first on sys.path (cwd and PYTHONPATH), so `container` and
-`bench` are that revision's code while this protocol is the same for both sides. The worker uses
-only the public bench API (profile, build_workload, measure_latency, BlockTarget, NetworkTarget,
-Options, StopRule), so it runs against any revision that has it.
+bench/regress/workers.py starts one worker per revision under test: the working tree (baseline
+mode), or the working tree and a temporary worktree of another revision (`--against REV`). The
+parent runs this very file with the tree under test first on sys.path (cwd and PYTHONPATH), so
+`container` and `bench` are that revision's code, while this protocol and the timing instrument are
+the gate's own for both sides: this file loads bench/timing.py of the tree it lives in by file path
+(the one by-path import in the project, so that an older revision is timed exactly like this one).
+From the tree under test it takes only the public bench API that every revision has: profile,
+build_workload, BlockTarget, NetworkTarget, Options and StopRule.
 
 Protocol: one JSON object per line on stdin, one JSON reply per line on stdout (anything the
 measured code prints goes to stderr):
@@ -23,47 +25,69 @@ allocator peaks are not affected: only time is.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import sys
 import traceback
 from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import bench  # the tree under test's (its tree is first on sys.path), not necessarily the gate's
+import container
 
 SLOWDOWN_ENV = "CONTAINER_BENCH_REGRESS_SLOWDOWN"
 PASSES_ENV = "CONTAINER_BENCH_REGRESS_SLOWDOWN_PASSES"  # JSON {row: passes}: the same extra work every run
 DETERMINISTIC = ("params", "macs_fvcore", "cpu_alloc_peak_bytes")
-CALLS_PER_BLOCK = 3  # measure_latency: a cold call and two warm-ups; Timer.timeit(1): two warm-ups and the timed call
+WARMUP_CALLS = 2  # untimed calls of a workload before each of its timed calls (part of the gate's METHOD)
+GATE_TIMING_FILE = Path(__file__).resolve().parents[1] / "timing.py"
+REQUIRED_API = ("profile", "build_workload", "BlockTarget", "NetworkTarget", "Options", "StopRule")
+
+
+def _load_gate_timing() -> ModuleType:
+    """bench/timing.py of the gate's own tree, whichever tree `bench` on sys.path comes from."""
+    name = "container_bench_gate_timing"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, GATE_TIMING_FILE)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load the gate's timing module {GATE_TIMING_FILE}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+timing = _load_gate_timing()
 
 
 def _tree_check(tree: Path) -> dict[str, str]:
     """The packages must come from the tree under test, not from an installed copy elsewhere."""
-    import bench
-    import container
-
     files = {"bench": str(Path(bench.__file__).resolve()), "container": str(Path(container.__file__).resolve())}
     for name, file in files.items():
         if not file.startswith(str(tree) + os.sep):
             raise RuntimeError(f"{name} was imported from {file}, not from the tree under test {tree}: "
                                f"that revision has no importable {name}/ package")
-    for attr in ("profile", "build_workload", "measure_latency", "BlockTarget", "NetworkTarget", "Options",
-                 "StopRule"):
+    for attr in REQUIRED_API:
         if not hasattr(bench, attr):
             raise RuntimeError(f"bench.{attr}: missing in the tree under test {tree}; the gate needs the "
                                f"public bench API")
     return files
 
 
-def calibration_step():
+def calibration_step() -> Callable[[], torch.Tensor]:
     """The fixed calibration workload: one GEMM (compute-bound) and one depthwise conv (memory-bound).
 
     It runs interleaved with every row, so a uniformly faster or slower machine of the same kind,
     or a busier moment, changes both alike and leaves their ratio alone. It takes about half as
     long as a block row, so that time slicing by other processes hits both alike.
     """
-    import torch
-    import torch.nn.functional as F
-
     g = torch.Generator().manual_seed(1234)
     a = torch.randn(768, 768, generator=g)
     b = torch.randn(768, 768, generator=g)
@@ -78,9 +102,8 @@ def calibration_step():
     return step
 
 
-def _target(spec: dict):
-    import bench
-
+def build_target(spec: dict):
+    """The bench target of a row spec (Row.spec()), built by the tree under test."""
     if spec["target"] == "block":
         return bench.BlockTarget(spec["kind"], spec["dim"], spec["side"])
     if spec["target"] == "network":
@@ -88,26 +111,32 @@ def _target(spec: dict):
     raise ValueError(f"unknown target type {spec['target']!r}")
 
 
+def _flat(profiled: Any) -> dict[str, Any]:
+    """bench.profile's result as a flat row: a typed result has .row(); older revisions return the dict."""
+    return profiled.row() if hasattr(profiled, "row") else profiled
+
+
+def normalise(first_ms: list[float], second_ms: list[float]) -> list[float]:
+    """Each `first` time over the geometric mean of the `second` times either side of it."""
+    ratios = []
+    for i, t in enumerate(first_ms):
+        around = [c for c in (second_ms[i - 1] if i > 0 else None,
+                              second_ms[i] if i < len(second_ms) else None) if c]
+        if around:
+            ratios.append(t / math.sqrt(math.prod(around)) if len(around) == 2 else t / around[0])
+    return ratios
+
+
 class Worker:
     def __init__(self, tree: Path) -> None:
         self.tree = tree
-        self.steps: dict[str, object] = {}
-        self.calibration = None
+        self.steps: dict[str, Callable[[], object]] = {}
+        self.calibration: Callable[[], object] | None = None
         self.threads = 1
         self.injected: dict[str, float | None] = {}
         self.passes: dict[str, int] = {}
 
-    def _latency(self, fn, stop):
-        import bench
-
-        return bench.measure_latency(fn, device="cpu", threads=self.threads, stop=stop, warmup_s=0.0,
-                                     min_block_s=0.0)
-
     def setup(self, request: dict) -> dict:
-        import torch
-
-        import bench
-
         files = _tree_check(self.tree)
         self.threads = int(request["threads"])
         torch.set_num_threads(self.threads)
@@ -121,21 +150,21 @@ class Worker:
         for spec in request["rows"]:
             name, batch = spec["name"], int(spec["batch"])
             try:
-                target = _target(spec)
+                target = build_target(spec)
                 # Deterministic figures through bench.profile, the one measuring path.
-                row = bench.profile(target, batch, options, flops=True, memory=True)
+                row = _flat(bench.profile(target, batch, options, flops=True, memory=True))
                 rows[name] = {k: row.get(k) for k in DETERMINISTIC}
                 step = bench.build_workload(target, batch, options).step
                 if slowdown > 0 or name in fixed:
                     step, self.passes[name], self.injected[name] = self._inject(
-                        name, step, target, batch, slowdown, fixed.get(name))
+                        step, target, batch, slowdown, fixed.get(name))
                 self.steps[name] = step
             except Exception as error:  # a row this revision cannot build: reported, not fatal
                 errors[name] = f"{type(error).__name__}: {error}".splitlines()[0]
         return {"rows": rows, "errors": errors, "files": files, "threads": self.threads,
                 "injected": self.injected, "passes": self.passes}
 
-    def _inject(self, name: str, step, target, batch: int, slowdown: float, fixed: int | None):
+    def _inject(self, step, target, batch: int, slowdown: float, fixed: int | None):
         """Wrap `step` with extra in-place elementwise passes over an input-sized buffer.
 
         With `fixed` passes (from PASSES_ENV) the extra work is the same in every run, as a real
@@ -143,9 +172,6 @@ class Worker:
         interleaved (slowed call against plain calls either side), is about `slowdown`.
         Returns the wrapped step, the passes and the measured slowdown (None when fixed).
         """
-        import numpy as np
-        import torch
-
         buffer = torch.randn(target.input_shape(batch))
         passes = fixed or 64
 
@@ -165,60 +191,31 @@ class Worker:
         for _ in range(4):
             plain_ratios, slowed_ratios = [], []
             for _ in range(3):
-                plain_ratios += self._alternate(step, self.calibration, pairs=8)[2]
-                slowed_ratios += self._alternate(slowed, self.calibration, pairs=8)[2]
+                plain_ratios += self._interleave(step, pairs=8)[2]
+                slowed_ratios += self._interleave(slowed, pairs=8)[2]
             realised = float(np.median(slowed_ratios) / np.median(plain_ratios)) - 1.0
             if realised <= 0 or abs(realised - slowdown) < 0.1 * slowdown:
                 break
             passes = max(1, round(passes * slowdown / realised))
         return slowed, passes, realised
 
-    def _alternate(self, first, second, pairs: int, max_time_s: float = 60.0):
-        """`pairs` + 1 timed calls of `first`, each between timed calls of `second`.
-
-        One bench.measure_latency run of a callable that switches between `second` and `first`
-        every CALLS_PER_BLOCK calls: measure_latency starts with a cold call and two warm-ups
-        (`second`), then times blocks of one call, each after two warm-up calls of its own
-        (Timer.timeit(1)), so its timed calls alternate first, second, first, ..., each timed
-        after two calls of the same workload. The call log checks that pattern. Returns the
-        times of `first`, those of `second`, and each `first` time over the geometric mean of
-        the `second` times either side.
-        """
-        import bench
-
-        log: list[int] = []
-
-        def alternating():
-            kind = (len(log) // CALLS_PER_BLOCK) % 2  # 0: second, 1: first
-            log.append(kind)
-            return first() if kind else second()
-
-        stop = bench.StopRule(rel_iqr=math.inf, min_runs=2 * pairs + 1, min_time_s=0.0, max_time_s=max_time_s)
-        stats = self._latency(alternating, stop)
-        times = list(stats.times_ms)
-        timed_kinds = log[CALLS_PER_BLOCK - 1::CALLS_PER_BLOCK][1:]
-        if (stats.number_per_run != 1 or len(log) != CALLS_PER_BLOCK * (len(times) + 1)
-                or timed_kinds != [(i + 1) % 2 for i in range(len(times))]):
-            raise RuntimeError(f"measure_latency called the workload {len(log)} times for {len(times)} timed "
-                               f"blocks of {stats.number_per_run}; the interleaving assumes {CALLS_PER_BLOCK} "
-                               f"calls per block of 1")
-        first_ms, second_ms = times[0::2], times[1::2]  # first, second, first, ..., [first]
-        ratios = []
-        for i, t in enumerate(first_ms):
-            around = [c for c in (second_ms[i - 1] if i > 0 else None,
-                                  second_ms[i] if i < len(second_ms) else None) if c]
-            if around:
-                ratios.append(t / math.sqrt(math.prod(around)) if len(around) == 2 else t / around[0])
-        return first_ms, second_ms, ratios
+    def _interleave(self, row, pairs: int, max_time_s: float = 60.0):
+        """`pairs` + 1 timed calls of `row`, each between timed calls of the calibration workload
+        (timing.measure_interleaved). Returns the row times, the calibration times, and each row
+        time over the geometric mean of the calibration times either side."""
+        assert self.calibration is not None, "set up first"
+        times = timing.measure_interleaved(row, self.calibration, pairs, warmup_calls=WARMUP_CALLS, device="cpu",
+                                           threads=self.threads, max_time_s=max_time_s)
+        first_ms, second_ms = list(times.first_ms), list(times.second_ms)
+        return first_ms, second_ms, normalise(first_ms, second_ms)
 
     def measure(self, request: dict) -> dict:
         """`pairs` + 1 timed calls of the row, each between timed calls of the calibration workload."""
         name = request["row"]
         if name not in self.steps:
             raise KeyError(f"row {name!r} was not set up")
-        row_ms, calibration_ms, normalised = self._alternate(self.steps[name], self.calibration,
-                                                             int(request.get("pairs", 3)),
-                                                             float(request.get("max_time_s", 60.0)))
+        row_ms, calibration_ms, normalised = self._interleave(self.steps[name], int(request.get("pairs", 3)),
+                                                              float(request.get("max_time_s", 60.0)))
         return {"row": name, "row_times_ms": row_ms, "calibration_times_ms": calibration_ms,
                 "normalised": normalised}
 

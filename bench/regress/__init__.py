@@ -1,0 +1,44 @@
+"""The throughput regression gate: `python -m bench regress` (and `make regress`).
+
+A fixed quick suite (every block kind at the 320@14x14 stage, batch 4, and Container-Light at
+batch 1) is measured and compared with a reference: a baseline committed under
+results/baselines/<machine fingerprint>.json, or another git revision measured in the same job.
+
+- Deterministic figures (parameters, fvcore MACs, CPU allocator peak bytes) come from bench.profile
+  and are gated exactly: every change is reported, an increase fails.
+- Time is gated with statistics. Each row is timed in several rounds; a round times single calls of
+  the row and of a fixed calibration workload (a GEMM and a depthwise conv) in turn, each after two
+  untimed calls of its own (bench.timing.measure_interleaved), and its figure is the median of row
+  time / geometric mean of the calibration calls either side. A row regresses when the
+  Hodges-Lehmann estimate of the slowdown of that normalised time is at least `--min-effect` (10%)
+  AND a one-sided Mann-Whitney U test says new > reference at `--alpha` (0.01). A small but
+  significant change passes; a big but insignificant one passes too.
+- Workers run with 1 intra-op thread and a fixed glibc malloc configuration (see MALLOC_ENV).
+- Every run appends one line per row to results/runs/regress_history.jsonl;
+  `python -m bench history` plots it.
+
+Exit status: 0 nothing regressed, 1 something regressed (with a table of what and by how much),
+2 bad input (no baseline, an unreadable one, an unknown revision, ...).
+
+Modules: suite (what is measured), statistics (the decision), worker (the process that measures one
+revision) and workers (the parent side), baselines, report (verdicts, table, history), cli.
+"""
+from bench.regress.baselines import (BASELINE_DIR, SCHEMA, baseline_document, baseline_path, baseline_side,
+                                     load_baseline)
+from bench.regress.cli import configure_parser, main, run_gate, update_baseline
+from bench.regress.report import HISTORY_PATH, Report, RowResult, append_history, compare, render
+from bench.regress.statistics import (DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, FigureChange, TimeVerdict,
+                                      compare_deterministic, decide)
+from bench.regress.suite import (DEFAULT_PAIRS, DEFAULT_ROUNDS, DEFAULT_THREADS, DEFAULT_UPDATE_ROUNDS, METHOD, Row,
+                                 select_rows, suite)
+from bench.regress.worker import DETERMINISTIC, PASSES_ENV, SLOWDOWN_ENV
+from bench.regress.workers import MALLOC_ENV, Round, Side, WorkerProcess, measure_sides, revision_tree
+
+__all__ = [
+    "BASELINE_DIR", "DEFAULT_ALPHA", "DEFAULT_MIN_EFFECT", "DEFAULT_PAIRS", "DEFAULT_ROUNDS", "DEFAULT_THREADS",
+    "DEFAULT_UPDATE_ROUNDS", "DETERMINISTIC", "FigureChange", "HISTORY_PATH", "MALLOC_ENV", "METHOD", "PASSES_ENV",
+    "Report", "Round", "Row", "RowResult", "SCHEMA", "SLOWDOWN_ENV", "Side", "TimeVerdict", "WorkerProcess",
+    "append_history", "baseline_document", "baseline_path", "baseline_side", "compare", "compare_deterministic",
+    "configure_parser", "decide", "load_baseline", "main", "measure_sides", "render", "revision_tree", "run_gate",
+    "select_rows", "suite", "update_baseline",
+]

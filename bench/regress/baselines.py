@@ -1,0 +1,87 @@
+"""Committed baselines: results/baselines/<machine fingerprint>.json, written by `make regress-update`."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from bench.env import environment, fingerprint
+from bench.io import results_root
+from bench.regress.statistics import checked_sample
+from bench.regress.suite import DEFAULT_PAIRS, DEFAULT_THREADS, METHOD, Row, repo_relative
+from bench.regress.worker import DETERMINISTIC
+from bench.regress.workers import Round, Side
+from bench.targets import BenchInputError
+
+SCHEMA = "container-bench-regress/1"
+BASELINE_DIR = results_root() / "baselines"
+_HINT = ("create it on this kind of machine with `make regress-update` (and commit it), or compare with "
+         "another revision in the same job: `python -m bench regress --against REV`")
+
+
+def baseline_path(threads: int = DEFAULT_THREADS) -> Path:
+    return BASELINE_DIR / f"{fingerprint('cpu', threads)}.json"
+
+
+def baseline_document(side: Side, rows: Sequence[Row], threads: int, rounds: int) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA,
+        "fingerprint": fingerprint("cpu", threads),
+        "git_commit": side.commit,
+        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": environment("cpu", threads),
+        "threads": threads,
+        "rounds": rounds,
+        "pairs": DEFAULT_PAIRS,
+        "method": METHOD,
+        "suite": [r.spec() for r in rows],
+        "rows": {r.name: side.deterministic[r.name] | {
+            "normalised": side.normalised(r.name),
+            "row_ms": [x.row_ms for x in side.rounds.get(r.name, [])],
+            "calibration_ms": [x.calibration_ms for x in side.rounds.get(r.name, [])],
+        } for r in rows if r.name in side.deterministic},
+    }
+
+
+def load_baseline(path: Path) -> dict[str, Any]:
+    """The stored baseline, or a clear BenchInputError: a missing baseline never passes silently."""
+    path = Path(path)
+    if not path.exists():
+        if path.parent.resolve() != BASELINE_DIR.resolve():
+            raise BenchInputError(f"baseline {repo_relative(path)}: missing; {_HINT}")
+        others = sorted(p.name for p in path.parent.glob("*.json")) if path.parent.is_dir() else []
+        known = f" (baselines there are for other machines: {', '.join(others)})" if others else ""
+        raise BenchInputError(f"baseline {repo_relative(path)}: missing for this machine (fingerprint "
+                              f"{path.stem}){known}; {_HINT}")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BenchInputError(f"baseline {repo_relative(path)}: unreadable ({str(e).splitlines()[0]}); "
+                              f"{_HINT}") from None
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or not isinstance(doc.get("rows"), dict):
+        raise BenchInputError(f"baseline {repo_relative(path)}: not a {SCHEMA} file; {_HINT}")
+    if doc.get("method") != METHOD:
+        raise BenchInputError(f"baseline {repo_relative(path)}: made with measuring method {doc.get('method')!r}, "
+                              f"this gate uses {METHOD!r}; {_HINT}")
+    for name, row in doc["rows"].items():
+        if not isinstance(row, dict) or any(k not in row for k in (*DETERMINISTIC, "normalised")):
+            raise BenchInputError(f"baseline {repo_relative(path)}: row {name!r} lacks {', '.join(DETERMINISTIC)} "
+                                  f"or its normalised times; {_HINT}")
+        try:
+            checked_sample(row["normalised"], f"row {name!r}")
+        except BenchInputError as e:
+            raise BenchInputError(f"baseline {repo_relative(path)}: {e}; {_HINT}") from None
+    return doc
+
+
+def baseline_side(doc: dict[str, Any]) -> Side:
+    side = Side("baseline", str(doc.get("git_commit", "unknown")))
+    for name, row in doc["rows"].items():
+        side.deterministic[name] = {k: row[k] for k in DETERMINISTIC}
+        calibration = row.get("calibration_ms") or [math.nan] * len(row["normalised"])
+        row_ms = row.get("row_ms") or [math.nan] * len(row["normalised"])
+        side.rounds[name] = [Round(normalised=n, row_ms=t, calibration_ms=c)
+                             for n, c, t in zip(row["normalised"], calibration, row_ms)]
+    return side

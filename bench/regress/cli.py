@@ -1,0 +1,148 @@
+"""`python -m bench regress`: run the gate against a baseline or a revision, or write a baseline."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from rich.console import Console
+
+from bench.cli_kit import positive_int, writable_file
+from bench.env import REPO_ROOT, fingerprint, git_commit
+from bench.io import write_json
+from bench.regress.baselines import baseline_document, baseline_path, baseline_side, load_baseline
+from bench.regress.report import HISTORY_PATH, Report, append_history, compare, render
+from bench.regress.statistics import DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, check_power
+from bench.regress.suite import (DEFAULT_ROUNDS, DEFAULT_THREADS, DEFAULT_UPDATE_ROUNDS, Row, repo_relative,
+                                 select_rows, suite)
+from bench.regress.worker import PASSES_ENV, SLOWDOWN_ENV
+from bench.regress.workers import measure_sides, revision_tree, say
+from bench.report import table_console
+from bench.targets import BenchInputError
+
+DESCRIPTION = "The throughput regression gate: `python -m bench regress` (and `make regress`)."
+
+
+def run_gate(*, against: str | None = None, baseline: Path | None = None, rows: Sequence[Row] | None = None,
+             rounds: int = DEFAULT_ROUNDS, threads: int = DEFAULT_THREADS, min_effect: float = DEFAULT_MIN_EFFECT,
+             alpha: float = DEFAULT_ALPHA, history: Path | None = HISTORY_PATH, console=None) -> Report:
+    """Measure the suite and compare it with a baseline file or with revision `against`."""
+    rows = list(rows or suite())
+    here = (REPO_ROOT, git_commit())
+    if against is not None:
+        check_power(rounds, rounds, alpha)
+        with revision_tree(against) as (tree, commit):
+            sides = measure_sides({"current": here, "reference": (tree, commit)}, rows, rounds, threads, console)
+        reference, reference_name, mode = sides["reference"], against, "against"
+    else:
+        path = Path(baseline) if baseline else baseline_path(threads)
+        doc = load_baseline(path)  # before measuring anything: a missing baseline fails at once
+        if doc.get("fingerprint") != fingerprint("cpu", threads):
+            say(console, f"[yellow]note: {repo_relative(path)} was made on machine {doc.get('fingerprint')}, this "
+                         f"is {fingerprint('cpu', threads)}[/]")
+        missing = [r.name for r in rows if r.name not in doc["rows"]]
+        if missing:
+            raise BenchInputError(f"baseline {repo_relative(path)}: has no row {missing[0]!r} (suite changed?); "
+                                  f"update it with `make regress-update`")
+        reference, reference_name, mode = baseline_side(doc), f"baseline {repo_relative(path)}", "baseline"
+        check_power(rounds, min(len(reference.normalised(r.name)) for r in rows), alpha)
+        sides = {"current": measure_sides({"current": here}, rows, rounds, threads, console)["current"]}
+    current = sides["current"]
+    results = compare(reference, current, rows, min_effect, alpha)
+    report = Report(mode, reference, current, results, min_effect, alpha, reference_name)
+    if history is not None:
+        append_history(history, list(sides.values()), mode, threads, [r.row for r in report.regressed])
+    return report
+
+
+def update_baseline(*, path: Path | None = None, rows: Sequence[Row] | None = None,
+                    rounds: int = DEFAULT_UPDATE_ROUNDS,
+                    threads: int = DEFAULT_THREADS, history: Path | None = HISTORY_PATH, console=None) -> Path:
+    rows = list(rows or suite())
+    side = measure_sides({"current": (REPO_ROOT, git_commit())}, rows, rounds, threads, console)["current"]
+    if side.errors:
+        name, error = next(iter(side.errors.items()))
+        raise BenchInputError(f"row {name!r}: cannot be built ({error}); no baseline written")
+    path = Path(path) if path else baseline_path(threads)
+    write_json(path, baseline_document(side, rows, threads, rounds))
+    if history is not None:
+        append_history(history, [side], "update", threads)
+    return path
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.description = DESCRIPTION
+    parser.add_argument("--against", metavar="REV", default=None,
+                        help="compare with git revision REV, checked out in a temporary worktree and measured "
+                             "interleaved with this tree (no stored baseline needed)")
+    parser.add_argument("--fallback-against", metavar="REV", default=None,
+                        help="compare with the committed baseline where this machine has one, else with REV as "
+                             "--against does (what .ci/run uses: CI machines come and go)")
+    parser.add_argument("--update", action="store_true",
+                        help="measure and write the baseline for this machine (results/baselines/<fingerprint>.json)")
+    parser.add_argument("--baseline", default=None, help="baseline file (default results/baselines/<fingerprint>.json)")
+    parser.add_argument("--rows", default=None,
+                        help="comma-separated subset of the suite, by kind or name (default: all rows)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help=f"timed rounds per row (default {DEFAULT_ROUNDS}; {DEFAULT_UPDATE_ROUNDS} with --update)")
+    parser.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS,
+                        help=f"intra-op threads (default {DEFAULT_THREADS}; part of the machine fingerprint)")
+    parser.add_argument("--min-effect", type=float, default=DEFAULT_MIN_EFFECT,
+                        help=f"smallest slowdown that fails, as a fraction (default {DEFAULT_MIN_EFFECT})")
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                        help=f"significance level of the one-sided Mann-Whitney U test (default {DEFAULT_ALPHA})")
+    parser.add_argument("--history", type=writable_file, default=HISTORY_PATH, help="history file to append to")
+    parser.add_argument("--no-history", action="store_true", help="do not append to the history file")
+    parser.add_argument("--json", type=writable_file, default=None, help="also write the report as JSON to this file")
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if args.rounds is None:
+        args.rounds = DEFAULT_UPDATE_ROUNDS if args.update else DEFAULT_ROUNDS
+    if args.rounds < 3:
+        raise BenchInputError(f"--rounds {args.rounds}: need at least 3 rounds for a test of significance")
+    if args.threads < 1:
+        raise BenchInputError(f"--threads {args.threads}: must be >= 1")
+    if not 0 < args.min_effect < 10:
+        raise BenchInputError(f"--min-effect {args.min_effect}: a fraction such as 0.10")
+    if not 0 < args.alpha < 1:
+        raise BenchInputError(f"--alpha {args.alpha}: must be between 0 and 1")
+    if args.update and (args.against or args.fallback_against):
+        raise BenchInputError("--update and --against: a baseline is written from this tree only; pick one")
+    if args.against and args.fallback_against:
+        raise BenchInputError("--against and --fallback-against: pick one")
+    if args.fallback_against and not args.baseline and not baseline_path(args.threads).exists():
+        print(f"note: no baseline for this machine ({repo_relative(baseline_path(args.threads))}); comparing with "
+              f"--against {args.fallback_against} instead", file=sys.stderr)
+        args.against = args.fallback_against
+
+
+def main(args: argparse.Namespace) -> int:
+    """Exit status: 0 nothing regressed, 1 something regressed, 2 bad input."""
+    console = Console(stderr=True)
+    out = table_console()
+    try:
+        _validate(args)
+        rows = select_rows([s.strip() for s in args.rows.split(",") if s.strip()] if args.rows else None)
+        history = None if args.no_history else Path(args.history)
+        if args.update:
+            if os.environ.get(SLOWDOWN_ENV) or os.environ.get(PASSES_ENV):
+                raise BenchInputError(f"{SLOWDOWN_ENV} or {PASSES_ENV} is set: refusing to write a baseline with "
+                                      f"an injected slowdown")
+            path = update_baseline(path=Path(args.baseline) if args.baseline else None, rows=rows,
+                                   rounds=args.rounds, threads=args.threads, history=history, console=console)
+            out.print(f"wrote baseline {repo_relative(path)} ({len(rows)} rows, {args.rounds} rounds, commit "
+                      f"{git_commit()}, machine {fingerprint('cpu', args.threads)})", highlight=False)
+            return 0
+        report = run_gate(against=args.against, baseline=Path(args.baseline) if args.baseline else None, rows=rows,
+                          rounds=args.rounds, threads=args.threads, min_effect=args.min_effect, alpha=args.alpha,
+                          history=history, console=console)
+        render(report, out)
+        if args.json:
+            write_json(args.json, report.to_json())
+        return 1 if report.regressed else 0
+    except BenchInputError as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2

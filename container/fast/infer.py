@@ -1,0 +1,125 @@
+"""The inference fast path: pure functions of the folded constants (container.fast.fold), eval mode
+with autograd off. See container/fast/__init__.py for what is folded and why."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from container.fast.layout import nchw, nhwc
+
+
+def _static_dense(k: dict[str, Any], v: torch.Tensor, b: int, n: int, o: torch.Tensor | None,
+                  alpha: float) -> torch.Tensor:
+    """beta * (W v + bias) [+ alpha * o] for dense token mixing; v and o are (B, N, C) views.
+
+    Each group's (N, N) weight is shared by the batch: a batched GEMM over a stride-0 expansion,
+    reading v in place; the weight itself is never copied."""
+    c = v.shape[-1]
+    groups = k["groups"]
+    w, bias = k["sw"], k["sb"]
+    if groups == 1:
+        w = w[0].expand(b, n, n)
+        if o is None:
+            return torch.baddbmm(bias[0][:, None], w, v)
+        return torch.baddbmm(o, w, v, beta=alpha).add_(bias[0][:, None])
+    d = c // groups
+    out = torch.empty(b, n, c, dtype=v.dtype, device=v.device)
+    for g in range(groups):
+        cols = slice(g * d, (g + 1) * d)
+        s = torch.baddbmm(bias[g][:, None], w[g].expand(b, n, n), v[:, :, cols])
+        if o is None:
+            out[:, :, cols] = s
+        else:
+            torch.add(s, o[:, :, cols], alpha=alpha, out=out[:, :, cols])
+    return out
+
+
+def _token_mixing(k: dict[str, Any], qkv: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+    """Token mixing of conv1's output qkv (B*N, 3C or C) -> (B*N, C)."""
+    c, heads, n = k["dim"], k["heads"], h * w
+    static, alpha = k["static"], k["alpha"]
+    o = None
+    if qkv.shape[-1] == 3 * c:
+        d = c // heads
+        t = qkv.view(b, n, 3, heads, d)
+        adt = k["attention_dtype"]
+        # (B, heads, N, d) strided views; copies only where attention runs in another dtype
+        q, kk, v = (t[:, :, i].transpose(1, 2).to(adt) for i in range(3))
+        # The CPU flash kernel writes its output as (B, N, heads, d): conv2's (tokens, C) layout.
+        o = F.scaled_dot_product_attention(q, kk, v).to(qkv.dtype).transpose(1, 2).reshape(b, n, c)
+        if static is None:
+            return o.view(b * n, c)
+        v = qkv.view(b, n, 3 * c)[:, :, 2 * c:]
+    else:
+        v = qkv.view(b, n, c)
+    if static == "conv":
+        s = F.conv2d(nchw(v.to(k["sw"].dtype), b, h, w), k["sw"], k["sb"], padding=k["pad"], groups=c)
+        s = nhwc(s)
+        return s if o is None else s.add_(o.view(b * n, c), alpha=alpha)
+    if (h, w) != tuple(k["tokens"]):
+        raise ValueError(
+            f"input tokens {h}x{w}: this dense token-mixing affinity was built for "
+            f"{k['tokens'][0]}x{k['tokens'][1]} (set the config's image_size to match)")
+    return _static_dense(k, v, b, n, o, alpha).view(b * n, c)
+
+
+# oneDNN's channels_last 1x1 convolution beats a GEMM on the token view when there are many tokens
+# (10-25% faster at 3,136-12,544 on this project's AVX512 EPYC) and loses when there are few (2-3x
+# slower at 49 tokens with 2,048 input channels; the two cross near 1,000): below this many tokens
+# the 1x1 convs run as addmm.
+GEMM_BELOW_TOKENS = 1024
+
+
+def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution of channels_last x, as oneDNN's convolution or as addmm on its token view."""
+    b, c, h, w = x.shape
+    if b * h * w >= GEMM_BELOW_TOKENS:
+        return F.conv2d(x, weight, bias)
+    return nchw(torch.addmm(bias, nhwc(x), weight.view(-1, c).t()), b, h, w)
+
+
+def _lowp(t: torch.Tensor, lowp: torch.dtype | None) -> torch.Tensor:
+    return t if lowp is None else t.to(lowp)
+
+
+def block_infer(x: torch.Tensor, k: dict[str, Any], lowp: torch.dtype | None = None) -> torch.Tensor:
+    """One block on its folded constants: (B, C, H, W) -> (B, C, H, W) channels_last.
+
+    The residual stream u is one channels_last tensor that the block updates in place. The 1x1
+    convs run on it as oneDNN convolutions, or as `addmm` on its (tokens, C) view where there are
+    few tokens (`_conv1x1`); token mixing reads conv1's output as its (tokens, 3C) view. Under
+    autocast, lowp is its dtype: the 1x1 conv inputs are cast to it and their outputs added to the
+    stream, which stays in the parameters' dtype, like the reference's.
+    """
+    b, c, h, w = x.shape
+    x = x.to(k["pos_w"].dtype).contiguous(memory_format=torch.channels_last)
+    u = F.conv2d(x, k["pos_w"], k["pos_b"], padding=1, groups=c)  # x + pos_embed(x)
+    qkv = _conv1x1(_lowp(u, lowp), k["w1"], k["b1"])              # norm1 is folded into conv1
+    m = _token_mixing(k, nhwc(qkv), b, h, w)
+    del qkv
+    u.add_(_conv1x1(_lowp(nchw(m, b, h, w), lowp), k["w2"], k["b2"]))  # x2
+    del m
+    hidden = _conv1x1(_lowp(u, lowp), k["wf1"], k["bf1"])         # norm2 is folded into fc1
+    torch.ops.aten.gelu_(nhwc(hidden))  # on the token view: 1.4-2x faster than on the 4-D view
+    u.add_(_conv1x1(hidden, k["wf2"], k["bf2"]))  # x3
+    return u
+
+
+def _patch_embed_infer(x: torch.Tensor, k: dict[str, Any], lowp: torch.dtype | None) -> torch.Tensor:
+    y = F.conv2d(_lowp(x, lowp), k["w"], k["b"], stride=k["stride"]).to(k["ln_w"].dtype)
+    # LayerNorm over channels on the contiguous (B, H, W, C) view: no permute copies.
+    return F.layer_norm(y.permute(0, 2, 3, 1), (y.shape[1],), k["ln_w"], k["ln_b"], k["eps"]).permute(0, 3, 1, 2)
+
+
+def net_infer(x: torch.Tensor, k: dict[str, Any], lowp: torch.dtype | None = None) -> torch.Tensor:
+    """A whole ContainerNet on its folded constants (lowp as in block_infer)."""
+    x = x.to(k["stages"][0][0]["ln_w"].dtype).contiguous(memory_format=torch.channels_last)
+    for pe, blocks in k["stages"]:
+        x = _patch_embed_infer(x, pe, lowp)
+        for bk in blocks:
+            x = block_infer(x, bk, lowp)
+    b, c = x.shape[:2]
+    pooled = x.permute(0, 2, 3, 1).reshape(b, -1, c).mean(1)
+    return torch.addmm(k["head_b"], _lowp(pooled, lowp), k["head_wt"])  # the final norm is in the head

@@ -1,0 +1,138 @@
+"""What one search run is asked to do (`SearchSettings`), its input checks, and where results go.
+
+The CLI only fills in a SearchSettings; everything a worker must share with a study to join it is
+`SearchSettings.identity()`.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bench
+from bench.io import results_root
+
+from search.latency import DEFAULT_MARGIN, Deployment, default_stop
+from search.proxies import PROXIES, list_proxies
+from search.space import SearchInputError, SearchSpace
+
+# Under the one results root of bench and search (bench.io.results_root: $CONTAINER_BENCH_RESULTS, else
+# results/ of this checkout), whatever the working directory; resolved once, at import.
+DEFAULT_RESULTS_DIR = results_root() / "search"
+PREDICTOR_DIR = results_root() / "predictor"  # the predictor's table and calibration, one file per machine
+VALIDATION_DIR = results_root() / "proxy_validation"
+DEFAULT_OBJECTIVE = "naswot"
+
+
+class WorkerMismatchError(SearchInputError):
+    """This worker's hardware or deployment setting differs from the study's: it must not join."""
+
+
+class NoFeasibleNetworkError(RuntimeError):
+    """No network in the space fits the budget on this device (the message gives the smallest latency)."""
+
+
+def parse_budget(value: Any) -> float:
+    """A latency budget in ms: a finite number > 0, or SearchInputError with a one-line reason."""
+    text = str(value).strip()
+    try:
+        budget = float(text)
+    except (TypeError, ValueError):
+        raise SearchInputError(f"--budget-ms {text!r}: not a number (give milliseconds, e.g. --budget-ms 25)") from None
+    if math.isnan(budget):
+        raise SearchInputError(f"--budget-ms {text}: NaN is not a budget (give milliseconds > 0)")
+    if math.isinf(budget):
+        raise SearchInputError(f"--budget-ms {text}: must be finite")
+    if budget <= 0:
+        raise SearchInputError(f"--budget-ms {text}: must be > 0 ms")
+    return budget
+
+
+@dataclass
+class SearchSettings:
+    """Everything one search run is asked to do. The CLI only fills this in."""
+
+    budget_ms: float
+    deployment: Deployment = field(default_factory=Deployment)
+    space: SearchSpace = field(default_factory=SearchSpace)
+    objective: str = DEFAULT_OBJECTIVE
+    pareto: bool = False
+    n_trials: int | None = 30  # the study's target number of finished trials (a resume runs the rest)
+    timeout_s: float | None = None
+    seed: int | None = 0
+    study_name: str | None = None
+    storage: str | None = None  # any Optuna storage URL; default: a journal file in the study directory
+    results_dir: Path = DEFAULT_RESULTS_DIR
+    stop: bench.StopRule | None = None  # None: DEFAULT_STOP scaled to the budget (search.latency.default_stop)
+    proxy_inits: int = 3
+    proxy_batch: int = 8
+    recheck: int | None = None  # re-measure the top N feasible architectures (None: all of them)
+    recheck_margin: float = 0.05  # a re-measured median must fit budget * (1 - margin) to stay
+    score_infeasible: bool = False  # also compute the (costly) proxy for over-budget trials
+    check_smallest: bool = True
+    progress: bool = True
+    lock_file: str | None = None
+    predictor: bool = False  # reject candidates the latency predictor puts clearly over budget, unmeasured
+    predictor_margin: float = DEFAULT_MARGIN  # ... i.e. predicted above budget * (1 + margin)
+    predictor_dir: Path = PREDICTOR_DIR
+
+    def __post_init__(self) -> None:
+        self.budget_ms = parse_budget(self.budget_ms)
+        if self.stop is None:
+            self.stop = default_stop(self.budget_ms)
+        self.results_dir = Path(self.results_dir)
+        self.predictor_dir = Path(self.predictor_dir)
+        if self.objective not in PROXIES:
+            raise SearchInputError(f"--objective {self.objective!r}: valid objectives: {', '.join(list_proxies())}")
+        if self.n_trials is not None and (isinstance(self.n_trials, bool) or self.n_trials < 1):
+            raise SearchInputError(f"--trials {self.n_trials}: must be >= 1")
+        if self.timeout_s is not None and not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
+            raise SearchInputError(f"--timeout {self.timeout_s}: must be a number of seconds > 0")
+        if self.proxy_inits < 1:
+            raise SearchInputError(f"--proxy-inits {self.proxy_inits}: must be >= 1")
+        if self.proxy_batch < 1:
+            raise SearchInputError(f"--proxy-batch {self.proxy_batch}: must be >= 1")
+        if self.recheck is not None and self.recheck < 0:
+            raise SearchInputError(f"--recheck {self.recheck}: must be >= 0")
+        if not (isinstance(self.recheck_margin, (int, float)) and 0 <= self.recheck_margin < 1):
+            raise SearchInputError(f"--recheck-margin {self.recheck_margin}: must be a fraction in [0, 1)")
+        if not (isinstance(self.predictor_margin, (int, float)) and 0 <= self.predictor_margin < 10):
+            raise SearchInputError(f"--predictor-margin {self.predictor_margin}: must be a fraction >= 0 (e.g. 0.1)")
+        if self.study_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.study_name):
+            raise SearchInputError(f"--study {self.study_name!r}: use letters, digits, '.', '_' and '-' only")
+        self.space.validate(self.deployment.image_size)
+
+    @property
+    def name(self) -> str:
+        """The study name: given, or derived from the setting (the same command resumes the same study)."""
+        if self.study_name:
+            return self.study_name
+        d = self.deployment
+        return (f"{d.device.replace(':', '')}-b{d.batch_size}-{d.image_size}px-{d.dtype}-t{d.threads}-"
+                f"{self.budget_ms:g}ms-{self.objective}{'-pareto' if self.pareto else ''}")
+
+    @property
+    def recheck_limit_ms(self) -> float:
+        """What a re-measured median must not exceed for an architecture to stay in the ranking."""
+        return self.budget_ms * (1 - self.recheck_margin)
+
+    @property
+    def predictor_threshold_ms(self) -> float:
+        """With --predictor: a candidate predicted above this is rejected unmeasured."""
+        return self.budget_ms * (1 + self.predictor_margin)
+
+    @property
+    def study_dir(self) -> Path:
+        return self.results_dir / self.name
+
+    def identity(self) -> dict[str, Any]:
+        """What a worker must share with a study to join it (recorded in the study's user attrs)."""
+        return {"fingerprint": self.deployment.fingerprint(), "deployment": self.deployment.to_dict(),
+                "budget_ms": self.budget_ms, "objective": self.objective, "pareto": self.pareto,
+                "space": self.space.to_dict()}
+
+
+__all__ = ["DEFAULT_OBJECTIVE", "DEFAULT_RESULTS_DIR", "NoFeasibleNetworkError", "PREDICTOR_DIR", "SearchSettings",
+           "VALIDATION_DIR", "WorkerMismatchError", "parse_budget"]

@@ -1,0 +1,140 @@
+"""Where a study lives and how workers share it: the storage, the join protocol, lost-trial recovery.
+
+The default storage is a journal file in the study directory (no server, survives a kill); any
+Optuna storage URL (sqlite:///..., postgresql://..., mysql+pymysql://...) gives an RDB storage with
+heartbeats, so a dead worker's trial is failed and retried. A worker joins a study only if it
+measures on the same hardware, deployment setting, budget, objective and space (`check_identity`).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import random
+import socket
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+import psutil
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+import bench
+
+from search.latency import Deployment
+from search.settings import WorkerMismatchError
+from search.space import SearchInputError
+
+SEARCH_FORMAT = 1
+# Workers started together on an empty database race to create Optuna's tables; these are the loser's errors.
+_CREATION_RACE = ("duplicate key value", "already exists", "UniqueViolation", "Duplicate entry", "IntegrityError",
+                  "database is locked")
+
+
+def make_storage(url: str | None, study_dir: Path) -> optuna.storages.BaseStorage:
+    """A journal file in `study_dir` when `url` is None (or a journal path); an RDB storage otherwise."""
+    if url is None:
+        study_dir.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(study_dir / "study.journal")))
+    if url.startswith("journal:") or url.endswith((".journal", ".log")):
+        path = url.removeprefix("journal:").removeprefix("//")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(path))
+    for attempt in range(6):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                warnings.simplefilter("ignore", FutureWarning)
+                return RDBStorage(url, heartbeat_interval=30, grace_period=120,
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+        except Exception as e:  # a bad URL, a missing driver, an unreachable server
+            text = str(e)
+            if attempt < 5 and any(m in text for m in _CREATION_RACE):
+                # PostgreSQL: a duplicate pg_type row; the loser finds the tables created on the next try.
+                time.sleep(0.2 + random.random() * 0.5 * (attempt + 1))
+                continue
+            raise SearchInputError(f"--storage {url!r}: {text.splitlines()[0] if text else type(e).__name__}") from None
+    raise AssertionError("unreachable")
+
+
+def this_worker() -> dict[str, Any]:
+    """Recorded on every trial, so that a later run on this host can tell whether its worker still lives."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def join_study(study: optuna.Study, identity: dict[str, Any], deployment: Deployment) -> None:
+    """Record this worker's identity in a new study, or refuse to join one measured elsewhere."""
+    attrs = study.user_attrs
+    if "fingerprint" not in attrs:
+        study.set_user_attr("search_format", SEARCH_FORMAT)
+        study.set_user_attr("environment", bench.environment(deployment.device, deployment.threads))
+        study.set_user_attr("created_utc", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        # One attribute at a time: the fingerprint goes last, so a worker that sees it sees the
+        # whole identity (otherwise a second worker starting at once reads a half-written one).
+        for key, value in sorted(identity.items(), key=lambda item: item[0] == "fingerprint"):
+            study.set_user_attr(key, value)
+        attrs = study.user_attrs  # re-read: another worker may have recorded its identity first
+    check_identity(study.study_name, attrs, identity)
+
+
+def check_identity(study_name: str, theirs: dict[str, Any], mine: dict[str, Any]) -> None:
+    """Raise WorkerMismatchError unless this worker measures on the study's hardware and setting."""
+    if theirs.get("fingerprint") != mine["fingerprint"]:
+        env = theirs.get("environment") or {}
+        where = f" ({env.get('cpu_model', '?')}{', ' + env['gpu_name'] if env.get('gpu_name') else ''})" if env else ""
+        raise WorkerMismatchError(
+            f"refusing to join study {study_name!r}: it was measured on hardware fingerprint "
+            f"{theirs.get('fingerprint')}{where}, this worker is {mine['fingerprint']} "
+            f"({bench.environment()['cpu_model']}, device {mine['deployment']['device']}, "
+            f"threads {mine['deployment']['threads']}); latencies from different machines must not mix "
+            f"(use a new --study)")
+    theirs_dep, mine_dep = theirs.get("deployment") or {}, mine["deployment"]
+    diffs = [f"--{k.replace('_', '-')} {theirs_dep.get(k)} (study) vs {mine_dep[k]} (this worker)"
+             for k in mine_dep if theirs_dep.get(k) != mine_dep[k]]
+    if diffs:
+        raise WorkerMismatchError(f"refusing to join study {study_name!r}: deployment setting differs: "
+                                  f"{'; '.join(diffs)} (use the study's setting or a new --study)")
+    for key, flag in (("budget_ms", "--budget-ms"), ("objective", "--objective"), ("pareto", "--pareto")):
+        if theirs.get(key) != mine[key]:
+            raise WorkerMismatchError(f"refusing to join study {study_name!r}: it was created with {flag} "
+                                      f"{theirs.get(key)}, this run asks for {mine[key]} (use a new --study)")
+    if theirs.get("space") != mine["space"]:
+        raise WorkerMismatchError(f"refusing to join study {study_name!r}: its search space differs from this "
+                                  f"run's (--space / --space-set); use the same space or a new --study")
+
+
+def worker_ordinal(study: optuna.Study) -> int:
+    """How many workers joined this study before this one (0 for the first), from one user attr
+    per worker; two workers joining at once both see both attrs and order them the same way."""
+    me = f"worker:{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
+    study.set_user_attr(me, time.time_ns())
+    joined = sorted((v, k) for k, v in study.user_attrs.items() if k.startswith("worker:"))
+    return [k for _, k in joined].index(me)
+
+
+def recover_lost_trials(study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:
+    """Fail this host's trials whose worker died (SIGKILL, power loss) and queue their params again,
+    so a resumed study loses no proposal. Trials of live workers, or of other hosts, are left alone
+    (an RDB storage's heartbeat handles those)."""
+    host = socket.gethostname()
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    for t in trials:
+        worker = t.user_attrs.get("worker") or {}
+        dead = worker.get("host") == host and not psutil.pid_exists(worker.get("pid", -1))
+        if t.state == TrialState.RUNNING and dead:
+            storage.set_trial_user_attr(t._trial_id, "lost", True)
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            lost = True
+        else:
+            lost = t.state == TrialState.FAIL and bool(t.user_attrs.get("interrupted"))
+        if lost and t.number not in retried and t.params:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            retried.add(t.number)
+
+
+__all__ = ["SEARCH_FORMAT", "check_identity", "join_study", "make_storage", "recover_lost_trials", "this_worker",
+           "worker_ordinal"]
