@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test bench bench-fast clean
+.PHONY: install test bench bench-fast bench-runtimes clean
 
 install: $(STAMP)
 
@@ -27,10 +27,17 @@ bench: install
 
 # container.optimize against the seed-faithful reference, same weights and inputs, one run: the seed's
 # MixBlock at the four stage shapes (--batch-sizes 32 is the 320@14x14 stage's own batch: no sweep)
-# and Container-Light, in fp32 and bf16 autocast. report.md ends with the speedup table.
+# and Container-Light, in fp32 and bf16 autocast. report.md ends with the runtime table.
 bench-fast: install
-	$(PY) -m bench --kinds mix --networks container_light --impl reference,fast --dtype fp32,bf16 \
+	$(PY) -m bench --kinds mix --networks container_light --runtime reference,fast --dtype fp32,bf16 \
 		--batch-sizes 32 --no-rss
+
+# Every deployment runtime on the same workloads, one run (bench/suite.py runtime_jobs): Container-Light and
+# container() at batch 1 and 8, every block kind at the four stage shapes at batch 1, the mix block at the
+# four stage shapes at their stage batches; fp32, the machine's threads, peak RSS of each in its own process.
+# report.md ends with the runtime table (ratios to the reference and to the fastest runtime of each workload).
+bench-runtimes: install
+	$(PY) -m bench --suite runtimes --runtime reference,fast,onnxruntime,openvino
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .benchmarks

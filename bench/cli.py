@@ -20,7 +20,8 @@ from bench.affinity import block_and_input, draw_affinity
 from bench.cli_kit import (EXIT_BAD_INPUT, Parser, choice_list, fail, names, non_negative_int, positive_int,
                            positive_ints, program_name, writable_dir, writable_file)
 from bench.io import results_root
-from bench.suite import QUICK_STOP, default_jobs, new_run_dir, resolve_devices, run_suite
+from bench.runtimes import RUNTIMES
+from bench.suite import QUICK_STOP, SUITES, new_run_dir, resolve_devices, run_suite, suite_jobs
 from bench.targets import BenchInputError
 from bench.workload import Options
 
@@ -28,23 +29,29 @@ EXIT_INTERRUPTED = 130
 
 
 def configure_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--suite", choices=SUITES, default="default",
+                   help="default: every kind at the four stage shapes plus a batch sweep, and the networks at "
+                        "batch 1; runtimes: the runtime table (make bench-runtimes): the networks at batch 1 and 8, "
+                        "every kind at the stage shapes at batch 1, the mix block at its stage batches")
     p.add_argument("--quick", action="store_true",
-                   help="sub-minute smoke run: every kind at the 512@7x7 stage (batch 8), Container-Light at batch 1, "
-                        "short timing, no isolated-process RSS")
+                   help="sub-minute smoke run: every kind at the 512@7x7 stage (batch 8; 1 with --suite runtimes), "
+                        "Container-Light at batch 1, short timing, no isolated-process RSS")
     p.add_argument("--device", default="auto", help="auto (CPU, and CUDA when present) or a list: cpu,cuda")
     p.add_argument("--dtype", type=names, default=["fp32"], help="fp32, bf16, fp16 (autocast); a list runs each")
     p.add_argument("--channels-last", choices=("off", "on", "both"), default="off", help="memory layout")
     p.add_argument("--compile", action="store_true", help="torch.compile the module (compile time reported apart)")
     p.add_argument("--mode", choices=("inference", "train"), default="inference",
                    help="train: forward, backward and an optimizer step")
-    p.add_argument("--impl", type=names, default=["reference"],
-                   help="reference (faithful eager), fast (container.optimize), or both: reference,fast")
+    p.add_argument("--runtime", "--impl", dest="runtime", type=names, default=None,
+                   help="what runs the modules, a list runs each: reference (the faithful eager modules), fast "
+                        "(container.optimize), onnxruntime, openvino (default: reference; every runtime with "
+                        "--suite runtimes). --impl is an alias")
     p.add_argument("--kinds", type=choice_list(container.BLOCK_KINDS, "kind"), default=None,
                    help=f"block kinds (default all: {','.join(container.BLOCK_KINDS)})")
     p.add_argument("--networks", type=choice_list(container.list_models(), "network"), default=None,
                    help=f"networks (default container_light,container; valid: {','.join(container.list_models())})")
     p.add_argument("--batch-sizes", type=positive_ints, default=None,
-                   help="batch sweep at the 320@14x14 stage (default 1,8)")
+                   help="batch sweep at the 320@14x14 stage (default 1,8; the default suite only)")
     p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: torch's)")
     p.add_argument("--no-rss", action="store_true", help="skip the isolated-process peak RSS")
     p.add_argument("--out", type=writable_dir, default=None,
@@ -54,14 +61,15 @@ def configure_run(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     layouts = {"off": [False], "on": [True], "both": [False, True]}[args.channels_last]
+    runtimes = args.runtime or (list(RUNTIMES) if args.suite == "runtimes" else ["reference"])
     options = [Options(device=device, dtype=dtype, channels_last=cl, compile=args.compile, mode=args.mode,
-                       impl=impl, threads=args.threads)
-               for device, dtype, cl, impl in itertools.product(resolve_devices(args.device), args.dtype, layouts,
-                                                                args.impl)]
+                       runtime=runtime, threads=args.threads)
+               for device, dtype, cl, runtime in itertools.product(resolve_devices(args.device), args.dtype, layouts,
+                                                                   dict.fromkeys(runtimes))]
     for o in options:
         o.validate()
-    jobs = default_jobs(options, kinds=args.kinds, networks=args.networks, quick=args.quick,
-                        batch_sizes=args.batch_sizes)
+    jobs = suite_jobs(args.suite, options, kinds=args.kinds, networks=args.networks, quick=args.quick,
+                      batch_sizes=args.batch_sizes)
     run_suite(jobs, args.out or new_run_dir(), rss=not (args.no_rss or args.quick),
               progress=not args.no_progress, calibration_stop=QUICK_STOP if args.quick else None)
     return 0

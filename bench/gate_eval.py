@@ -1,6 +1,8 @@
 """Measure the regression gate itself: false alarms on unchanged code, detection of a real slowdown.
 
-    python -m bench.gate_eval                       # 10 + 10 runs of 3 rows against a fresh baseline
+    python -m bench.gate_eval                       # 10 + 10 runs of conv, mix, Container-Light against a fresh
+                                                    # baseline, each on the reference and on the fast path
+    python -m bench.gate_eval --runtime openvino --rows mix --runs 3
     python -m bench.gate_eval --mode against --against HEAD --runs 5
 
 Baseline mode (the default, what `make regress` does): one baseline is measured first, as
@@ -29,11 +31,12 @@ import numpy as np
 import pandas as pd
 
 from bench import regress
-from bench.cli_kit import Parser, fraction, positive_float, positive_int, writable_file
+from bench.cli_kit import Parser, choice_list, fraction, positive_float, positive_int, writable_file
 from bench.env import REPO_ROOT, environment, fingerprint, git_commit, machine_summary
 from bench.formatting import markdown_table
 from bench.io import results_root, write_json, write_text
 from bench.regress import PASSES_ENV, SLOWDOWN_ENV
+from bench.runtimes import RUNTIMES, check_runtime
 from bench.targets import BenchInputError
 
 DEFAULT_ROWS = "conv,mix,container_light"
@@ -77,8 +80,9 @@ def one_run(args, rows, baseline: Path | None, passes: dict[str, int] | None, co
               "rows": {r.row: {"change": r.verdict.change, "p_slower": r.verdict.p_slower,
                                "regressed": r.regressed} for r in report.rows if r.verdict}}
     flagged = ", ".join(result["regressed"]) or "none"
+    short = {r.name: r.short for r in rows}
     console.print(f"  {'slowed ' if slowdown else 'unchanged'} {result['seconds']:5.0f} s  "
-                  + "  ".join(f"{k.split('@')[0].split(' ')[0]} {v['change']:+.1%} (p {v['p_slower']:.1g})"
+                  + "  ".join(f"{short.get(k, k)} {v['change']:+.1%} (p {v['p_slower']:.1g})"
                               for k, v in result["rows"].items()) + f"  -> regressed: {flagged}", highlight=False)
     return result
 
@@ -162,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=("baseline", "against"), default="baseline")
     p.add_argument("--against", default="HEAD", help="revision for --mode against (default HEAD)")
     p.add_argument("--rows", default=DEFAULT_ROWS, help=f"rows of the suite (default {DEFAULT_ROWS})")
+    p.add_argument("--runtime", "--impl", dest="runtime", type=choice_list(RUNTIMES, "runtime"), default=None,
+                   help="comma-separated runtimes to run the rows on (default: the rows' runtimes in the gate's "
+                        "default suite: reference, and fast for conv, mix and Container-Light)")
     p.add_argument("--runs", type=positive_int, default=10, help="runs of each kind (default 10)")
     p.add_argument("--slowdown", type=fraction, default=0.15, help="injected slowdown (default 0.15)")
     p.add_argument("--rounds", type=positive_int, default=regress.DEFAULT_ROUNDS)
@@ -173,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     console = Console(stderr=True)
     try:
-        rows = regress.select_rows([s.strip() for s in args.rows.split(",") if s.strip()])
+        for runtime in args.runtime or ():
+            check_runtime(runtime)
+        rows = regress.select_rows([s.strip() for s in args.rows.split(",") if s.strip()], args.runtime)
         if args.runs < 1 or not 0 < args.slowdown < 1:
             raise BenchInputError("--runs must be >= 1 and --slowdown a fraction such as 0.15")
         os.environ.pop(SLOWDOWN_ENV, None)
@@ -199,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                "fingerprint": fingerprint("cpu", regress.DEFAULT_THREADS),
                "load_start": load_start, "load_end": _load(), "seconds": time.perf_counter() - start,
                "settings": {"mode": args.mode, "against": args.against, "rows": names, "runs": args.runs,
-                            "slowdown": args.slowdown, "rounds": args.rounds, "baseline_rounds": args.baseline_rounds,
+                            "runtimes": [r.runtime for r in rows], "slowdown": args.slowdown,
+                            "rounds": args.rounds, "baseline_rounds": args.baseline_rounds,
                             "min_effect": args.min_effect, "alpha": args.alpha, "pairs": regress.DEFAULT_PAIRS,
                             "passes": passes, "injected": injected},
                "summary": summarise(runs, names, injected), "runs": runs}

@@ -1,11 +1,13 @@
 """Peak resident memory of one call, measured in a separate worker process.
 
 The harness's own process holds other models, caches and the profiler; a worker that builds only
-the workload being measured gives a figure that means something. One worker is reused across
+the workload being measured gives a figure that means something, and the same one for every
+runtime (bench.runtimes), whichever allocator it uses. One worker is reused across
 measurements: on Linux, writing 5 to /proc/self/clear_refs resets the high-water mark.
 """
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -16,7 +18,8 @@ import psutil
 import torch
 
 from bench.targets import Target
-from bench.workload import Options, build_workload
+from bench.options import Options
+from bench.workload import build_workload
 
 
 @dataclass(frozen=True)
@@ -49,11 +52,14 @@ def _peak_rss_bytes() -> int:
 
 def _measure(target: Target, batch_size: int, options: Options, threads: int) -> RssPeak:
     torch.set_num_threads(threads)
-    workload = build_workload(target, batch_size, options)
+    # The runtime's step alone stays resident: the reference module it was converted from goes (for the
+    # reference runtime it is what runs), so every runtime's figure is of what a user's process holds.
+    step = build_workload(target, batch_size, options, check=False).step
+    gc.collect()
     baseline = psutil.Process(os.getpid()).memory_info().rss
     exact = _reset_peak_rss()
-    workload.step()
-    workload.step()
+    step()
+    step()
     peak = _peak_rss_bytes()
     return RssPeak(peak_bytes=peak, before_call_bytes=baseline, call_delta_bytes=peak - baseline if exact else -1)
 

@@ -4,6 +4,10 @@
   running sum is the most bytes the call had allocated at once, above what was live before it.
 - CPU, process: the peak resident set of an isolated worker process (see bench.isolated).
 - CUDA: the caching allocator's own peak counters, reset before the call.
+
+The allocator figures exist only where torch allocates: the torch runtimes (reference, fast).
+onnxruntime and openvino allocate on their own, so for them bench.profile gives the process
+figure only (bench.runtimes.Converted.torch_allocates).
 """
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """report.md, its plots, and the terminal summary of a bench run."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import matplotlib
@@ -14,85 +13,132 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.env import machine_summary
+from bench.formatting import MISSING, is_missing, markdown_table
 from bench.io import save_figure, write_text
 from bench.roofline import Roofline
+from bench.runtimes import RUNTIMES
 
-VARIANT = ["device", "dtype", "channels_last", "compile", "mode", "impl"]
+VARIANT = ["device", "dtype", "channels_last", "compile", "mode", "runtime"]
+
+
+def _column(frame: pd.DataFrame, name: str, default: object = np.nan) -> pd.Series:
+    return frame[name] if name in frame else pd.Series(default, index=frame.index)
+
+
+def status_text(frame: pd.DataFrame) -> pd.Series:
+    """Each row's status with its one-line reason, e.g. "mismatch: max rel error 0.3 > 1e-4"; "ok (noisy)"
+    where the stop rule ran out of time before the spread settled."""
+    status = _column(frame, "status", "ok").astype(str)
+    reason = _column(frame, "status_reason", "").fillna("").astype(str)
+    noisy = _column(frame, "noisy", False).fillna(False).astype(bool)
+    text = status.where(reason == "", status + ": " + reason)
+    return text.where(~((status == "ok") & noisy), "ok (noisy)")
+
+
+def _two_digits(values: pd.Series) -> pd.Series:
+    """Relative errors to two significant digits (2.4e-07), which rounding to decimals would make 0."""
+    return values.map(lambda v: float(f"{v:.2g}") if pd.notna(v) else np.nan)
 
 
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """The human-sized view of a run: one line per row, units in the column names."""
-    ok = frame.get("status", pd.Series("ok", index=frame.index)) == "ok"
-
+    """The human-sized view of a run: one line per row, units in the column names. Memory, each labelled:
+    the isolated-process peak RSS (every runtime: the comparable figure) and the torch allocator's peak
+    (torch runtimes only: the others allocate outside torch)."""
     def col(name: str, scale: float = 1.0) -> pd.Series:
-        return frame[name] * scale if name in frame else pd.Series(np.nan, index=frame.index)
+        return _column(frame, name) * scale
 
     out = pd.DataFrame({
         "name": frame["name"], "batch": frame["batch_size"], "device": frame["device"], "dtype": frame["dtype"],
-        "layout": np.where(frame["channels_last"], "NHWC", "NCHW"), "impl": frame["impl"], "mode": frame["mode"],
+        "layout": np.where(frame["channels_last"], "NHWC", "NCHW"), "runtime": frame["runtime"],
+        "mode": frame["mode"],
         "params (M)": col("params", 1e-6).round(2), "GMACs": col("macs_fvcore", 1e-9).round(3),
         "median (ms)": col("latency_median_ms").round(3), "IQR (ms)": col("latency_iqr_ms").round(3),
         "p90 (ms)": col("latency_p90_ms").round(3), "img/s": col("throughput_img_s").round(1),
         "GFLOP/s": col("achieved_flops", 1e-9).round(1), "% peak": col("fraction_of_peak", 100).round(1),
-        "alloc peak (MiB)": col("cpu_alloc_peak_bytes", 2**-20).fillna(col("cuda_peak_allocated_bytes", 2**-20))
+        "torch alloc peak (MiB)": col("cpu_alloc_peak_bytes", 2**-20).fillna(col("cuda_peak_allocated_bytes", 2**-20))
         .round(1),
-        "status": np.where(ok & frame.get("noisy", False), "ok (noisy)", frame.get("status", "ok")),
+        "RSS peak (MiB)": col("rss_peak_bytes", 2**-20).round(1),
+        "max rel error": _two_digits(col("max_rel_error")),
+        "status": status_text(frame),
     })
     return out
 
 
 SAME_WORKLOAD = ["name", "batch_size", "device", "channels_last", "compile", "mode"]
+RATIOS = ["speedup", "time / fastest", "vs ref fp32", "GEMM-roof bound", "kernel bound"]
+BOUND_COLUMNS = ["% peak", "GEMM-roof bound", "kernel bound", "% of kernel bound"]
 
 
-def impl_comparison(frame: pd.DataFrame) -> pd.DataFrame:
-    """Each non-reference implementation against the reference on the same workloads, in one run.
+def runtime_comparison(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every runtime against the reference and against each other on the same workloads, in one run.
 
-    `speedup` compares at the same dtype; `vs ref fp32` against the reference's fp32 latency (the
-    seed's eager speed), which is what a low-precision fast path is for. The bounds say how far
-    `vs ref fp32` could go on this machine: `GEMM-roof bound` with every FLOP at the GEMM peak,
-    `kernel bound` with the implementation's fused-attention calls at the speed they reach alone
-    and the rest at the GEMM peak (bench.profiler). Each (device, dtype, impl) group of two or
-    more blocks (or networks) ends with the geometric mean over them.
+    One line per workload (at one dtype) and runtime: its median latency; `speedup`, the reference's
+    median over its own at the same dtype; `time / fastest`, its median over that of the fastest runtime
+    on the workload (1 for the fastest); `vs ref fp32`, against the reference in fp32 (the seed's eager
+    speed, which a low-precision run is for; shown when a dtype other than fp32 ran). The bounds say how
+    far `vs ref fp32` could go on this machine (bench.profiler): `GEMM-roof bound` with every FLOP at the
+    GEMM peak, `kernel bound` with the fused-attention calls at the speed they reach alone. `convert (s)`:
+    the one-off conversion (or torch.compile); `max rel error`: against the reference module on the same
+    input. A row that gave no latency (mismatch, export_failed, oom) keeps its line, with its status and
+    reason and no figure. Each (device, dtype, target kind) ends with one geometric-mean line per runtime
+    over the workloads where it has a figure. Empty when fewer than two runtimes ran.
     """
-    if "impl" not in frame or "reference" not in set(frame["impl"]) or frame["impl"].nunique() < 2:
+    if "runtime" not in frame or frame["runtime"].nunique() < 2:
         return pd.DataFrame()
-    ok = frame[frame["status"] == "ok"]
-    ref = ok[ok["impl"] == "reference"]
-    timed = ["latency_median_ms", "fraction_of_peak"]
-    for bound in ("gemm_bound_ms", "kernel_bound_ms", "fraction_of_kernel_bound"):
-        if bound not in ok:
-            ok = ok.assign(**{bound: np.nan})
-    merged = (ok[ok["impl"] != "reference"]
-              .merge(ref[SAME_WORKLOAD + ["dtype"] + timed], on=SAME_WORKLOAD + ["dtype"], how="left",
-                     suffixes=("", "_ref"))
-              .merge(ref[ref["dtype"] == "fp32"][SAME_WORKLOAD + ["latency_median_ms"]], on=SAME_WORKLOAD,
-                     how="left", suffixes=("", "_ref_fp32")))
+    workload = SAME_WORKLOAD + ["dtype"]
+    frame = frame.reset_index(drop=True)
+    frame = frame.assign(
+        median=_column(frame, "latency_median_ms").where(_column(frame, "status", "ok") == "ok"),
+        order=frame.groupby(workload, sort=False, dropna=False).ngroup(),
+        rank=frame["runtime"].map({r: i for i, r in enumerate(RUNTIMES)}).fillna(len(RUNTIMES)))
+    ref = frame[frame["runtime"] == "reference"].drop_duplicates(workload)
+    merged = (frame
+              .merge(ref[workload + ["median"]], on=workload, how="left", suffixes=("", "_ref"))
+              .merge(ref[ref["dtype"] == "fp32"][SAME_WORKLOAD + ["median"]], on=SAME_WORKLOAD, how="left",
+                     suffixes=("", "_ref_fp32"))
+              .sort_values(["order", "rank"], kind="stable"))
+    fastest = merged.groupby(workload, sort=False, dropna=False)["median"].transform("min")
+    convert = _column(merged, "convert_s").fillna(_column(merged, "compile_s"))
     table = pd.DataFrame({
         "target": merged["target"], "name": merged["name"], "batch": merged["batch_size"], "device": merged["device"],
-        "dtype": merged["dtype"], "impl": merged["impl"],
-        "reference (ms)": merged["latency_median_ms_ref"], "impl (ms)": merged["latency_median_ms"],
-        "speedup": merged["latency_median_ms_ref"] / merged["latency_median_ms"],
-        "vs ref fp32": merged["latency_median_ms_ref_fp32"] / merged["latency_median_ms"],
-        "reference % peak": 100 * merged["fraction_of_peak_ref"], "impl % peak": 100 * merged["fraction_of_peak"],
-        "GEMM-roof bound": merged["latency_median_ms_ref_fp32"] / merged["gemm_bound_ms"],
-        "kernel bound": merged["latency_median_ms_ref_fp32"] / merged["kernel_bound_ms"],
-        "% of kernel bound": 100 * merged["fraction_of_kernel_bound"],
+        "dtype": merged["dtype"], "runtime": merged["runtime"], "median (ms)": merged["median"],
+        "speedup": merged["median_ref"] / merged["median"], "time / fastest": merged["median"] / fastest,
+        "vs ref fp32": merged["median_ref_fp32"] / merged["median"],
+        "% peak": 100 * _column(merged, "fraction_of_peak").where(merged["median"].notna()),
+        "GEMM-roof bound": merged["median_ref_fp32"] / _column(merged, "gemm_bound_ms"),
+        "kernel bound": merged["median_ref_fp32"] / _column(merged, "kernel_bound_ms"),
+        "% of kernel bound": 100 * _column(merged, "fraction_of_kernel_bound"),
+        "convert (s)": convert, "max rel error": _two_digits(_column(merged, "max_rel_error")),
+        "status": status_text(merged).to_numpy(),
     })
+    if (table["dtype"] == "fp32").all():
+        table = table.drop(columns="vs ref fp32")
+    ratios = [c for c in RATIOS if c in table]
     groups = []
-    for (device, dtype, impl, target), rows in table.groupby(["device", "dtype", "impl", "target"], sort=False):
+    for (device, dtype, target), rows in table.groupby(["device", "dtype", "target"], sort=False):
         groups.append(rows)
-        if len(rows) > 1:
-            geomean = np.exp(np.log(rows[["speedup", "vs ref fp32", "GEMM-roof bound", "kernel bound"]]).mean())
-            groups.append(pd.DataFrame([{"name": f"geometric mean of {len(rows)} {target}s", "device": device,
-                                         "dtype": dtype, "impl": impl} | geomean.to_dict()]))
-    out = pd.concat(groups, ignore_index=True).drop(columns="target").dropna(axis=1, how="all").round(3)
+        if rows.groupby(["name", "batch"]).ngroups < 2:
+            continue
+        for runtime, mine in rows.groupby("runtime", sort=False):
+            timed = mine[mine["median (ms)"].notna()]
+            missing = len(mine) - len(timed)
+            name = (f"geometric mean of {len(timed)} {target}{'s' * (len(timed) != 1)}"
+                    + (f" ({missing} without a figure)" if missing else ""))
+            geomean = np.exp(np.log(timed[ratios]).mean()) if len(timed) else pd.Series(np.nan, index=ratios)
+            groups.append(pd.DataFrame([{"name": name, "device": device, "dtype": dtype, "runtime": runtime,
+                                         "status": ""} | geomean.to_dict()]))
+    out = pd.concat(groups, ignore_index=True).drop(columns="target")
+    keep = ["name", "runtime", "median (ms)", "status"]
+    out = out[[c for c in out if c in keep or out[c].notna().any()]]
+    rounded = [c for c in out if c not in ("max rel error", "batch") and pd.api.types.is_float_dtype(out[c])]
+    out[rounded] = out[rounded].round(3)
     out["batch"] = out["batch"].astype("Int64")
     return out
 
 
 def split_constant_columns(summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """Columns with one value across all rows move into a caption, so the table fits a terminal."""
-    constant = [c for c in ("device", "dtype", "layout", "impl", "mode", "batch")
+    constant = [c for c in ("device", "dtype", "layout", "runtime", "mode", "batch")
                 if c in summary and summary[c].nunique(dropna=False) == 1]
     caption = ", ".join(f"{c} {summary[c].iloc[0]}" for c in constant)
     return summary.drop(columns=constant), caption
@@ -106,12 +152,15 @@ def table_console(**kwargs) -> Console:
 
 
 def print_summary(frame: pd.DataFrame, console: Console) -> None:
-    summary, caption = split_constant_columns(
-        summary_table(frame).drop(columns=["IQR (ms)", "params (M)"]))
+    """The run in the terminal: every row, then the runtime comparison (without the bounds; report.md has them)."""
+    summary = summary_table(frame).drop(columns=["IQR (ms)", "params (M)"])
+    summary, caption = split_constant_columns(summary.dropna(axis=1, how="all"))
     print_frame(summary, f"container-bench: {caption}" if caption else "container-bench", console)
-    comparison = impl_comparison(frame)
+    comparison = runtime_comparison(frame)
     if not comparison.empty:
-        print_frame(comparison, "implementations on the same workloads (median latency)", console)
+        comparison, caption = split_constant_columns(comparison.drop(columns=BOUND_COLUMNS, errors="ignore"))
+        print_frame(comparison, "runtimes on the same workloads (median latency)" + (f": {caption}" if caption else ""),
+                    console)
 
 
 def print_frame(frame: pd.DataFrame, title: str, console: Console) -> None:
@@ -119,7 +168,7 @@ def print_frame(frame: pd.DataFrame, title: str, console: Console) -> None:
     for name in frame.columns:
         table.add_column(str(name), justify="right" if pd.api.types.is_numeric_dtype(frame[name]) else "left")
     for row in frame.itertuples(index=False):
-        table.add_row(*("" if isinstance(v, float) and math.isnan(v) else str(v) for v in row))
+        table.add_row(*(MISSING if is_missing(v) else str(v) for v in row))
     console.print(table)
 
 
@@ -182,20 +231,26 @@ def write_report(frame: pd.DataFrame, out_dir: Path, rooflines: list[Roofline]) 
     for roof in rooflines:
         lines.append(f"- roofline {roof.device} {roof.dtype}: GEMM peak {roof.peak_flops / 1e9:.1f} GFLOP/s "
                      f"(n={roof.gemm_size}), copy bandwidth {roof.bandwidth_bytes_s / 1e9:.1f} GB/s")
-    lines += ["", "FLOPs = 2 x fvcore multiply-adds (GMACs column). Latency: median over timed runs after warm-up; "
-              "alloc peak: allocator-exact peak above the level before the call.", ""]
-    lines += [summary_table(frame).to_markdown(index=False), ""]
-    comparison = impl_comparison(frame)
+    lines += ["", "FLOPs = 2 x fvcore multiply-adds of the reference module (GMACs column), whatever the runtime. "
+              "Latency: median over timed runs after warm-up. Memory: `RSS peak`, the peak resident set of the "
+              "workload alone in a fresh process (every runtime: the comparable figure); `torch alloc peak`, "
+              "allocator-exact peak above the level before the call (torch runtimes only).", ""]
+    lines += [markdown_table(summary_table(frame)), ""]
+    comparison = runtime_comparison(frame)
     if not comparison.empty:
-        lines += ["## Implementations on the same workloads", "",
-                  "`speedup`: reference / implementation median latency at the same dtype; `vs ref fp32`: against "
-                  "the reference in fp32 (the seed's eager speed); `% peak`: achieved FLOP/s over the GEMM peak "
-                  "calibrated in this run at that dtype. The bounds are the most `vs ref fp32` could be here: "
-                  "`GEMM-roof bound` with every FLOP at that GEMM peak; `kernel bound` with the "
-                  "implementation's fused-attention calls at the speed they reach when timed alone "
+        lines += ["## Runtimes on the same workloads", "",
+                  "`speedup`: the reference's median latency / the runtime's, at the same dtype; `time / fastest`: "
+                  "the runtime's median / the fastest runtime's on that workload (1 = the fastest); `vs ref fp32`: "
+                  "against the reference in fp32 (the seed's eager speed); `% peak`: achieved FLOP/s (the "
+                  "reference module's FLOPs) over the GEMM peak calibrated in this run at that dtype. The bounds "
+                  "are the most `vs ref fp32` could be here: `GEMM-roof bound` with every FLOP at that GEMM peak; "
+                  "`kernel bound` with the fused-attention calls at the speed they reach when timed alone "
                   "(fp32 or this dtype, whichever is faster) and every other FLOP at the GEMM peak; "
-                  "`% of kernel bound`: how close the implementation comes to it.", "",
-                  comparison.astype(object).where(comparison.notna(), None).to_markdown(index=False, missingval=""),
-                  ""]
+                  "`% of kernel bound`: how close the runtime comes to it. `convert (s)`: the one-off conversion "
+                  "(ONNX export and session, OpenVINO conversion and compilation, or torch.compile), not in the "
+                  "latency. `max rel error`: max |out - ref| / max |ref| against the reference module on the same "
+                  "input; over the tolerance (fp32 1e-4, bf16/fp16 2e-2) the row is a mismatch and gets no "
+                  "latency. Geometric means are over the workloads where the runtime has a figure.", "",
+                  markdown_table(comparison), ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     return write_text(out_dir / "report.md", "\n".join(lines) + "\n")

@@ -17,9 +17,11 @@ from bench.memory import AllocatorPeak, CudaPeak
 from bench.roofline import Roofline
 from bench.targets import Target
 from bench.timing import LatencyStats
-from bench.workload import Options
+from bench.options import Options
 
-Status = Literal["ok", "oom"]
+# ok; oom: the batch did not fit in memory; export_failed: the runtime could not convert the network;
+# mismatch: the runtime's output is off the reference module's by more than the dtype's tolerance
+Status = Literal["ok", "oom", "mismatch", "export_failed"]
 
 
 @dataclass(frozen=True)
@@ -108,12 +110,19 @@ class Profile:
     options: Options
     batch_size: int
     threads: int
-    status: Status  # "oom": the batch did not fit in memory; the parts measured before that are kept
+    status: Status  # see Status; "oom": the parts measured before that are kept
     params: int | None = None  # None when the workload could not even be built
-    flops: FlopFigures | None = None
-    latency: LatencyStats | None = None
+    flops: FlopFigures | None = None  # always the reference module's
+    latency: LatencyStats | None = None  # None unless the runtime's output passed the check
     memory: MemoryFigures | None = None
     bounds: Bounds | None = None
+    convert_s: float = math.nan  # converting for the runtime (export + compile); nan: nothing to convert
+    max_rel_error: float | None = None  # max |out - ref| / max |ref| against the reference module; None: not reached
+    reason: str = ""  # one line saying why the status is not ok; empty when ok
+
+    @property
+    def runtime(self) -> str:
+        return self.options.runtime
 
     @property
     def ok(self) -> bool:
@@ -125,10 +134,11 @@ class Profile:
 
     @property
     def compile_s(self) -> float | None:
-        """The cold call with torch.compile (compiling is what it waits for); nan when not compiled."""
+        """The first call with torch.compile (compiling is what it waits for): the runtime's conversion;
+        nan when not compiled."""
         if self.latency is None:
             return None
-        return self.latency.cold_ms / 1e3 if self.options.compile else math.nan
+        return self.convert_s if self.options.compile else math.nan
 
     @property
     def throughput_img_s(self) -> float | None:
@@ -143,6 +153,7 @@ class Profile:
             row["params"] = self.params
         if self.flops is not None:
             row |= self.flops.row()
+        row |= {"convert_s": self.convert_s, "max_rel_error": self.max_rel_error}
         if self.latency is not None:
             row |= self.latency.row() | {"compile_s": self.compile_s}
         if self.memory is not None:
@@ -151,7 +162,7 @@ class Profile:
             row["throughput_img_s"] = self.throughput_img_s
         if self.memory is not None:
             row |= self.memory.rss_row()
-        row["status"] = self.status
+        row |= {"status": self.status, "status_reason": self.reason}
         if self.bounds is not None:
             row |= self.bounds.row()
         row["latency_samples_ms"] = list(self.latency.times_ms) if self.ok and self.latency is not None else []

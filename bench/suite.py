@@ -19,7 +19,7 @@ from bench.isolated import RssWorker
 from bench.profiler import profile
 from bench.report import print_summary, table_console, write_report
 from bench.roofline import Roofline, calibrate
-from bench.targets import STAGE_SHAPES, BlockTarget, NetworkTarget, Target
+from bench.targets import STAGE_SHAPES, BenchInputError, BlockTarget, NetworkTarget, Target
 from bench.timing import StopRule
 from bench.workload import Options
 
@@ -28,6 +28,8 @@ QUICK_STOP = StopRule(rel_iqr=0.10, min_runs=3, min_time_s=0.05, max_time_s=0.5)
 SWEEP_STAGE = 2  # the 320 @ 14x14 stage: every kind is cheap enough there to sweep the batch size
 SWEEP_BATCHES = (1, 8)
 QUICK_BATCH = 8
+NETWORK_BATCHES = (1, 8)  # the runtimes suite's networks
+SUITES = ("default", "runtimes")
 
 
 @dataclass(frozen=True)
@@ -79,11 +81,48 @@ def default_jobs(options_list: Iterable[Options], kinds: Iterable[str] | None = 
     return grouped_by_workload(jobs)
 
 
+def runtime_jobs(options_list: Iterable[Options], kinds: Iterable[str] | None = None,
+                 networks: Iterable[str] | None = None, quick: bool = False) -> list[Job]:
+    """`make bench-runtimes`, each job once per Options (one per runtime): the networks at batch 1 and 8,
+    every kind at the four stage shapes at batch 1, and the mix block at the four stage shapes at their
+    stage batches (8/16/32/64).
+
+    --quick: every kind at the last stage shape at batch 1, and the first network at batch 1.
+    """
+    kinds = list(kinds or container.BLOCK_KINDS)
+    networks = list(networks if networks is not None else ["container_light", "container"])
+    jobs = []
+    for options in options_list:
+        if quick:
+            jobs += block_jobs(kinds, options.replace(stop=QUICK_STOP), stages=[3], batch=1)
+            jobs += network_jobs(networks[:1], options.replace(stop=QUICK_STOP))
+            continue
+        jobs += network_jobs(networks, options, batch_sizes=NETWORK_BATCHES)
+        jobs += block_jobs(kinds, options, batch=1)
+        if "mix" in kinds:
+            jobs += block_jobs(["mix"], options)
+    return grouped_by_workload(jobs)
+
+
+def suite_jobs(suite: str, options_list: Iterable[Options], kinds: Iterable[str] | None = None,
+               networks: Iterable[str] | None = None, quick: bool = False,
+               batch_sizes: Iterable[int] | None = None) -> list[Job]:
+    """The jobs of a named suite (SUITES); --batch-sizes is the default suite's sweep, and only its."""
+    if suite == "default":
+        return default_jobs(options_list, kinds, networks, quick, batch_sizes)
+    if suite == "runtimes":
+        if batch_sizes is not None:
+            raise BenchInputError("--batch-sizes: the runtimes suite has fixed batch sizes (the default suite's "
+                                  "sweep only)")
+        return runtime_jobs(options_list, kinds, networks, quick)
+    raise BenchInputError(f"--suite {suite!r}: valid suites: {', '.join(SUITES)}")
+
+
 def grouped_by_workload(jobs: list[Job]) -> list[Job]:
-    """The same jobs with every variant of one workload (impl, dtype, device, ...) back to back.
+    """The same jobs with every variant of one workload (runtime, dtype, device, ...) back to back.
 
     A VM's speed drifts by 10-30% over minutes; measured side by side, the variants a report
-    divides (fast by reference, bf16 by fp32) share the drift instead of absorbing it.
+    divides (a runtime by the reference, bf16 by fp32) share the drift instead of absorbing it.
     """
     first: dict[tuple[str, int], int] = {}
     for i, job in enumerate(jobs):
@@ -125,8 +164,9 @@ def run_suite(jobs: list[Job], out_dir: str | Path, *, rss: bool = True, console
                 bar.update(task, description=f"calibrating {key[0]} {key[1]} roofline")
                 rooflines[key] = calibrate(*key, threads=job.options.threads,
                                            **({"stop": calibration_stop} if calibration_stop else {}))
-            bar.update(task, description=f"{job.target.name} b{job.batch_size} {job.options.device} "
-                                         f"{job.options.dtype}{' cl' if job.options.channels_last else ''}")
+            bar.update(task, description=f"{job.target.name} b{job.batch_size} {job.options.runtime} "
+                                         f"{job.options.device} {job.options.dtype}"
+                                         f"{' cl' if job.options.channels_last else ''}")
             result = profile(job.target, job.batch_size, job.options, roofline=rooflines[key],
                              rss_worker=worker if (rss and job.rss) else None)
             rows.append(result.row() | environment_of(result.options.device, result.threads) | {"group": job.group})

@@ -1,110 +1,58 @@
-"""Turn a target and options into the exact callable that gets measured."""
+"""Turn a target and options into the exact callable that gets measured, converted for the row's runtime."""
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
-import container
-from bench.roofline import DTYPES
-from bench.targets import BenchInputError, Target
-from bench.timing import StopRule
+from bench.options import Options
+from bench.runtimes import convert, max_rel_error, reference_output
+from bench.targets import Target
 
-MODES = ("inference", "train")
-IMPLS = ("reference", "fast")
-
-
-@dataclass(frozen=True)
-class Options:
-    """How to run what is measured. One Options object describes one deployment setting."""
-
-    device: str = "cpu"
-    dtype: str = "fp32"  # fp32, or bf16 / fp16 through autocast
-    channels_last: bool = False
-    compile: bool = False
-    mode: str = "inference"  # or "train": forward, backward, optimizer step
-    impl: str = "reference"  # or "fast": container.optimize(...)
-    threads: int | None = None
-    stop: StopRule = field(default_factory=StopRule)
-
-    def replace(self, **changes) -> "Options":
-        return replace(self, **changes)
-
-    def validate(self) -> None:
-        if self.dtype not in DTYPES:
-            raise BenchInputError(f"--dtype {self.dtype!r}: valid dtypes: {', '.join(DTYPES)}")
-        if self.mode not in MODES:
-            raise BenchInputError(f"--mode {self.mode!r}: valid modes: {', '.join(MODES)}")
-        if self.impl not in IMPLS:
-            raise BenchInputError(f"--impl {self.impl!r}: valid implementations: {', '.join(IMPLS)}")
-        if self.threads is not None and self.threads < 1:
-            raise BenchInputError(f"--threads {self.threads}: must be >= 1")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError:
-            device = None
-        if device is None or device.type not in ("cpu", "cuda"):
-            raise BenchInputError(f"--device {self.device!r}: valid devices: cpu, cuda")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise BenchInputError(f"--device {self.device}: CUDA is not available on this machine")
-        if self.dtype != "fp32":
-            try:
-                with self.autocast():
-                    torch.mm(torch.ones(2, 2, device=device), torch.ones(2, 2, device=device))
-            except Exception as e:  # the device or build cannot run this dtype
-                raise BenchInputError(f"--dtype {self.dtype}: not supported on {self.device} ({e})") from None
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(torch.device(self.device).type, dtype=DTYPES[self.dtype])
-
-    def columns(self) -> dict[str, object]:
-        return {"device": self.device, "dtype": self.dtype, "channels_last": self.channels_last,
-                "compile": self.compile, "mode": self.mode, "impl": self.impl}
+# Options lives in bench.options; it is importable from here too
+__all__ = ["Options", "Workload", "build_reference", "build_workload", "convert_workload"]
 
 
 @dataclass
 class Workload:
-    module: nn.Module  # what runs (optimised / compiled as asked)
-    eager: nn.Module  # the same, uncompiled: what the FLOP counters trace
+    eager: nn.Module  # the reference module: what the FLOP counters trace and the check compares against
     x: torch.Tensor
-    step: Callable[[], object]
+    step: Callable[[], object]  # one call of the row's runtime (converted once), on x: what is timed
+    module: nn.Module | None  # the torch module that runs, uncompiled (eager itself for reference); None: not torch
+    runtime: str
+    convert_s: float  # converting (export + compile; torch.compile's compiling first call); nan: nothing to convert
+    torch_allocates: bool  # torch's allocator holds the call's memory (the torch runtimes), so its peak means something
+    max_rel_error: float | None = None  # max |out - ref| / max |ref| against the reference on x; None: not checked
 
 
-def build_workload(target: Target, batch_size: int, options: Options, seed: int = 0) -> Workload:
+def build_workload(target: Target, batch_size: int, options: Options, seed: int = 0, *,
+                   check: bool = True) -> Workload:
+    """The reference module built from `seed`, converted once for options.runtime, and (with `check`) its
+    output checked against the reference module's on the same input. Raises bench.runtimes.ExportFailed
+    when the runtime cannot convert the module."""
+    reference, x = build_reference(target, batch_size, options, seed)
+    return convert_workload(reference, x, options, check=check)
+
+
+def build_reference(target: Target, batch_size: int, options: Options, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    """The reference module (from `seed`, on the device, in the mode options.mode asks) and its input."""
     torch.manual_seed(seed)
     device = torch.device(options.device)
-    module = target.build().to(device)
-    training = options.mode == "train"
-    module.train(training)
-    if options.impl == "fast":
-        if not hasattr(container, "optimize"):
-            raise BenchInputError("--impl fast: this version of container/ has no optimize()")
-        module = container.optimize(module, training=training)
+    reference = target.build().to(device)
+    reference.train(options.mode == "train")
     memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
-    module = module.to(memory_format=memory_format)
     x = torch.randn(target.input_shape(batch_size), device=device).contiguous(memory_format=memory_format)
-    eager = module
-    if options.compile:
-        module = torch.compile(module)
+    return reference, x
 
-    if training:
-        optimizer = torch.optim.SGD(module.parameters(), lr=1e-3, momentum=0.9)
 
-        def step() -> object:
-            optimizer.zero_grad(set_to_none=True)
-            with options.autocast():
-                loss = module(x).float().square().mean()
-            loss.backward()
-            optimizer.step()
-            return loss
-    else:
-        def step() -> object:
-            with torch.inference_mode(), options.autocast():
-                return module(x)
-
-    return Workload(module, eager, x, step)
+def convert_workload(reference: nn.Module, x: torch.Tensor, options: Options, *, check: bool = True) -> Workload:
+    """The second half of build_workload: `reference` converted for options.runtime, and checked on `x`."""
+    # The reference output comes first: a torch runtime may be the reference module itself, and a
+    # training step changes its weights.
+    expected = reference_output(reference, x, options.mode == "train", options.autocast()) if check else None
+    converted = convert(options.runtime, reference, x, options)
+    error = max_rel_error(converted.output(), expected) if expected is not None else None
+    return Workload(reference, x, converted.run, converted.module, options.runtime, converted.convert_s,
+                    converted.torch_allocates, error)

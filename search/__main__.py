@@ -1,5 +1,8 @@
 """`python -m search --budget-ms 25`: the best Container-style network under a latency budget on this device.
 
+Latency is measured on the runtime the network will be deployed on (`--runtime`, default `fast`:
+container.optimize; `reference`, `onnxruntime` and `openvino` are the others).
+
 A thin layer: parse the flags, build SearchSettings, call search.run_search, print a summary.
 Three more commands publish how far the search can be trusted (each has its own --help):
 `python -m search predictor-report` (the latency predictor's accuracy on held-out networks),
@@ -26,7 +29,8 @@ from search import predictor_report, validate
 from search.latency import Deployment, default_stop
 from search.proxies import list_proxies
 from search.report import print_summary
-from search.settings import DEFAULT_OBJECTIVE, DEFAULT_RESULTS_DIR, NoFeasibleNetworkError, SearchSettings, parse_budget
+from search.settings import (DEFAULT_OBJECTIVE, DEFAULT_RESULTS_DIR, NoFeasibleNetworkError, SearchSettings,
+                             add_runtime_argument, parse_budget)
 from search.space import SearchInputError, SearchSpace
 from search.study import run_search
 
@@ -47,6 +51,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--image-size", type=positive_int, default=224)
     g.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: torch's)")
     g.add_argument("--dtype", default="fp32", help="fp32, or bf16 / fp16 through autocast")
+    add_runtime_argument(g)
     g = p.add_argument_group("search")
     g.add_argument("--trials", type=positive_int, default=30,
                    help="the study's number of finished trials; a resumed study runs only the missing ones")
@@ -125,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop = bench.StopRule(rel_iqr=args.stop_rel_iqr, min_runs=args.stop_min_runs, min_time_s=args.stop_min_s,
                               max_time_s=args.stop_max_s or budget_stop.max_time_s)
         deployment = Deployment(device=args.device, batch_size=args.batch_size, image_size=args.image_size,
-                                threads=args.threads, dtype=args.dtype)
+                                threads=args.threads, dtype=args.dtype, runtime=args.runtime)
         settings = SearchSettings(
             budget_ms=budget, deployment=deployment, space=space, objective=args.objective, pareto=args.pareto,
             n_trials=args.trials, timeout_s=args.timeout, seed=args.seed, study_name=args.study,

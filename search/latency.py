@@ -64,6 +64,9 @@ class Deployment:
     image_size: int = 224
     threads: int | None = None  # None: torch's default for this process, resolved at construction
     dtype: str = "fp32"
+    # What the user ships (bench.RUNTIMES): the search decides on this runtime's latency. Default: the
+    # fast path (container.optimize), not the seed-faithful eager reference that nobody deploys.
+    runtime: str = "fast"
 
     def __post_init__(self) -> None:
         for name, low in (("batch_size", 1), ("image_size", 1)):
@@ -75,12 +78,13 @@ class Deployment:
         elif isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
             raise SearchInputError(f"--threads {self.threads!r}: must be an integer >= 1")
         try:
-            bench.Options(device=self.device, dtype=self.dtype, threads=self.threads).validate()
+            self.options().validate()  # an unknown runtime, a missing package, a combination that makes no sense
         except (bench.BenchInputError, RuntimeError) as e:
             raise SearchInputError(str(e).splitlines()[0] if str(e) else f"--device {self.device}: invalid") from None
 
     def options(self, stop: bench.StopRule = DEFAULT_STOP) -> bench.Options:
-        return bench.Options(device=self.device, dtype=self.dtype, threads=self.threads, stop=stop)
+        return bench.Options(device=self.device, dtype=self.dtype, threads=self.threads, runtime=self.runtime,
+                             stop=stop)
 
     def fingerprint(self) -> str:
         return bench.fingerprint(self.device, self.threads)
@@ -174,7 +178,8 @@ class MachineLock:
 
 
 class BenchLatency:
-    """Times a config on this machine through bench.profile, holding the machine lock throughout.
+    """Times a config on this machine through bench.profile, on the deployment's runtime (bench converts
+    the network once per measurement for onnxruntime / openvino), holding the machine lock throughout.
 
     bench.measure_latency does every warm-up (a process's first measurement warms up longer), so the
     first trial is timed like the others without a warm-up here."""
@@ -195,7 +200,11 @@ def measure_target(target: Any, deployment: Deployment, stop: bench.StopRule,
     with lock:
         result = bench.profile(target, d.batch_size, d.options(stop), flops=False, memory=False)
     if result.status != "ok" or result.latency is None:
-        raise MeasurementError(f"status {result.status!r} at batch size {d.batch_size} on {d.device}")
+        # "mismatch" (the runtime computes something else) and "export_failed" (it cannot convert the
+        # network) come with bench's one-line reason; the trial fails with it and the search goes on.
+        reason = f": {result.reason}" if result.reason else ""
+        raise MeasurementError(f"status {result.status!r} at batch size {d.batch_size} on {d.device} "
+                               f"with runtime {d.runtime}{reason}")
     return Latency.from_stats(result.latency)
 
 

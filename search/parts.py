@@ -7,7 +7,7 @@ so the table stays small (~300 entries for the default space).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch.nn as nn
@@ -56,8 +56,19 @@ class Part:
         return f"head:{self.dim}x{self.side}->{self.num_classes}"
 
     def key(self, deployment: Deployment) -> str:
+        """The table key: the part at the deployment setting, runtime included (a part timed on one
+        runtime is never used for another)."""
         d = deployment
-        return f"{self.label()}|b{d.batch_size}|{d.dtype}|t{d.threads}|{d.device}"
+        return f"{self.label()}|b{d.batch_size}|{d.dtype}|t{d.threads}|{d.device}|{d.runtime}"
+
+    def measured_at(self, deployment: Deployment) -> Deployment:
+        """The setting this part is timed at: the deployment's, except that container.optimize takes whole
+        blocks and networks only, so on the fast runtime an embedding or the head is timed as its eager
+        module (the conv + LayerNorm, the pool + linear the fast network also runs; the calibration absorbs
+        the rest). Its table key still names the deployment's runtime."""
+        if self.part != "block" and deployment.runtime == "fast":
+            return replace(deployment, runtime="reference")
+        return deployment
 
     def target(self) -> Any:
         if self.part == "block":

@@ -4,7 +4,8 @@ Measuring a candidate costs a second or more; hardware-aware NAS avoids most of 
 lookup tables (FBNet, Once-for-All) or learned predictors (nn-Meter). Here:
 
 * the **table** holds the latency of every *part* a network is made of, each measured once through
-  `bench.profile` at its exact shape and the deployment setting: a block (kind, dim, heads, kernel,
+  `bench.profile` at its exact shape and the deployment setting (runtime included: a part timed on one
+  runtime is never used for another, and the calibration is per setting too): a block (kind, dim, heads, kernel,
   MLP ratio, tokens per side), a patch embedding (in/out channels, patch size, input side) and the
   classifier head. Fields a part's cost cannot depend on are normalised away (the kernel of an
   attention block, the heads of a conv block), so the table stays small (~300 entries for the
@@ -184,7 +185,8 @@ class LatencyPredictor:
                     if self.on_measure:
                         self.on_measure(done, total, part.label())
                     try:
-                        samples[part.key(d)].append(measure_target(part.target(), d, self.stop, self.lock))
+                        samples[part.key(d)].append(
+                            measure_target(part.target(), part.measured_at(d), self.stop, self.lock))
                     except MeasurementError as e:
                         raise MeasurementError(f"{part.label()}: {e}") from None
                     done += 1

@@ -36,7 +36,7 @@ from container import NetworkConfig
 from search.latency import DEFAULT_MARGIN, Deployment, MachineLock
 from search.predictor import DEFAULT_FIT, FIT_SEED, LatencyPredictor
 from search.sampling import config_id, sample_configs
-from search.settings import DEFAULT_OBJECTIVE, PREDICTOR_DIR, SearchSettings
+from search.settings import DEFAULT_OBJECTIVE, PREDICTOR_DIR, SearchSettings, add_runtime_argument
 from search.space import SearchInputError, SearchSpace
 from search.study import run_search
 
@@ -181,8 +181,8 @@ def _markdown(s: dict[str, Any], frame: pd.DataFrame) -> str:
         "# Latency predictor: accuracy on held-out networks", "",
         f"- machine: {bench.machine_summary(env)}, torch {env['torch_version']}; "
         f"fingerprint `{s['fingerprint']}`; {env['timestamp_utc']}, commit {env['git_commit']}",
-        f"- deployment: {d['device']}, batch {d['batch_size']}, {d['image_size']}x{d['image_size']}, {d['dtype']}, "
-        f"{d['threads']} threads",
+        f"- deployment: runtime {d['runtime']}, {d['device']}, batch {d['batch_size']}, "
+        f"{d['image_size']}x{d['image_size']}, {d['dtype']}, {d['threads']} threads",
         f"- table: {s['table']['entries']} parts (blocks, patch embeddings, heads) measured through bench.profile "
         f"({s['table']['measured_this_run']} in this run); `{s['table']['path']}`",
         f"- calibration: `latency = {cal['coef'][0]:.3f} * sum(blocks) + {cal['coef'][1]:.3f} * sum(embeddings + head) "
@@ -304,7 +304,8 @@ def _bench_markdown(s: dict[str, Any]) -> str:
              f"- machine: {bench.machine_summary(env)}, torch {env['torch_version']}; "
              f"fingerprint `{s['fingerprint']}`; {env['timestamp_utc']}",
              f"- search: `--budget-ms {s['budget_ms']:g}`, objective `{s['objective']}`, seed {s['seed']}, "
-             f"{s['seconds_each']:.0f} s each from an empty study, batch {d['batch_size']}, {d['image_size']}px, "
+             f"{s['seconds_each']:.0f} s each from an empty study, runtime {d['runtime']}, batch {d['batch_size']}, "
+             f"{d['image_size']}px, "
              f"{d['threads']} threads; gate rejects a candidate predicted above budget x {1 + s['margin']:.2f}",
              f"- one-off set-up, cached per machine: table of {s['table_entries']} parts + calibration, "
              f"{s['setup_s']:.0f} s in this run (0 when cached)", "",
@@ -333,6 +334,7 @@ def _deployment_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-size", type=positive_int, default=224)
     g.add_argument("--threads", type=positive_int, default=None)
     g.add_argument("--dtype", default="fp32")
+    add_runtime_argument(g)
     p.add_argument("--space", type=Path, default=None, metavar="FILE", help="search space as JSON or YAML")
     p.add_argument("--out-dir", type=writable_dir, default=PREDICTOR_DIR)
     p.add_argument("--lock-file", type=writable_file, default=None)
@@ -340,7 +342,7 @@ def _deployment_args(p: argparse.ArgumentParser) -> None:
 
 def _deployment(args: argparse.Namespace) -> Deployment:
     return Deployment(device=args.device, batch_size=args.batch_size, image_size=args.image_size,
-                      threads=args.threads, dtype=args.dtype)
+                      threads=args.threads, dtype=args.dtype, runtime=args.runtime)
 
 
 def report_parser(prog: str = "python -m search predictor-report") -> argparse.ArgumentParser:

@@ -30,8 +30,8 @@ from search.settings import SearchSettings
 from search.trials import SearchResult, feasible
 
 RANKING_COLUMNS = ["rank", "trial", "score", "score_spread", "params", "flops", "latency_median_ms", "latency_p90_ms",
-                   "latency_iqr_ms", "rechecked", "recheck_median_ms", "recheck_p90_ms", "pareto", "duplicate_of",
-                   "architecture", "config"]
+                   "latency_iqr_ms", "runtime", "rechecked", "recheck_median_ms", "recheck_p90_ms", "pareto",
+                   "duplicate_of", "architecture", "config"]
 TOP_N = 10
 
 
@@ -74,11 +74,12 @@ def ranking(trials: pd.DataFrame) -> pd.DataFrame:
     return keep[RANKING_COLUMNS]
 
 
-def _markdown_table(frame: pd.DataFrame, objective: str) -> str:
+def _markdown_table(frame: pd.DataFrame, objective: str, runtime: str) -> str:
     columns = {  # by position: the objective may be called "params" or "flops" too
         "rank": frame["rank"].astype(int), "trial": frame["trial"].astype(int), "score": frame["score"].map(number),
         "params": frame["params"].map(si), "FLOPs": frame["flops"].map(si),
-        "latency median (ms)": frame["latency_median_ms"].map(fixed), "p90 (ms)": frame["latency_p90_ms"].map(fixed),
+        f"latency median on {runtime} (ms)": frame["latency_median_ms"].map(fixed),
+        "p90 (ms)": frame["latency_p90_ms"].map(fixed),
         "re-measured (ms)": frame["recheck_median_ms"].map(fixed),
         "architecture (depth x dim / heads, kind, kernel, MLP ratio per stage)": frame["architecture"]}
     table = pd.DataFrame(columns)
@@ -242,8 +243,8 @@ def markdown(result: SearchResult, settings: SearchSettings, study: optuna.Study
                   + ("" if rank.empty or rank["rechecked"].all() else "; some candidates are not re-measured yet")
                   + f". Resume: run the same command again with `--study {result.study_name}`.", ""]
     lines += [
-        f"- budget: **{settings.budget_ms:g} ms** per call (median), batch {d.batch_size}, "
-        f"{d.image_size}x{d.image_size}, {d.dtype}, device {d.device}, {d.threads} threads",
+        f"- budget: **{settings.budget_ms:g} ms** per call (median) on the **{d.runtime}** runtime, "
+        f"batch {d.batch_size}, {d.image_size}x{d.image_size}, {d.dtype}, device {d.device}, {d.threads} threads",
         f"- hardware: {machine_summary(env)}, "
         f"torch {env.get('torch_version', '?')}; fingerprint `{settings.deployment.fingerprint()}`",
         f"- objective: `{settings.objective}` (higher is better"
@@ -251,7 +252,8 @@ def markdown(result: SearchResult, settings: SearchSettings, study: optuna.Study
            else "") + ")" + ("; two objectives (score up, latency down)" if settings.pareto else ""),
         f"- trials: {len(trials)} ({n(complete)} complete, {n(fits)} feasible, {n(complete & ~fits)} over budget, "
         f"{n(trials['state'] == 'FAIL') if len(trials) else 0} failed); {len(dropped)} dropped on re-measurement",
-        f"- latency: measured with bench.profile, stop rule {settings.stop}; cache hits this run: {result.cache_hits}, "
+        f"- latency: measured with bench.profile on the {d.runtime} runtime (`runtime` in trials.csv), "
+        f"stop rule {settings.stop}; cache hits this run: {result.cache_hits}, "
         f"new measurements: {result.cache_misses}",
     ]
     if settings.predictor:
@@ -278,15 +280,16 @@ def markdown(result: SearchResult, settings: SearchSettings, study: optuna.Study
         best = unique.iloc[0]
         lines += [f"## Winner: trial {int(best['trial'])}", "",
                   f"{settings.objective} {number(best['score'])}, {si(best['params'])} params, "
-                  f"{si(best['flops'])} FLOPs, {fixed(best['latency_median_ms'])} ms median "
+                  f"{si(best['flops'])} FLOPs, {fixed(best['latency_median_ms'])} ms median on {d.runtime} "
                   f"(p90 {fixed(best['latency_p90_ms'])} ms; re-measured {fixed(best['recheck_median_ms'])} ms).", "",
                   "`best.json` holds its config: `container.build(json.load(open('best.json')))`.", "",
                   "```json", json.dumps(result.best_config, indent=2), "```", "",
                   f"## Top {min(TOP_N, len(unique))} feasible architectures", "",
-                  _markdown_table(unique.head(TOP_N), settings.objective), ""]
+                  _markdown_table(unique.head(TOP_N), settings.objective, d.runtime), ""]
         if settings.pareto:
             front = unique[unique["pareto"].astype(bool)].sort_values("latency_median_ms")
-            lines += ["## Pareto front (score up, latency down)", "", _markdown_table(front, settings.objective), ""]
+            lines += ["## Pareto front (score up, latency down)", "",
+                      _markdown_table(front, settings.objective, d.runtime), ""]
         lines += [f"`ranking.csv` lists all {len(rank)} feasible trials ({len(unique)} distinct architectures) with "
                   "their configs as JSON.", ""]
     if len(dropped):
@@ -309,7 +312,7 @@ def print_summary(result: SearchResult, objective: str, console: Console | None 
     if rank.empty:
         return
     unique = rank[rank["duplicate_of"].isna()].head(top)
-    table = Table(title=f"{result.study_name}: best feasible under {result.budget_ms:g} ms")
+    table = Table(title=f"{result.study_name}: best feasible under {result.budget_ms:g} ms on {result.runtime}")
     for name in ("#", "trial", objective, "params", "FLOPs", "ms", "p90", "again", "depth / width / kind"):
         table.add_column(name, justify="left" if name.startswith("depth") else "right",
                          no_wrap=not name.startswith("depth"))

@@ -13,6 +13,7 @@ from typing import Any
 
 import bench
 from bench.io import results_root
+from bench.runtimes import RUNTIMES
 
 from search.latency import DEFAULT_MARGIN, Deployment, default_stop
 from search.proxies import PROXIES, list_proxies
@@ -32,6 +33,14 @@ class WorkerMismatchError(SearchInputError):
 
 class NoFeasibleNetworkError(RuntimeError):
     """No network in the space fits the budget on this device (the message gives the smallest latency)."""
+
+
+def add_runtime_argument(group: Any) -> None:
+    """`--runtime` (alias `--impl`) of every search command; checked by Deployment (through bench), so an
+    unknown runtime lists the valid ones and a missing package is named, in one line."""
+    group.add_argument("--runtime", "--impl", dest="runtime", default="fast", metavar="RUNTIME",
+                       help=f"what the network is deployed on, and timed on: {', '.join(RUNTIMES)} "
+                            f"(default: fast, i.e. container.optimize; reference is the seed-faithful eager code)")
 
 
 def parse_budget(value: Any) -> float:
@@ -110,7 +119,7 @@ class SearchSettings:
         if self.study_name:
             return self.study_name
         d = self.deployment
-        return (f"{d.device.replace(':', '')}-b{d.batch_size}-{d.image_size}px-{d.dtype}-t{d.threads}-"
+        return (f"{d.device.replace(':', '')}-{d.runtime}-b{d.batch_size}-{d.image_size}px-{d.dtype}-t{d.threads}-"
                 f"{self.budget_ms:g}ms-{self.objective}{'-pareto' if self.pareto else ''}")
 
     @property
@@ -128,11 +137,12 @@ class SearchSettings:
         return self.results_dir / self.name
 
     def identity(self) -> dict[str, Any]:
-        """What a worker must share with a study to join it (recorded in the study's user attrs)."""
+        """What a worker must share with a study to join it (recorded in the study's user attrs). The
+        deployment includes the runtime: latencies from different runtimes never mix in one study."""
         return {"fingerprint": self.deployment.fingerprint(), "deployment": self.deployment.to_dict(),
                 "budget_ms": self.budget_ms, "objective": self.objective, "pareto": self.pareto,
                 "space": self.space.to_dict()}
 
 
 __all__ = ["DEFAULT_OBJECTIVE", "DEFAULT_RESULTS_DIR", "NoFeasibleNetworkError", "PREDICTOR_DIR", "SearchSettings",
-           "VALIDATION_DIR", "WorkerMismatchError", "parse_budget"]
+           "VALIDATION_DIR", "WorkerMismatchError", "add_runtime_argument", "parse_budget"]

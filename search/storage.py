@@ -3,7 +3,7 @@
 The default storage is a journal file in the study directory (no server, survives a kill); any
 Optuna storage URL (sqlite:///..., postgresql://..., mysql+pymysql://...) gives an RDB storage with
 heartbeats, so a dead worker's trial is failed and retried. A worker joins a study only if it
-measures on the same hardware, deployment setting, budget, objective and space (`check_identity`).
+measures on the same hardware, deployment setting (runtime included), budget, objective and space (`check_identity`).
 """
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ from search.settings import WorkerMismatchError
 from search.space import SearchInputError
 
 SEARCH_FORMAT = 1
+# A study recorded before a deployment field existed was measured as this value (before issue 14 every
+# latency was the eager reference's), so a worker on another runtime is refused, naming --runtime.
+LEGACY_DEPLOYMENT: dict[str, Any] = {"runtime": "reference"}
 # Workers started together on an empty database race to create Optuna's tables; these are the loser's errors.
 _CREATION_RACE = ("duplicate key value", "already exists", "UniqueViolation", "Duplicate entry", "IntegrityError",
                   "database is locked")
@@ -91,7 +94,8 @@ def check_identity(study_name: str, theirs: dict[str, Any], mine: dict[str, Any]
             f"({bench.environment()['cpu_model']}, device {mine['deployment']['device']}, "
             f"threads {mine['deployment']['threads']}); latencies from different machines must not mix "
             f"(use a new --study)")
-    theirs_dep, mine_dep = theirs.get("deployment") or {}, mine["deployment"]
+    theirs_dep = LEGACY_DEPLOYMENT | (theirs.get("deployment") or {})
+    mine_dep = mine["deployment"]
     diffs = [f"--{k.replace('_', '-')} {theirs_dep.get(k)} (study) vs {mine_dep[k]} (this worker)"
              for k in mine_dep if theirs_dep.get(k) != mine_dep[k]]
     if diffs:

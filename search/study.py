@@ -119,7 +119,8 @@ class SearchStudy:
             raise NoFeasibleNetworkError(
                 f"--budget-ms {s.budget_ms:g}: below the smallest network in the space, which measures "
                 f"{latency.median_ms:.2f} ms (median; p90 {latency.p90_ms:.2f} ms) at batch {s.deployment.batch_size}, "
-                f"{s.deployment.image_size}px on {s.deployment.device}; raise the budget or shrink the space")
+                f"{s.deployment.image_size}px on {s.deployment.device} with runtime {s.deployment.runtime}; "
+                f"raise the budget or shrink the space")
         return latency
 
     def prepare_predictor(self) -> None:
@@ -134,6 +135,7 @@ class SearchStudy:
             config = s.space.suggest(trial, s.deployment.image_size)
             trial.set_user_attr("config", config.to_dict())
             trial.set_user_attr("config_key", config_key(config, self.cache.context))
+            trial.set_user_attr("runtime", s.deployment.runtime)
             latency = self.latency.measure(config)
             trial.set_constraint(CONSTRAINT, latency.median_ms - s.budget_ms)
             for k, v in (("latency_median_ms", latency.median_ms), ("latency_p90_ms", latency.p90_ms),
@@ -305,7 +307,8 @@ def run_search(settings: SearchSettings, *, latency_source: LatencySource | None
                 raise
     frame = trials_frame(runner.trials(), settings.recheck_limit_ms, runner.rechecks())
     result = SearchResult(study_name=settings.name, study_dir=settings.study_dir, budget_ms=settings.budget_ms,
-                          trials=frame, ranking=ranking(frame), best_config=None, interrupted=interrupted,
+                          runtime=settings.deployment.runtime, trials=frame, ranking=ranking(frame), best_config=None,
+                          interrupted=interrupted,
                           elapsed_s=time.perf_counter() - start,
                           smallest_latency_ms=runner.smallest_latency.median_ms if runner.smallest_latency else None,
                           cache_hits=runner.cache.hits, cache_misses=runner.cache.misses,

@@ -16,9 +16,9 @@ from optuna.trial import FrozenTrial, TrialState
 CONSTRAINT = "latency_ms"  # latency median - budget; feasible when <= 0
 
 TRIAL_COLUMNS = ["trial", "state", "score", "score_spread", "params", "flops", "latency_median_ms", "latency_p90_ms",
-                 "latency_iqr_ms", "latency_cached", "latency_source", "latency_predicted_ms", "feasible", "rechecked",
-                 "recheck_median_ms", "recheck_p90_ms", "dropped", "error", "interrupted", "retry_of", "duration_s",
-                 "config_key", "config"]
+                 "latency_iqr_ms", "latency_cached", "latency_source", "latency_predicted_ms", "runtime", "feasible",
+                 "rechecked", "recheck_median_ms", "recheck_p90_ms", "dropped", "error", "interrupted", "retry_of",
+                 "duration_s", "config_key", "config"]
 
 
 def feasible(trial: FrozenTrial) -> bool:
@@ -60,7 +60,7 @@ def trials_frame(trials: list[FrozenTrial], recheck_limit_ms: float,
             "latency_median_ms": a.get("latency_median_ms"), "latency_p90_ms": a.get("latency_p90_ms"),
             "latency_iqr_ms": a.get("latency_iqr_ms"), "latency_cached": a.get("latency_cached"),
             "latency_source": a.get("latency_source"), "latency_predicted_ms": a.get("latency_predicted_ms"),
-            "feasible": is_feasible,
+            "runtime": a.get("runtime"), "feasible": is_feasible,
             "rechecked": rc is not None,
             "recheck_median_ms": rc.get("median_ms") if rc else None,
             "recheck_p90_ms": rc.get("p90_ms") if rc else None,
@@ -85,6 +85,7 @@ class SearchResult:
     study_name: str
     study_dir: Path
     budget_ms: float
+    runtime: str  # what every latency was measured on (the deployment's runtime)
     trials: pd.DataFrame  # every trial, one row each (see trials_frame)
     ranking: pd.DataFrame  # the feasible, re-checked survivors, best first
     best_config: dict[str, Any] | None

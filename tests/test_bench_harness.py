@@ -67,8 +67,8 @@ def test_compile_time_is_the_first_call_before_anything_else_runs_the_module(mon
     monkeypatch.setattr(torch, "compile", slow_first_call_compile)
     row = bench.profile(bench.BlockTarget("mix", 32, 4), 2, bench.Options(stop=FAST_STOP, compile=True)).row()
     assert row["compile_s"] >= 0.5  # not hidden in the memory measurement, which also calls the module
-    assert row["latency_cold_ms"] == pytest.approx(row["compile_s"] * 1e3)
-    assert max(row["latency_samples_ms"]) < 500  # no timed call paid the compile
+    assert row["convert_s"] == row["compile_s"]  # compiling is the torch runtime's conversion, timed on its own
+    assert max(row["latency_samples_ms"] + [row["latency_cold_ms"]]) < 500  # no timed call paid the compile
 
 
 def test_memory_is_measured_on_a_steady_call_after_the_first():
@@ -256,42 +256,3 @@ def test_default_jobs_measure_the_variants_of_a_workload_back_to_back():
     assert order == [w for w in dict.fromkeys(order) for _ in range(4)]  # four variants in a row, each workload
     assert [(j.options.dtype, j.options.impl) for j in jobs[:4]] == [
         ("fp32", "reference"), ("fp32", "fast"), ("bf16", "reference"), ("bf16", "fast")]
-
-
-def test_impl_comparison_divides_matching_rows_and_takes_the_geometric_mean():
-    from bench.report import impl_comparison
-
-    def row(name, dtype, impl, ms):
-        return {"target": "block", "name": name, "batch_size": 4, "device": "cpu", "channels_last": False,
-                "compile": False, "mode": "inference", "dtype": dtype, "impl": impl, "status": "ok",
-                "latency_median_ms": ms, "fraction_of_peak": 0.5}
-
-    frame = pd.DataFrame([row("a", "fp32", "reference", 8.0), row("b", "fp32", "reference", 3.0),
-                          row("a", "fp32", "fast", 2.0), row("b", "fp32", "fast", 3.0),
-                          row("a", "bf16", "reference", 4.0), row("a", "bf16", "fast", 1.0)])
-    table = impl_comparison(frame).set_index(["dtype", "name"])
-    assert table.loc[("fp32", "a"), "speedup"] == 4.0 and table.loc[("fp32", "b"), "speedup"] == 1.0
-    assert table.loc[("fp32", "geometric mean of 2 blocks"), "speedup"] == pytest.approx(2.0)
-    assert table.loc[("bf16", "a"), "speedup"] == 4.0 and table.loc[("bf16", "a"), "vs ref fp32"] == 8.0
-    assert impl_comparison(frame[frame["impl"] == "reference"]).empty
-    assert "kernel bound" not in table  # no bound columns in the rows: none in the table
-
-
-def test_impl_comparison_states_the_bounds_against_the_reference_in_fp32():
-    from bench.report import impl_comparison
-
-    def row(name, dtype, impl, ms, gemm_ms, kernel_ms):
-        return {"target": "block", "name": name, "batch_size": 4, "device": "cpu", "channels_last": False,
-                "compile": False, "mode": "inference", "dtype": dtype, "impl": impl, "status": "ok",
-                "latency_median_ms": ms, "fraction_of_peak": 0.5, "gemm_bound_ms": gemm_ms,
-                "kernel_bound_ms": kernel_ms, "fraction_of_kernel_bound": kernel_ms / ms}
-
-    frame = pd.DataFrame([row("a", "fp32", "reference", 12.0, 2.0, 2.0), row("b", "fp32", "reference", 6.0, 1.0, 1.0),
-                          row("a", "fp32", "fast", 6.0, 2.0, 4.0), row("b", "fp32", "fast", 3.0, 1.0, 1.5),
-                          row("a", "bf16", "fast", 4.0, 1.0, 3.0)])
-    table = impl_comparison(frame).set_index(["dtype", "name"])
-    assert table.loc[("fp32", "a"), "GEMM-roof bound"] == 6.0 and table.loc[("fp32", "a"), "kernel bound"] == 3.0
-    assert table.loc[("fp32", "a"), "% of kernel bound"] == pytest.approx(100 * 4.0 / 6.0, abs=1e-3)
-    assert table.loc[("fp32", "geometric mean of 2 blocks"), "kernel bound"] == pytest.approx(12 ** 0.5, abs=1e-3)
-    # a bf16 row without a bf16 reference is still judged against the reference's fp32 latency
-    assert table.loc[("bf16", "a"), "vs ref fp32"] == 3.0 and table.loc[("bf16", "a"), "kernel bound"] == 4.0

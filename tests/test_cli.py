@@ -20,6 +20,7 @@ import search.__main__
 from bench import cli_kit
 from bench.formatting import fixed, markdown_table, number, si
 from bench.io import RESULTS_ENV, results_root
+from bench.runtimes import RUNTIMES
 from container import NetworkConfig, StageConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,6 +64,11 @@ BENCH_BAD = [
     (["affinity", "--dim", "0"], "--dim"),
     (["affinity", "--query", "3"], "--query"),
     (["affinity", "--kind", "transformer"], "--kind"),
+    (["--suite", "nightly"], "--suite"),
+    (["--suite", "runtimes", "--runtime", "fast", "--batch-sizes", "4"], "--batch-sizes"),
+    (["--runtime", "openvino", "--compile"], "--compile"),
+    (["--runtime", "openvino", "--mode", "train"], "--mode"),
+    (["--runtime", "onnxruntime", "--dtype", "bf16"], "--dtype"),
 ]
 
 
@@ -70,6 +76,36 @@ BENCH_BAD = [
 def test_bench_rejects_bad_values_in_one_line_naming_the_flag(argv, flag, capsys):
     assert exit_code(bench.cli.main, argv) == 2
     assert flag in one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("flag", ["--runtime", "--impl"])
+def test_an_unknown_runtime_is_one_line_listing_the_valid_ones(flag, capsys):
+    assert exit_code(bench.cli.main, [flag, "fast,tensorrt", "--no-progress"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "tensorrt" in line and all(runtime in line for runtime in RUNTIMES)
+
+
+def test_a_runtime_whose_package_is_missing_names_the_package(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` fails, as where it is not installed
+    assert exit_code(bench.cli.main, ["--runtime", "reference,openvino", "--no-progress"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "--runtime openvino" in line and "'openvino'" in line and "pip install openvino" in line
+
+
+@pytest.mark.parametrize("argv,runtimes", [
+    ([], ["reference"]),
+    (["--impl", "fast,openvino"], ["fast", "openvino"]),
+    (["--runtime", "onnxruntime,fast,onnxruntime"], ["onnxruntime", "fast"]),
+    (["--suite", "runtimes"], list(RUNTIMES)),  # make bench-runtimes: every runtime unless told
+])
+def test_the_runtimes_a_run_measures(argv, runtimes, monkeypatch):
+    """--impl is an alias of --runtime; each runtime listed runs once, on every job of the suite."""
+    suites = []
+    monkeypatch.setattr(bench.cli, "run_suite", lambda jobs, out_dir, **kwargs: suites.append(jobs))
+    assert bench.cli.main([*argv, "--quick", "--kinds", "conv", "--networks", "container_light"]) == 0
+    [jobs] = suites
+    assert list(dict.fromkeys(j.options.runtime for j in jobs)) == runtimes
+    assert len(jobs) == 2 * len(runtimes)  # conv@512x7 and container_light, on each runtime
 
 
 @pytest.mark.parametrize("command,flag", [([], "--out"), (["affinity"], "--out")])
@@ -145,8 +181,8 @@ def test_writable_file_refuses_a_directory(tmp_path):
 def test_bench_top_level_help_shows_the_run_options_and_lists_the_commands(capsys):
     assert exit_code(bench.cli.main, ["--help"]) == 0
     out = capsys.readouterr().out
-    for flag in ("--quick", "--device", "--dtype", "--channels-last", "--compile", "--mode", "--impl", "--kinds",
-                 "--networks", "--batch-sizes", "--threads", "--no-rss", "--out", "--no-progress"):
+    for flag in ("--suite", "--quick", "--device", "--dtype", "--channels-last", "--compile", "--mode", "--runtime",
+                 "--impl", "--kinds", "--networks", "--batch-sizes", "--threads", "--no-rss", "--out", "--no-progress"):
         assert flag in out
     for command in ("affinity", "regress", "history"):
         assert f"\n  {command} " in out

@@ -79,6 +79,28 @@ def test_a_table_from_another_machine_is_not_read(tmp_path):
     assert predictor(tmp_path).entries == {}
 
 
+def test_a_table_measured_on_one_runtime_is_never_used_for_another(tmp_path):
+    fast, reference = (Deployment(image_size=IMAGE, threads=1, runtime=r) for r in ("fast", "reference"))
+    assert Deployment().runtime == "fast"
+    block = Part.block("mix", 16, 2, 3, 2.0, 8, "tied")
+    assert block.key(fast) != block.key(reference) and block.key(fast).endswith("|fast")
+    assert block.measured_at(fast) == fast  # a block is timed on the deployment's runtime itself
+    # container.optimize takes blocks and networks only: on fast, an embedding is timed as its eager module.
+    embed = Part("embed", 16, 8, in_chans=3, patch_size=4)
+    assert embed.measured_at(fast).runtime == "reference" and embed.key(fast).endswith("|fast")
+    configs = sample_configs(tiny_space(), 5, 0, IMAGE)
+    p = LatencyPredictor(reference, lock=contextlib.nullcontext(), directory=tmp_path / "predictor")
+    parts = p.missing(configs)
+    for part in parts:  # a synthetic table on the reference (nothing timed)
+        p.entries[part.key(reference)] = {"part": {}, "median_ms": 1.0}
+    p.calibrate(configs, [10.0 + i for i in range(len(configs))])
+    assert p.missing(configs) == [] and p.path.exists()
+    other = LatencyPredictor(fast, lock=contextlib.nullcontext(), directory=tmp_path / "predictor")
+    assert other.path == p.path and len(other.entries) == len(parts)  # one file per machine...
+    assert other.missing(configs) == parts  # ...but no entry measured on another runtime is used
+    assert other.calibration is None and p.calibration is not None
+
+
 def test_calibration_recovers_a_linear_relation():
     rng = np.random.default_rng(0)
     x = np.column_stack([rng.uniform(5, 200, 20), rng.uniform(1, 10, 20), np.ones(20)])

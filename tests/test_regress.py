@@ -1,5 +1,6 @@
 """The regression gate: its decision on synthetic samples, its baselines and history, and its worker's
-interleaved measurement (in-process, and as the process the gate starts, against a stand-in older tree)."""
+interleaved measurement (in-process, and as the process the gate starts, against a stand-in older tree).
+Its rows on the runtimes, and the gate on the fast path: tests/test_regress_runtimes.py."""
 import argparse
 import json
 import textwrap
@@ -180,8 +181,26 @@ def test_fallback_against_takes_the_revision_only_where_this_machine_has_no_base
 
 def test_rows_are_picked_by_kind_or_name():
     assert [r.name for r in regress.select_rows(["conv", "container_light"])] == [
-        "conv@320x14 b4", "container_light b1"]
-    assert len(regress.select_rows(None)) == len(regress.suite()) == 8
+        "conv@320x14 b4", "conv@320x14 b4 fast", "container_light b1", "container_light b1 fast"]
+    assert [r.name for r in regress.select_rows(["mix fast", "attn@320x14 b4"])] == [
+        "mix@320x14 b4 fast", "attn@320x14 b4"]
+    assert len(regress.select_rows(None)) == len(regress.suite()) == 11
+
+
+def test_a_row_the_baseline_lacks_is_reported_new_and_does_not_fail():
+    rows = [regress.Row("a", "block", 4, kind="conv", dim=320, side=14),
+            regress.Row("a fast", "block", 4, kind="conv", dim=320, side=14, runtime="fast")]
+    baseline = _side("baseline", FIGURES, lognormal(16, seed=16))
+    current = _side("current", FIGURES, lognormal(8, seed=17))
+    current.deterministic["a fast"] = dict(FIGURES)
+    current.rounds["a fast"] = current.rounds["a"]
+    results = compare(baseline, current, rows, 0.10, 0.01)
+    assert not any(r.regressed for r in results)
+    assert results[1].verdict is None and results[1].note == "new, not in the baseline (run make regress-update)"
+    report = regress.Report("baseline", baseline, current, results, 0.10, 0.01, "baseline x")
+    console = Console(record=True, width=200)
+    regress.render(report, console)
+    assert "new, not in the baseline" in console.export_text() and not report.regressed
 
 
 # --- history ----------------------------------------------------------------------------------------

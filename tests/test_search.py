@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing as mp
+import sys
 import time
+from types import SimpleNamespace
 
 import optuna
 import pandas as pd
@@ -12,7 +14,8 @@ import pytest
 
 import bench
 from search import (CachedLatency, Deployment, MachineLock, NoFeasibleNetworkError, SearchInputError, SearchSpace,
-                    SpaceError, WorkerMismatchError, make_storage, parse_budget, run_search)
+                    SearchStudy, SpaceError, WorkerMismatchError, make_storage, parse_budget, run_search)
+from search.storage import check_identity
 from search.trials import feasible
 
 from container import NetworkConfig
@@ -263,6 +266,69 @@ def test_mismatched_worker_is_refused(tmp_path, monkeypatch):
     assert len(load(tmp_path).trials) == 2  # nothing was added by a refused worker
 
 
+def test_the_runtime_is_part_of_the_studys_identity(tmp_path):
+    s = settings(tmp_path, study_name=None)
+    assert s.deployment.runtime == "fast" and s.deployment.options().runtime == "fast"
+    assert "-fast-" in s.name and "-reference-" in settings(tmp_path, study_name=None, deployment=Deployment(
+        image_size=IMAGE, threads=1, runtime="reference")).name  # the same command resumes its own runtime's study
+    run(tmp_path, n_trials=2)
+    assert load(tmp_path).user_attrs["deployment"]["runtime"] == "fast"
+    with pytest.raises(WorkerMismatchError, match=r"--runtime fast \(study\) vs reference \(this worker\)"):
+        run(tmp_path, n_trials=4, deployment=Deployment(image_size=IMAGE, threads=1, runtime="reference"))
+    assert len(load(tmp_path).trials) == 2
+    # A study recorded before the runtime existed was measured on the reference: a fast worker may not join it.
+    identity = s.identity()
+    legacy = identity | {"deployment": {k: v for k, v in identity["deployment"].items() if k != "runtime"}}
+    with pytest.raises(WorkerMismatchError, match=r"--runtime reference \(study\) vs fast"):
+        check_identity("old", legacy, identity)
+
+
+def test_bad_runtime_names_the_flag(monkeypatch):
+    with pytest.raises(SearchInputError) as info:
+        Deployment(runtime="tensorrt")
+    line = str(info.value)
+    assert "--runtime" in line and "onnxruntime" in line and "openvino" in line and "\n" not in line
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if the package were not installed
+    with pytest.raises(SearchInputError, match="--runtime openvino.*'openvino'"):
+        Deployment(runtime="openvino")
+
+
+def test_the_runtime_is_in_the_cache_key(tmp_path):
+    config = tiny_space().smallest(IMAGE)
+    path = tmp_path / "c.json"
+    caches = {}
+    for runtime in ("fast", "reference"):
+        s = settings(tmp_path, deployment=Deployment(image_size=IMAGE, threads=1, runtime=runtime))
+        context = SearchStudy(s, latency_source=FakeLatency(), scorer=FakeScorer()).cache.context
+        caches[runtime] = CachedLatency(FakeLatency(), path, context, lock=MachineLock(tmp_path / "lock"))
+    fast, reference = caches["fast"], caches["reference"]
+    assert fast.key(config) != reference.key(config)
+    fast.measure(config)
+    assert reference.lookup(config) is None  # a latency from one runtime is never served to another
+    again = CachedLatency(reference.source, path, reference.context, lock=MachineLock(tmp_path / "lock"))
+    assert not again.measure(config).cached and again.source.total == 1
+    assert CachedLatency(FakeLatency(), path, fast.context, lock=MachineLock(tmp_path / "lock")).measure(config).cached
+
+
+@pytest.mark.parametrize("status, reason", [("mismatch", "max relative error 0.5 > tolerance 0.0001"),
+                                            ("export_failed", "UnsupportedOperatorError: aten::foo")])
+def test_a_runtime_that_fails_a_network_fails_the_trial_not_the_search(tmp_path, monkeypatch, status, reason):
+    """bench.profile's "mismatch" / "export_failed" become the trial's error, with bench's reason."""
+    real = bench.profile
+
+    def profile(target, batch_size, options, **kw):
+        if target.config.stages[0].dim == 16:
+            return SimpleNamespace(status=status, reason=reason, latency=None)
+        return real(target, batch_size, options, **kw)
+
+    monkeypatch.setattr(bench, "profile", profile)
+    result = run_search(settings(tmp_path, budget_ms=1e6, n_trials=6, recheck=0), scorer=FakeScorer())
+    failed = result.trials[result.trials["state"] == "FAIL"]
+    assert len(failed) and failed["error"].str.contains(f"MeasurementError: status '{status}'", regex=False).all()
+    assert failed["error"].str.contains(reason, regex=False).all() and failed["error"].str.contains("fast").all()
+    assert len(result.ranking) and not set(failed["trial"]) & set(result.ranking["trial"])
+
+
 def test_study_records_fingerprint_and_setting(tmp_path):
     s = settings(tmp_path)
     run(tmp_path, n_trials=2)
@@ -294,10 +360,27 @@ def test_report_files(tmp_path):
 
 
 def test_real_measurement_and_proxy_end_to_end(tmp_path):
-    """One short run through bench.profile and a real proxy (no assertion on speed)."""
+    """One short run through bench.profile (on the default runtime, fast) and a real proxy (no assertion on speed)."""
     s = settings(tmp_path, budget_ms=1e6, n_trials=3, objective="naswot")
     result = run_search(s)
     assert len(result.ranking) == 3
     assert result.trials["latency_median_ms"].gt(0).all()
     assert result.trials["score"].map(math.isfinite).all()
+    assert (result.trials["runtime"] == "fast").all() and result.runtime == "fast"
+    assert "on the **fast** runtime" in (result.study_dir / "report.md").read_text()
+    build_ok(result.best_config)
+
+
+def test_real_search_on_onnxruntime(tmp_path):
+    """A tiny search whose every latency comes from an ONNX Runtime session (bench converts each network once)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    space = tiny_space().with_overrides(["depth=1", "dim=[16]", "kernel_size=[3]", "mlp_ratio=[2]",
+                                         "stages[0].kind=[conv]", "stages[1].head_dim=[8]"])
+    s = settings(tmp_path, budget_ms=1e6, n_trials=2, space=space, recheck=0,
+                 deployment=Deployment(image_size=IMAGE, threads=1, runtime="onnxruntime"))
+    result = run_search(s, scorer=FakeScorer())
+    assert (result.trials["state"] == "COMPLETE").all(), result.trials["error"].tolist()
+    assert result.trials["latency_median_ms"].gt(0).all() and (result.trials["runtime"] == "onnxruntime").all()
+    assert load(tmp_path).user_attrs["deployment"]["runtime"] == "onnxruntime"
     build_ok(result.best_config)

@@ -73,12 +73,45 @@ def test_other_bad_flags_exit_2_with_one_line(argv, capsys):
     (["predictor-report", "--fit", "2"], "--fit"),
     (["validate-proxy", "--archs", "x"], "--archs"),
     (["validate-proxy", "--lr", "0"], "--lr"),
+    (["--budget-ms", "10", "--runtime", "tensorrt"], "--runtime"),
+    (["--budget-ms", "10", "--impl", "tensorrt"], "--runtime"),
+    (["predictor-report", "--runtime", "tensorrt"], "--runtime"),
+    (["predictor-bench", "--budget-ms", "5", "--runtime", "tensorrt"], "--runtime"),
 ])
 def test_every_command_rejects_bad_numbers_in_one_line_naming_the_flag(argv, flag, capsys):
     with pytest.raises(SystemExit) as info:
         sys.exit(main(argv))
     assert info.value.code == 2
     assert flag in one_line(capsys.readouterr().err)
+
+
+def test_unknown_runtime_from_the_shell_lists_the_valid_ones():
+    proc = subprocess.run([sys.executable, "-m", "search", "--budget-ms", "10", "--runtime", "tensorrt"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    line = one_line(proc.stderr)
+    assert line.startswith("search: error: --runtime") and all(
+        name in line for name in ("reference", "fast", "onnxruntime", "openvino"))
+
+
+def test_missing_runtime_package_is_named(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if the package were not installed
+    assert main(["--budget-ms", "10", "--runtime", "openvino"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "--runtime openvino" in line and "'openvino'" in line
+
+
+def test_runtime_flag_and_its_impl_alias(tmp_path, space_file, capsys):
+    """The default runtime is fast; --impl is --runtime under its old name. Each is the study's runtime."""
+    args = ["--budget-ms", "1e6", "--trials", "1", "--objective", "params", "--recheck", "0"]
+    assert main([*args, "--study", "d", *common(tmp_path, space_file)]) == 0
+    assert main([*args, "--study", "r", "--impl", "reference", *common(tmp_path, space_file)]) == 0
+    assert _load(tmp_path, "d").user_attrs["deployment"]["runtime"] == "fast"
+    assert _load(tmp_path, "r").user_attrs["deployment"]["runtime"] == "reference"
+    capsys.readouterr()
+    assert main([*args, "--study", "r", "--runtime", "fast", *common(tmp_path, space_file)]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "refusing to join study 'r'" in line and "--runtime reference (study) vs fast (this worker)" in line
 
 
 def test_space_file_with_impossible_range_names_the_field(tmp_path, capsys):

@@ -1,8 +1,13 @@
 """The throughput regression gate: `python -m bench regress` (and `make regress`).
 
-A fixed quick suite (every block kind at the 320@14x14 stage, batch 4, and Container-Light at
-batch 1) is measured and compared with a reference: a baseline committed under
+A fixed quick suite is measured and compared with a reference: a baseline committed under
 results/baselines/<machine fingerprint>.json, or another git revision measured in the same job.
+Each row runs on a runtime (bench.runtimes). The default suite: every block kind at the 320@14x14
+stage, batch 4, and Container-Light at batch 1 on the reference (rows named as before, "conv@320x14
+b4"), and mix, conv and Container-Light on the fast path users ship (container.optimize; "mix@320x14
+b4 fast"), so that a slowdown in container/fast/ fails the gate as well. `--runtime reference,fast`
+(or `--impl`) runs every row of the suite on the runtimes named instead. A row the baseline lacks
+is measured and reported as new, and does not fail the gate.
 
 - Deterministic figures (parameters, fvcore MACs, CPU allocator peak bytes) come from bench.profile
   and are gated exactly: every change is reported, an increase fails.
@@ -25,20 +30,20 @@ revision) and workers (the parent side), baselines, report (verdicts, table, his
 """
 from bench.regress.baselines import (BASELINE_DIR, SCHEMA, baseline_document, baseline_path, baseline_side,
                                      load_baseline)
-from bench.regress.cli import configure_parser, main, run_gate, update_baseline
+from bench.regress.cli import configure_parser, gate_against, main, run_gate, update_baseline
 from bench.regress.report import HISTORY_PATH, Report, RowResult, append_history, compare, render
 from bench.regress.statistics import (DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, FigureChange, TimeVerdict,
                                       compare_deterministic, decide)
-from bench.regress.suite import (DEFAULT_PAIRS, DEFAULT_ROUNDS, DEFAULT_THREADS, DEFAULT_UPDATE_ROUNDS, METHOD, Row,
-                                 select_rows, suite)
+from bench.regress.suite import (DEFAULT_PAIRS, DEFAULT_ROUNDS, DEFAULT_THREADS, DEFAULT_UPDATE_ROUNDS, FAST_KINDS,
+                                 METHOD, Row, block_row, network_row, select_rows, suite)
 from bench.regress.worker import DETERMINISTIC, PASSES_ENV, SLOWDOWN_ENV
 from bench.regress.workers import MALLOC_ENV, Round, Side, WorkerProcess, measure_sides, revision_tree
 
 __all__ = [
     "BASELINE_DIR", "DEFAULT_ALPHA", "DEFAULT_MIN_EFFECT", "DEFAULT_PAIRS", "DEFAULT_ROUNDS", "DEFAULT_THREADS",
-    "DEFAULT_UPDATE_ROUNDS", "DETERMINISTIC", "FigureChange", "HISTORY_PATH", "MALLOC_ENV", "METHOD", "PASSES_ENV",
-    "Report", "Round", "Row", "RowResult", "SCHEMA", "SLOWDOWN_ENV", "Side", "TimeVerdict", "WorkerProcess",
-    "append_history", "baseline_document", "baseline_path", "baseline_side", "compare", "compare_deterministic",
-    "configure_parser", "decide", "load_baseline", "main", "measure_sides", "render", "revision_tree", "run_gate",
-    "select_rows", "suite", "update_baseline",
+    "DEFAULT_UPDATE_ROUNDS", "DETERMINISTIC", "FAST_KINDS", "FigureChange", "HISTORY_PATH", "MALLOC_ENV", "METHOD",
+    "PASSES_ENV", "Report", "Round", "Row", "RowResult", "SCHEMA", "SLOWDOWN_ENV", "Side", "TimeVerdict",
+    "WorkerProcess", "append_history", "baseline_document", "baseline_path", "baseline_side", "block_row", "compare",
+    "compare_deterministic", "configure_parser", "decide", "gate_against", "load_baseline", "main", "measure_sides",
+    "network_row", "render", "revision_tree", "run_gate", "select_rows", "suite", "update_baseline",
 ]

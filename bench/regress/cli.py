@@ -9,7 +9,7 @@ from typing import Sequence
 
 from rich.console import Console
 
-from bench.cli_kit import positive_int, writable_file
+from bench.cli_kit import choice_list, positive_int, writable_file
 from bench.env import REPO_ROOT, fingerprint, git_commit
 from bench.io import write_json
 from bench.regress.baselines import baseline_document, baseline_path, baseline_side, load_baseline
@@ -18,42 +18,63 @@ from bench.regress.statistics import DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, check_po
 from bench.regress.suite import (DEFAULT_ROUNDS, DEFAULT_THREADS, DEFAULT_UPDATE_ROUNDS, Row, repo_relative,
                                  select_rows, suite)
 from bench.regress.worker import PASSES_ENV, SLOWDOWN_ENV
-from bench.regress.workers import measure_sides, revision_tree, say
+from bench.regress.workers import Side, measure_sides, revision_tree, say
 from bench.report import table_console
+from bench.runtimes import RUNTIMES, check_runtime
 from bench.targets import BenchInputError
 
 DESCRIPTION = "The throughput regression gate: `python -m bench regress` (and `make regress`)."
 
 
+def gate_against(current: tuple[Path, str], reference: tuple[Path, str], reference_name: str, *,
+                 rows: Sequence[Row] | None = None, rounds: int = DEFAULT_ROUNDS, threads: int = DEFAULT_THREADS,
+                 min_effect: float = DEFAULT_MIN_EFFECT, alpha: float = DEFAULT_ALPHA,
+                 history: Path | None = HISTORY_PATH, console=None) -> Report:
+    """Measure the suite on two trees, (path, commit) each, interleaved, and compare `current` with `reference`."""
+    rows = list(rows or suite())
+    check_power(rounds, rounds, alpha)
+    sides = measure_sides({"current": current, "reference": reference}, rows, rounds, threads, console)
+    return _report("against", sides["reference"], sides["current"], reference_name, rows, min_effect, alpha,
+                   history, threads, [sides["current"], sides["reference"]])
+
+
 def run_gate(*, against: str | None = None, baseline: Path | None = None, rows: Sequence[Row] | None = None,
              rounds: int = DEFAULT_ROUNDS, threads: int = DEFAULT_THREADS, min_effect: float = DEFAULT_MIN_EFFECT,
              alpha: float = DEFAULT_ALPHA, history: Path | None = HISTORY_PATH, console=None) -> Report:
-    """Measure the suite and compare it with a baseline file or with revision `against`."""
+    """Measure the suite and compare it with a baseline file or with revision `against`.
+
+    A row the baseline lacks (a row added to the suite since) does not fail: it is reported as new."""
     rows = list(rows or suite())
     here = (REPO_ROOT, git_commit())
     if against is not None:
         check_power(rounds, rounds, alpha)
         with revision_tree(against) as (tree, commit):
-            sides = measure_sides({"current": here, "reference": (tree, commit)}, rows, rounds, threads, console)
-        reference, reference_name, mode = sides["reference"], against, "against"
-    else:
-        path = Path(baseline) if baseline else baseline_path(threads)
-        doc = load_baseline(path)  # before measuring anything: a missing baseline fails at once
-        if doc.get("fingerprint") != fingerprint("cpu", threads):
-            say(console, f"[yellow]note: {repo_relative(path)} was made on machine {doc.get('fingerprint')}, this "
-                         f"is {fingerprint('cpu', threads)}[/]")
-        missing = [r.name for r in rows if r.name not in doc["rows"]]
-        if missing:
-            raise BenchInputError(f"baseline {repo_relative(path)}: has no row {missing[0]!r} (suite changed?); "
-                                  f"update it with `make regress-update`")
-        reference, reference_name, mode = baseline_side(doc), f"baseline {repo_relative(path)}", "baseline"
-        check_power(rounds, min(len(reference.normalised(r.name)) for r in rows), alpha)
-        sides = {"current": measure_sides({"current": here}, rows, rounds, threads, console)["current"]}
-    current = sides["current"]
-    results = compare(reference, current, rows, min_effect, alpha)
-    report = Report(mode, reference, current, results, min_effect, alpha, reference_name)
+            return gate_against(here, (tree, commit), against, rows=rows, rounds=rounds, threads=threads,
+                                min_effect=min_effect, alpha=alpha, history=history, console=console)
+    path = Path(baseline) if baseline else baseline_path(threads)
+    doc = load_baseline(path)  # before measuring anything: a missing baseline fails at once
+    if doc.get("fingerprint") != fingerprint("cpu", threads):
+        say(console, f"[yellow]note: {repo_relative(path)} was made on machine {doc.get('fingerprint')}, this "
+                     f"is {fingerprint('cpu', threads)}[/]")
+    missing = [r.name for r in rows if r.name not in doc["rows"]]
+    if missing:
+        say(console, f"[yellow]note: {repo_relative(path)} has no row {', '.join(missing)}: new, measured but not "
+                     f"compared (run make regress-update)[/]")
+    reference = baseline_side(doc)
+    known = [len(reference.normalised(r.name)) for r in rows if r.name in doc["rows"]]
+    if known:
+        check_power(rounds, min(known), alpha)
+    current = measure_sides({"current": here}, rows, rounds, threads, console)["current"]
+    return _report("baseline", reference, current, f"baseline {repo_relative(path)}", rows, min_effect, alpha,
+                   history, threads, [current])
+
+
+def _report(mode: str, reference: Side, current: Side, reference_name: str, rows: Sequence[Row], min_effect: float,
+            alpha: float, history: Path | None, threads: int, measured: Sequence[Side]) -> Report:
+    report = Report(mode, reference, current, compare(reference, current, rows, min_effect, alpha), min_effect,
+                    alpha, reference_name)
     if history is not None:
-        append_history(history, list(sides.values()), mode, threads, [r.row for r in report.regressed])
+        append_history(history, measured, mode, threads, [r.row for r in report.regressed], rows)
     return report
 
 
@@ -68,7 +89,7 @@ def update_baseline(*, path: Path | None = None, rows: Sequence[Row] | None = No
     path = Path(path) if path else baseline_path(threads)
     write_json(path, baseline_document(side, rows, threads, rounds))
     if history is not None:
-        append_history(history, [side], "update", threads)
+        append_history(history, [side], "update", threads, rows=rows)
     return path
 
 
@@ -85,6 +106,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", default=None, help="baseline file (default results/baselines/<fingerprint>.json)")
     parser.add_argument("--rows", default=None,
                         help="comma-separated subset of the suite, by kind or name (default: all rows)")
+    parser.add_argument("--runtime", "--impl", dest="runtime", type=choice_list(RUNTIMES, "runtime"), default=None,
+                        metavar="RUNTIMES",
+                        help=f"comma-separated runtimes to run every row of the suite on ({', '.join(RUNTIMES)}); "
+                             f"default: the block kinds and Container-Light on the reference, and mix, conv and "
+                             f"Container-Light on the fast path (--impl: the old name)")
     parser.add_argument("--rounds", type=int, default=None,
                         help=f"timed rounds per row (default {DEFAULT_ROUNDS}; {DEFAULT_UPDATE_ROUNDS} with --update)")
     parser.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS,
@@ -109,6 +135,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise BenchInputError(f"--min-effect {args.min_effect}: a fraction such as 0.10")
     if not 0 < args.alpha < 1:
         raise BenchInputError(f"--alpha {args.alpha}: must be between 0 and 1")
+    for runtime in args.runtime or ():
+        check_runtime(runtime)  # a known name whose package is missing: say which package
     if args.update and (args.against or args.fallback_against):
         raise BenchInputError("--update and --against: a baseline is written from this tree only; pick one")
     if args.against and args.fallback_against:
@@ -125,7 +153,8 @@ def main(args: argparse.Namespace) -> int:
     out = table_console()
     try:
         _validate(args)
-        rows = select_rows([s.strip() for s in args.rows.split(",") if s.strip()] if args.rows else None)
+        rows = select_rows([s.strip() for s in args.rows.split(",") if s.strip()] if args.rows else None,
+                           args.runtime)
         history = None if args.no_history else Path(args.history)
         if args.update:
             if os.environ.get(SLOWDOWN_ENV) or os.environ.get(PASSES_ENV):

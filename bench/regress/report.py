@@ -69,12 +69,20 @@ def compare(reference: Side, current: Side, rows: Sequence[Row], min_effect: flo
         if name in current.errors:
             results.append(RowResult(name, None, mine, f"cannot build here: {current.errors[name]}", broken=True))
         elif name not in reference.deterministic:
-            why = reference.errors.get(name, "not in the reference")
-            results.append(RowResult(name, None, mine, f"new row, nothing to compare ({why})"))
+            results.append(RowResult(name, None, mine, _new_row_note(reference, name)))
         else:
             verdict = decide(reference.normalised(name), current.normalised(name), min_effect, alpha)
             results.append(RowResult(name, verdict, mine))
     return results
+
+
+def _new_row_note(reference: Side, name: str) -> str:
+    """Why a row has nothing to compare with: it does not fail the gate (the row is new)."""
+    if name in reference.errors:
+        return f"new row, nothing to compare (the reference cannot build it: {reference.errors[name]})"
+    if reference.label == "baseline":
+        return "new, not in the baseline (run make regress-update)"
+    return "new row, nothing to compare (not in the reference)"
 
 
 def _verdict_text(r: RowResult) -> str:
@@ -122,9 +130,11 @@ def render(report: Report, console) -> None:
 
 
 def append_history(path: Path, sides: Sequence[Side], mode: str, threads: int,
-                   regressed: Sequence[str] = ()) -> None:
-    """One JSON line per row and side; the file is rewritten atomically (bench.io)."""
+                   regressed: Sequence[str] = (), rows: Sequence[Row] = ()) -> None:
+    """One JSON line per row and side (with its runtime where `rows` names it); the file is rewritten
+    atomically (bench.io)."""
     path = Path(path)
+    runtimes = {r.name: r.runtime for r in rows}
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     lines = []
     for side in sides:
@@ -140,7 +150,8 @@ def append_history(path: Path, sides: Sequence[Side], mode: str, threads: int,
                 "row_ms_median": side.median_row_ms(row),
                 "calibration_ms_median": side.median_calibration_ms(row), "rounds": len(norm),
                 "regressed": row in regressed and side.label == "current",
-                "injected_passes": side.passes.get(row, 0)} | figures))
+                "injected_passes": side.passes.get(row, 0)}
+                | ({"runtime": runtimes[row]} if row in runtimes else {}) | figures))
     if not lines:
         return
     previous = path.read_text() if path.exists() else ""

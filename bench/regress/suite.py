@@ -1,4 +1,5 @@
-"""What the regression gate measures: the quick suite of rows, and how a row's time is normalised."""
+"""What the regression gate measures: the quick suite of rows (each on a runtime), and how a row's time is
+normalised."""
 from __future__ import annotations
 
 import contextlib
@@ -22,6 +23,12 @@ DEFAULT_UPDATE_ROUNDS = 16  # a baseline is measured once and compared with many
 DEFAULT_THREADS = 1  # on a shared CI box, more intra-op threads than free cores make timings meaningless
 DEFAULT_PAIRS = 3  # timed row calls per round are pairs + 1, each between calibration calls
 
+# Each row runs on a runtime (bench.runtimes). The default suite gates the reference (every block kind,
+# Container-Light) and the fast path users ship (container.optimize: the two block kinds that dominate
+# its time, and Container-Light), so that a slowdown in container/fast/ fails the gate too.
+FAST_KINDS = ("mix", "conv")
+NETWORK = "container_light"
+
 
 @dataclass(frozen=True)
 class Row:
@@ -32,34 +39,59 @@ class Row:
     dim: int | None = None
     side: int | None = None
     network: str | None = None
+    runtime: str = "reference"  # a bench.runtimes name
+
+    @property
+    def short(self) -> str:
+        """The kind or network, with the runtime where it is not the reference ("conv", "mix fast")."""
+        base = self.name.split("@")[0].split(" ")[0]
+        return base if self.runtime == "reference" else f"{base} {self.runtime}"
 
     def spec(self) -> dict[str, Any]:
         """The row as the worker protocol sends it (JSON)."""
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-def suite() -> list[Row]:
-    """Every block kind at one stage shape, and Container-Light at batch 1."""
-    rows = [Row(f"{kind}@{STAGE_DIM}x{STAGE_SIDE} b{BLOCK_BATCH}", "block", BLOCK_BATCH, kind=kind, dim=STAGE_DIM,
-                side=STAGE_SIDE) for kind in container.BLOCK_KINDS]
-    rows.append(Row("container_light b1", "network", 1, network="container_light"))
-    return rows
+def row_name(base: str, runtime: str) -> str:
+    """Reference rows keep the names baselines were made with; other runtimes add theirs."""
+    return base if runtime == "reference" else f"{base} {runtime}"
 
 
-def select_rows(names: Sequence[str] | None) -> list[Row]:
-    rows = suite()
+def block_row(kind: str, runtime: str = "reference") -> Row:
+    return Row(row_name(f"{kind}@{STAGE_DIM}x{STAGE_SIDE} b{BLOCK_BATCH}", runtime), "block", BLOCK_BATCH, kind=kind,
+               dim=STAGE_DIM, side=STAGE_SIDE, runtime=runtime)
+
+
+def network_row(runtime: str = "reference") -> Row:
+    return Row(row_name(f"{NETWORK} b1", runtime), "network", 1, network=NETWORK, runtime=runtime)
+
+
+def suite(runtimes: Sequence[str] | None = None) -> list[Row]:
+    """The rows the gate measures.
+
+    Default: every block kind at one stage shape and Container-Light at batch 1 on the reference,
+    and mix, conv and Container-Light on the fast path. With `runtimes`, every block kind and
+    Container-Light on each of them.
+    """
+    if runtimes is None:
+        return ([block_row(kind) for kind in container.BLOCK_KINDS] + [network_row()]
+                + [block_row(kind, "fast") for kind in FAST_KINDS] + [network_row("fast")])
+    return [row for runtime in dict.fromkeys(runtimes)
+            for row in [*(block_row(kind, runtime) for kind in container.BLOCK_KINDS), network_row(runtime)]]
+
+
+def select_rows(names: Sequence[str] | None, runtimes: Sequence[str] | None = None) -> list[Row]:
+    """The rows of suite(runtimes) named in `names` (by name, or by kind / network: every runtime's row)."""
+    rows = suite(runtimes)
     if not names:
         return rows
-    by_name = {r.name: r for r in rows}
-    by_prefix = {r.name.split("@")[0].split(" ")[0]: r for r in rows}  # "conv", "container_light"
-    chosen = []
+    chosen: list[Row] = []
     for name in names:
-        row = by_name.get(name) or by_prefix.get(name)
-        if row is None:
-            raise BenchInputError(f"--rows {name!r}: not in the suite; valid rows: "
-                                  f"{', '.join(by_prefix)}")
-        if row not in chosen:
-            chosen.append(row)
+        found = [r for r in rows if name in (r.name, r.short, r.short.split(" ")[0])]
+        if not found:
+            valid = ", ".join(dict.fromkeys(r.short.split(" ")[0] for r in rows))
+            raise BenchInputError(f"--rows {name!r}: not in the suite; valid rows: {valid}")
+        chosen += [r for r in found if r not in chosen]
     return chosen
 
 

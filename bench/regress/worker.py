@@ -9,6 +9,11 @@ the gate's own for both sides: this file loads bench/timing.py of the tree it li
 From the tree under test it takes only the public bench API that every revision has: profile,
 build_workload, BlockTarget, NetworkTarget, Options and StopRule.
 
+Each row runs on a runtime (bench.runtimes): Options(runtime=...) where the tree's Options has that
+field, Options(impl=...) for reference / fast in older trees. A row the tree cannot build (no such
+runtime, a conversion that fails, an output that does not match the reference module's) is reported
+as an error for that row, not a crash.
+
 Protocol: one JSON object per line on stdin, one JSON reply per line on stdout (anything the
 measured code prints goes to stderr):
   {"cmd": "setup", "rows": [...], "threads": 1}  -> deterministic figures per row (bench.profile)
@@ -26,6 +31,7 @@ allocator peaks are not affected: only time is.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import math
 import os
@@ -111,6 +117,28 @@ def build_target(spec: dict):
     raise ValueError(f"unknown target type {spec['target']!r}")
 
 
+def _accepts(cls: Any, keyword: str) -> bool:
+    try:
+        parameters = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+    return keyword in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def row_options(runtime: str, **settings: Any) -> Any:
+    """The tree under test's bench.Options for a row on `runtime`.
+
+    Trees with runtimes take Options(runtime=...); older ones had Options(impl=...) with the values
+    reference and fast, and nothing else."""
+    if _accepts(bench.Options, "runtime"):
+        return bench.Options(runtime=runtime, **settings)
+    if runtime == "reference":
+        return bench.Options(**settings)
+    if runtime == "fast" and _accepts(bench.Options, "impl"):
+        return bench.Options(impl=runtime, **settings)
+    raise RuntimeError(f"runtime {runtime!r}: this revision's bench.Options has no runtime of that name")
+
+
 def _flat(profiled: Any) -> dict[str, Any]:
     """bench.profile's result as a flat row: a typed result has .row(); older revisions return the dict."""
     return profiled.row() if hasattr(profiled, "row") else profiled
@@ -143,16 +171,20 @@ class Worker:
         slowdown = float(os.environ.get(SLOWDOWN_ENV, "0") or 0)
         fixed = {k: int(v) for k, v in json.loads(os.environ.get(PASSES_ENV, "") or "{}").items()}
         # profile() times the row too; a token stop rule keeps that short (its figure is not used).
-        options = bench.Options(threads=self.threads,
-                                stop=bench.StopRule(rel_iqr=1.0, min_runs=1, min_time_s=0.0, max_time_s=0.01))
+        stop = bench.StopRule(rel_iqr=1.0, min_runs=1, min_time_s=0.0, max_time_s=0.01)
         self.calibration = calibration_step()
         rows, errors = {}, {}
         for spec in request["rows"]:
             name, batch = spec["name"], int(spec["batch"])
             try:
                 target = build_target(spec)
-                # Deterministic figures through bench.profile, the one measuring path.
+                options = row_options(spec.get("runtime", "reference"), threads=self.threads, stop=stop)
+                # Deterministic figures through bench.profile, the one measuring path; it checks a
+                # runtime's output against the reference module's before timing it.
                 row = _flat(bench.profile(target, batch, options, flops=True, memory=True))
+                if row.get("status", "ok") != "ok":
+                    reason = str(row.get("status_reason") or "").splitlines()
+                    raise RuntimeError(f"status {row['status']}" + (f": {reason[0]}" if reason else ""))
                 rows[name] = {k: row.get(k) for k in DETERMINISTIC}
                 step = bench.build_workload(target, batch, options).step
                 if slowdown > 0 or name in fixed:

@@ -1,7 +1,7 @@
 """The regression gate's suite (bench.regress.suite()) as pytest-benchmark benchmarks.
 
-The same rows, built the same way (bench.build_workload(...).step, 1 intra-op thread by default),
-plus the gate's calibration workload, so that a saved run can be normalised by hand. For the
+The same rows, built the same way (bench.build_workload(...).step on the row's runtime, 1 intra-op
+thread by default), plus the gate's calibration workload, so that a saved run can be normalised by hand. For the
 statistics that decide (calibration interleaved call by call, an effect size and a test), use
 `make regress`; this is the flow for people who prefer pytest-benchmark's own save / compare:
 
@@ -19,9 +19,9 @@ import os
 import pytest
 import torch
 
-from bench import Options, build_workload
+from bench import build_workload
 from bench.regress import suite
-from bench.regress.worker import build_target, calibration_step
+from bench.regress.worker import build_target, calibration_step, row_options
 
 THREADS = int(os.environ.get("CONTAINER_BENCH_PERF_THREADS", "1"))
 ROWS = suite()
@@ -38,7 +38,7 @@ def _threads():
 @pytest.mark.parametrize("row", ROWS, ids=[r.name.replace(" ", "-") for r in ROWS])
 def test_suite_row(benchmark, row):
     target = build_target(row.spec())
-    workload = build_workload(target, row.batch, Options(threads=THREADS))
+    workload = build_workload(target, row.batch, row_options(row.runtime, threads=THREADS))
     benchmark.group = "container-bench regress suite"
     benchmark.extra_info.update(row.spec() | {"threads": THREADS,
                                               "params": sum(p.numel() for p in workload.eager.parameters())})

@@ -1,0 +1,68 @@
+"""`onnxruntime`: the network exported by torch.onnx.export(..., dynamo=True) and run by an InferenceSession.
+
+The model goes to the session in memory, never through a file. CPU execution provider, or CUDA's
+where the row's device is cuda (onnxruntime-gpu). The session's own thread pool is pinned to the
+row's thread count: intra-op threads = threads, one inter-op thread, sequential execution.
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn as nn
+
+from bench.runtimes.converted import Converted, ExportFailed, one_line, quiet
+
+if TYPE_CHECKING:  # annotations only: bench.options imports bench.runtimes.registry
+    from bench.options import Options
+
+
+def convert_onnxruntime(module: nn.Module, x: torch.Tensor, options: Options) -> Converted:
+    import onnxruntime as ort  # here: bench imports without it
+
+    threads = options.threads or torch.get_num_threads()
+    device = torch.device(options.device)
+    module.eval()
+    start = time.perf_counter()
+    try:
+        with quiet():
+            program = torch.onnx.export(module, (x,), dynamo=True, verbose=False)
+            model = program.model_proto.SerializeToString()
+        settings = ort.SessionOptions()
+        settings.intra_op_num_threads = threads
+        settings.inter_op_num_threads = 1
+        settings.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        settings.log_severity_level = 3  # errors only
+        providers = ["CUDAExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
+        session = ort.InferenceSession(model, settings, providers=providers)
+    except Exception as error:
+        raise ExportFailed(one_line(error)) from error
+    convert_s = time.perf_counter() - start
+    (source,), (sink,) = session.get_inputs(), session.get_outputs()
+    if device.type == "cuda":
+        binding = session.io_binding()  # input and output stay on the GPU, as torch's do
+        binding.bind_input(source.name, "cuda", device.index or 0, _numpy_dtype(x), list(x.shape), x.data_ptr())
+        binding.bind_output(sink.name, "cuda", device.index or 0)
+
+        def run() -> object:
+            session.run_with_iobinding(binding)
+            return binding
+
+        def output() -> torch.Tensor:
+            run()
+            return torch.from_numpy(binding.copy_outputs_to_cpu()[0].copy())
+    else:
+        feeds = {source.name: x.detach().numpy()}  # shares x's memory
+        names = [sink.name]
+
+        def run() -> object:
+            return session.run(names, feeds)[0]
+
+        def output() -> torch.Tensor:
+            return torch.from_numpy(run().copy())
+    return Converted("onnxruntime", run, output, convert_s, torch_allocates=False)
+
+
+def _numpy_dtype(x: torch.Tensor):
+    return torch.empty(0, dtype=x.dtype).numpy().dtype

@@ -1,0 +1,187 @@
+"""The regression gate on the runtimes: the suite's rows on the reference and on the fast path (names the
+committed baseline still matches), --runtime / --impl and its bad input, the worker building rows on
+their runtime in older and newer trees, and the gate flagging a slower fast path in a copy of this tree
+while the reference rows pass."""
+import json
+import shutil
+import sys
+import textwrap
+
+import pytest
+from rich.console import Console
+
+import container
+from bench import BenchInputError, regress
+from bench import cli as bench_cli
+from bench.env import REPO_ROOT
+
+
+def test_the_default_suite_gates_the_fast_path_and_keeps_the_baseline_s_reference_rows():
+    rows = regress.suite()
+    fast = [r for r in rows if r.runtime == "fast"]
+    assert [r.name for r in fast] == ["mix@320x14 b4 fast", "conv@320x14 b4 fast", "container_light b1 fast"]
+    assert all(r.spec()["runtime"] == "fast" for r in fast)
+    reference = [r for r in rows if r.runtime == "reference"]
+    assert {r.kind for r in reference if r.kind} == set(container.BLOCK_KINDS)
+    committed = json.loads((REPO_ROOT / "results" / "baselines" / "ef0d51498d13.json").read_text())
+    assert {r.name for r in reference} == set(committed["rows"])  # today's names: the baseline still matches
+
+
+def test_runtime_runs_every_row_of_the_suite_on_the_runtimes_named():
+    fast = regress.select_rows(None, ["fast"])
+    assert len(fast) == len(container.BLOCK_KINDS) + 1 and {r.runtime for r in fast} == {"fast"}
+    assert [r.name for r in regress.select_rows(["attn"], ["reference", "openvino"])] == [
+        "attn@320x14 b4", "attn@320x14 b4 openvino"]
+    with pytest.raises(BenchInputError, match="--rows 'nonsense'"):
+        regress.select_rows(["nonsense"], ["fast"])
+
+
+def _bench_main(*argv):
+    with pytest.raises(SystemExit) as exit_info:
+        code = bench_cli.main(["regress", *argv])
+        raise SystemExit(code)
+    return exit_info.value.code
+
+
+def test_an_unknown_runtime_lists_the_valid_ones(capsys):
+    for flag in ("--runtime", "--impl"):
+        assert _bench_main(flag, "reference,nonsense", "--no-history") == 2
+        err = capsys.readouterr().err.strip()
+        assert "nonsense" in err and "reference, fast, onnxruntime, openvino" in err
+        assert "\n" not in err and "Traceback" not in err
+
+
+def test_a_runtime_whose_package_is_missing_names_the_package(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` raises ImportError
+    assert _bench_main("--runtime", "fast,openvino", "--no-history") == 2
+    err = capsys.readouterr().err.strip()
+    assert "'openvino'" in err and "pip install openvino" in err and "\n" not in err
+
+
+# Stand-ins for the Options of other revisions: an older tree has Options(impl=...) with reference and
+# fast only; a newer one has Options(runtime=...), and its profile reports a runtime whose output does
+# not match the reference module's as status "mismatch".
+STAND_IN_OPTIONS = {
+    "impl": textwrap.dedent("""
+        from dataclasses import dataclass
+
+        @dataclass(frozen=True)
+        class Options:
+            impl: str = "reference"
+            threads: int = None
+            stop: object = None
+
+            @property
+            def runtime(self):
+                return self.impl
+    """),
+    "runtime": textwrap.dedent("""
+        from dataclasses import dataclass
+
+        @dataclass(frozen=True)
+        class Options:
+            runtime: str = "reference"
+            threads: int = None
+            stop: object = None
+    """),
+}
+STAND_IN_RUNTIME_BENCH = textwrap.dedent("""
+    from types import SimpleNamespace
+
+    PARAMS = {"reference": 7, "fast": 8, "onnxruntime": 9}
+
+
+    class StopRule:
+        def __init__(self, **kwargs):
+            pass
+
+
+    class BlockTarget:
+        def __init__(self, kind, dim, side):
+            pass
+
+
+    class NetworkTarget:
+        pass
+
+
+    def profile(target, batch, options, flops=True, memory=True):
+        row = {"params": PARAMS.get(options.runtime, 0), "macs_fvcore": 11, "cpu_alloc_peak_bytes": None,
+               "status": "ok", "status_reason": ""}
+        if options.runtime == "openvino":
+            row |= {"status": "mismatch", "status_reason": "max relative error 0.5 > 0.0001"}
+        return SimpleNamespace(row=lambda: row)
+
+
+    def build_workload(target, batch, options):
+        return SimpleNamespace(step=lambda: sum(range(2000)))
+""")
+
+
+@pytest.mark.parametrize("field", ["impl", "runtime"])
+def test_the_worker_builds_rows_on_their_runtime_in_older_and_newer_trees(tmp_path, field):
+    for package, text in (("bench", STAND_IN_OPTIONS[field] + STAND_IN_RUNTIME_BENCH), ("container", "")):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text(text)
+    specs = [{"name": runtime, "target": "block", "kind": "conv", "dim": 8, "side": 4, "batch": 2,
+              "runtime": runtime} for runtime in ("reference", "fast", "onnxruntime", "openvino")]
+    worker = regress.WorkerProcess(tmp_path, "reference", threads=1, inject=False)
+    try:
+        setup = worker.request({"cmd": "setup", "rows": specs, "threads": 1})
+    finally:
+        worker.close()
+    built = {name: figures["params"] for name, figures in setup["rows"].items()}
+    errors = setup["errors"]
+    if field == "impl":  # Options(impl="fast") for the fast path; no other runtime in such a tree
+        assert built == {"reference": 7, "fast": 8}
+        assert set(errors) == {"onnxruntime", "openvino"}
+        assert "no runtime of that name" in errors["openvino"]
+    else:
+        assert built == {"reference": 7, "fast": 8, "onnxruntime": 9}
+        assert list(errors) == ["openvino"] and "status mismatch: max relative error 0.5" in errors["openvino"]
+    assert all("\n" not in e for e in errors.values())
+
+
+# --- the gate on the fast path: a copy of this tree whose container.optimize does redundant work ---------
+
+SLOWER_FAST_PATH = '''
+
+# Added by tests/test_regress.py: every block of the fast inference path computed three times.
+_block_infer_once = block_infer
+
+
+def block_infer(x, k, lowp=None):
+    out = _block_infer_once(x, k, lowp)
+    for _ in range(2):
+        _block_infer_once(x, k, lowp)
+    return out
+'''
+
+
+def _copy_tree(to):
+    for package in ("bench", "container"):
+        shutil.copytree(REPO_ROOT / package, to / package, ignore=shutil.ignore_patterns("__pycache__"))
+    return to
+
+
+def test_the_gate_flags_a_slower_fast_path_and_passes_the_reference_rows(tmp_path):
+    plain = _copy_tree(tmp_path / "plain")
+    slowed = _copy_tree(tmp_path / "slowed")
+    infer = slowed / "container" / "fast" / "infer.py"
+    assert "def block_infer(" in infer.read_text()
+    infer.write_text(infer.read_text() + SLOWER_FAST_PATH)
+    rows = [regress.Row(f"conv@64x14 b2{suffix}", "block", 2, kind="conv", dim=64, side=14, runtime=runtime)
+            for runtime, suffix in (("reference", ""), ("fast", " fast"))]
+    # The default 10% effect size holds on a quiet machine; 50% keeps the reference row's verdict sure on a
+    # loaded one, and the fast path here got three times slower.
+    report = regress.gate_against((slowed, "slowed"), (plain, "plain"), "a copy of this tree", rows=rows,
+                                  rounds=regress.DEFAULT_ROUNDS, min_effect=0.5, history=None)
+    console = Console(record=True, width=200)
+    regress.render(report, console)
+    table = console.export_text()
+    by_row = {r.row: r for r in report.rows}
+    assert [r.row for r in report.regressed] == ["conv@64x14 b2 fast"], table
+    fast = by_row["conv@64x14 b2 fast"].verdict
+    assert fast is not None and fast.regressed and fast.change > 0.5, table  # three times the work: clearly slower
+    assert not by_row["conv@64x14 b2"].changes, table  # same figures: only time changed
+    assert "1 of 2 rows regressed: conv@64x14 b2 fast" in table
