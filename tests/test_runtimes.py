@@ -55,9 +55,9 @@ def test_every_runtime_is_checked_against_the_reference_then_timed(runtime, kind
     if runtime == "reference":
         assert result.max_rel_error == 0  # the reference against itself, on the same input
     assert result.latency is not None and row["latency_median_ms"] > 0
-    if runtime in TORCH_RUNTIMES:
+    if runtime == "reference":
         assert math.isnan(result.convert_s)  # nothing to convert without torch.compile
-    else:
+    else:  # fast: container.optimize; onnxruntime / openvino: export and compile
         assert result.convert_s > 0 and row["convert_s"] == result.convert_s
 
 
