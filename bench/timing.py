@@ -150,7 +150,7 @@ def time_calls(fn: Callable[[], object], number: int, device: torch.device) -> f
 
 
 @contextlib.contextmanager
-def _intra_op_threads(threads: int | None) -> Iterator[int]:
+def intra_op_threads(threads: int | None) -> Iterator[int]:
     """Run with `threads` intra-op threads (default: as now); the previous count comes back after."""
     previous = torch.get_num_threads()
     threads = threads or previous
@@ -173,7 +173,7 @@ def measure_latency(fn: Callable[[], object], *, device: str | torch.device = "c
     """
     keep_freed_memory()
     device = torch.device(device)
-    with _intra_op_threads(threads) as threads:
+    with intra_op_threads(threads) as threads:
         cold_s = time_calls(fn, 1, device)
 
         first = (str(device), threads) not in _warmed_up
@@ -223,7 +223,7 @@ def measure_interleaved(first: Callable[[], object], second: Callable[[], object
     device = torch.device(device)
     times: tuple[list[float], list[float]] = ([], [])
     untimed = 0
-    with _intra_op_threads(threads):
+    with intra_op_threads(threads):
         began = time.perf_counter()
         for i in range(2 * pairs + 1):
             if i > 0 and time.perf_counter() - began >= max_time_s:

@@ -16,15 +16,15 @@ better". A new proxy is one decorated function: `@register_proxy("name")`.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Protocol
 
 import torch
 import torch.nn as nn
 
 import bench
+from bench.timing import intra_op_threads  # scoring uses the deployment's thread count
 import container
 from container import NetworkConfig
 
@@ -121,19 +121,6 @@ def count_flops(model: nn.Module, config: NetworkConfig, device: torch.device | 
     return bench.count_flops(model.eval(), x).flops_fvcore
 
 
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run with `n` intra-op threads (None: leave them), restoring the previous count after. Scoring uses the
-    deployment's thread count: more threads than free cores only adds contention."""
-    previous = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 @dataclass(frozen=True)
 class Scores:
     score: float
@@ -172,12 +159,12 @@ class ProxyScorer:
 
     def size(self, config: NetworkConfig) -> tuple[int, int]:
         """(#params, FLOPs) without the score."""
-        with torch_threads(self.threads):
+        with intra_op_threads(self.threads):
             model = self._build(config, self.seed)
             return count_params(model), count_flops(model, config, self.device)
 
     def evaluate(self, config: NetworkConfig) -> Scores:
-        with torch_threads(self.threads):
+        with intra_op_threads(self.threads):
             return self._evaluate(config)
 
     def _evaluate(self, config: NetworkConfig) -> Scores:
@@ -200,4 +187,4 @@ class ProxyScorer:
 
 
 __all__ = ["PROXIES", "Proxy", "ProxyScorer", "Scorer", "Scores", "count_flops", "count_params", "list_proxies",
-           "naswot", "register_proxy", "synflow", "torch_threads"]
+           "naswot", "register_proxy", "synflow"]

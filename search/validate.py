@@ -46,9 +46,10 @@ import container
 from bench.cli_kit import Parser, positive_float, positive_int, writable_dir
 from bench.formatting import markdown_table
 from bench.io import save_figure, write_json, write_table, write_text
+from bench.timing import intra_op_threads
 from container import NetworkConfig, StageConfig
 
-from search.proxies import PROXIES, ProxyScorer, list_proxies, torch_threads
+from search.proxies import PROXIES, ProxyScorer, list_proxies
 from search.sampling import sample_configs
 from search.settings import DEFAULT_OBJECTIVE, VALIDATION_DIR
 from search.space import SearchInputError, SearchSpace
@@ -243,7 +244,7 @@ def validate_proxy(settings: ValidationSettings = ValidationSettings(), space: S
     scaled = [scale_config(c, width_div=settings.width_div, image_size=settings.image_size) for c in full]
     data = digits(settings.image_size)
     acc_rows, score_rows = [], []
-    with torch_threads(settings.threads):
+    with intra_op_threads(settings.threads):
         threads = torch.get_num_threads()
         for i, config in enumerate(scaled):
             t0 = time.perf_counter()
