@@ -26,11 +26,12 @@ bench: install
 	$(PY) -m bench
 
 # container.optimize against the seed-faithful reference, same weights and inputs, one run: the seed's
-# MixBlock at the four stage shapes (--batch-sizes 32 is the 320@14x14 stage's own batch: no sweep)
-# and Container-Light, in fp32 and bf16 autocast. report.md ends with the runtime table.
+# MixBlock at the four stage shapes at their batches (8/16/32/64) and Container-Light at batch 1, in fp32
+# and bf16 autocast. --batch-sizes 1 is Container-Light's batch; it also adds the 320@14x14 stage's sweep
+# row at batch 1. report.md ends with the runtime table.
 bench-fast: install
 	$(PY) -m bench --kinds mix --networks container_light --runtime reference,fast --dtype fp32,bf16 \
-		--batch-sizes 32 --no-rss
+		--batch-sizes 1 --no-rss
 
 # Every deployment runtime on the same workloads, one run (bench/suite.py runtime_jobs): Container-Light and
 # container() at batch 1 and 8, every block kind at the four stage shapes at batch 1, the mix block at the
@@ -42,11 +43,13 @@ bench-runtimes: install
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .benchmarks
 
-# The throughput regression gate (bench/regress/): exit 0 ok, 1 regressed, 2 bad input (e.g. no
-# baseline for this machine). REGRESS_ARGS passes options, e.g. REGRESS_ARGS="--against origin/main".
+# The throughput regression gate (bench/regress/) on a suite file (default: the project's own): exit 0 ok,
+# 1 regressed, 2 bad input (e.g. no baseline for this suite and machine). REGRESS_ARGS passes options, e.g.
+# REGRESS_ARGS="--against origin/main"; REGRESS_SUITE=my_suite.yaml gates your own rows.
+REGRESS_SUITE ?= bench/regress/suites/default.yaml
 .PHONY: regress regress-update
 regress: install
-	$(PY) -m bench regress $(REGRESS_ARGS)
+	$(PY) -m bench regress --suite $(REGRESS_SUITE) $(REGRESS_ARGS)
 
 regress-update: install
-	$(PY) -m bench regress --update $(REGRESS_ARGS)
+	$(PY) -m bench regress --suite $(REGRESS_SUITE) --update $(REGRESS_ARGS)

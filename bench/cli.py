@@ -17,12 +17,12 @@ from rich.console import Console
 import container
 from bench import history, regress
 from bench.affinity import block_and_input, draw_affinity
-from bench.cli_kit import (EXIT_BAD_INPUT, Parser, choice_list, fail, names, non_negative_int, positive_int,
-                           positive_ints, program_name, writable_dir, writable_file)
+from bench.cli_kit import (EXIT_BAD_INPUT, Parser, argument_type, choice_list, comma_list, fail, names,
+                           non_negative_int, positive_int, positive_ints, program_name, writable_dir, writable_file)
 from bench.io import results_root
 from bench.runtimes import RUNTIMES
 from bench.suite import QUICK_STOP, SUITES, new_run_dir, resolve_devices, run_suite, suite_jobs
-from bench.targets import BenchInputError
+from bench.targets import BenchInputError, ModuleTarget, network_target, parse_shape
 from bench.workload import Options
 
 EXIT_INTERRUPTED = 130
@@ -31,11 +31,13 @@ EXIT_INTERRUPTED = 130
 def configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", choices=SUITES, default="default",
                    help="default: every kind at the four stage shapes plus a batch sweep, and the networks at "
-                        "batch 1; runtimes: the runtime table (make bench-runtimes): the networks at batch 1 and 8, "
-                        "every kind at the stage shapes at batch 1, the mix block at its stage batches")
+                        "batch 1 (each of --batch-sizes when given); runtimes: the runtime table (make "
+                        "bench-runtimes): the networks at batch 1 and 8, every kind at the stage shapes at batch 1, "
+                        "the mix block at its stage batches")
     p.add_argument("--quick", action="store_true",
                    help="sub-minute smoke run: every kind at the 512@7x7 stage (batch 8; 1 with --suite runtimes), "
-                        "Container-Light at batch 1, short timing, no isolated-process RSS")
+                        "Container-Light (or the networks and models named) at batch 1, short timing, no "
+                        "isolated-process RSS")
     p.add_argument("--device", default="auto", help="auto (CPU, and CUDA when present) or a list: cpu,cuda")
     p.add_argument("--dtype", type=names, default=["fp32"], help="fp32, bf16, fp16 (autocast); a list runs each")
     p.add_argument("--channels-last", choices=("off", "on", "both"), default="off", help="memory layout")
@@ -47,11 +49,23 @@ def configure_run(p: argparse.ArgumentParser) -> None:
                         "(container.optimize), onnxruntime, openvino (default: reference; every runtime with "
                         "--suite runtimes). --impl is an alias")
     p.add_argument("--kinds", type=choice_list(container.BLOCK_KINDS, "kind"), default=None,
-                   help=f"block kinds (default all: {','.join(container.BLOCK_KINDS)})")
-    p.add_argument("--networks", type=choice_list(container.list_models(), "network"), default=None,
-                   help=f"networks (default container_light,container; valid: {','.join(container.list_models())})")
+                   help=f"block kinds: {','.join(container.BLOCK_KINDS)}. Naming targets selects them: with any of "
+                        f"--kinds, --networks, --model only those named run; with none, the suite's (every kind, "
+                        f"container_light and container)")
+    p.add_argument("--networks", type=comma_list(argument_type(network_target)), default=None,
+                   help=f"networks, a list: registered names ({','.join(container.list_models())}) or config files "
+                        f"(JSON or YAML NetworkConfig fields, e.g. the search's best.json); a row is named by the "
+                        f"name or the path as given")
+    p.add_argument("--model", action="extend", type=names, default=None, metavar="SPEC",
+                   help="your own nn.Module: package.module:callable, called with no arguments (the working "
+                        "directory is importable); repeat the flag or give a list for several. Needs --input-shape. "
+                        "Rows are named by the spec; --runtime fast takes Container blocks and networks only "
+                        "(export_failed otherwise)")
+    p.add_argument("--input-shape", type=argument_type(parse_shape), default=None, metavar="C,H,W",
+                   help="one sample's shape for --model (the batch size is added in front), e.g. 3,224,224")
     p.add_argument("--batch-sizes", type=positive_ints, default=None,
-                   help="batch sweep at the 320@14x14 stage (default 1,8; the default suite only)")
+                   help="the default suite's batch sizes: the sweep at the 320@14x14 stage (default 1,8) and the "
+                        "networks' and models' batches (default 1)")
     p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: torch's)")
     p.add_argument("--no-rss", action="store_true", help="skip the isolated-process peak RSS")
     p.add_argument("--out", type=writable_dir, default=None,
@@ -68,11 +82,28 @@ def run(args: argparse.Namespace) -> int:
                                                                    dict.fromkeys(runtimes))]
     for o in options:
         o.validate()
-    jobs = suite_jobs(args.suite, options, kinds=args.kinds, networks=args.networks, quick=args.quick,
-                      batch_sizes=args.batch_sizes)
+    models = _models(args.model, args.input_shape)
+    kinds, networks = args.kinds, args.networks
+    if any(named is not None for named in (kinds, networks, args.model)):
+        kinds, networks = kinds or [], networks or []
+    jobs = suite_jobs(args.suite, options, kinds=kinds, networks=networks, quick=args.quick,
+                      batch_sizes=args.batch_sizes, models=models)
     run_suite(jobs, args.out or new_run_dir(), rss=not (args.no_rss or args.quick),
               progress=not args.no_progress, calibration_stop=QUICK_STOP if args.quick else None)
     return 0
+
+
+def _models(specs: list[str] | None, input_shape: tuple[int, ...] | None) -> list[ModuleTarget]:
+    if specs is None:
+        if input_shape is not None:
+            raise BenchInputError("--input-shape: applies to --model only (one sample's shape of your module)")
+        return []
+    if input_shape is None:
+        raise BenchInputError("--model: needs --input-shape C,H,W, one sample's shape, e.g. 3,224,224")
+    try:
+        return [ModuleTarget.from_callable(spec, input_shape) for spec in dict.fromkeys(specs)]
+    except BenchInputError as e:
+        raise BenchInputError(f"--model {e}") from None
 
 
 def _query(text: str) -> tuple[int, int]:

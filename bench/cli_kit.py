@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, NoReturn, TypeVar
 
+from bench.targets import BenchInputError
+
 T = TypeVar("T")
 
 EXIT_BAD_INPUT = 2
@@ -82,6 +84,17 @@ fraction = _checked(float, "a number", lambda v: 0 <= v < 1, "a fraction in [0, 
 
 
 # --- lists --------------------------------------------------------------------------------------------------
+
+
+def argument_type(convert: Callable[[str], T]) -> Callable[[str], T]:
+    """A library parser (raising BenchInputError) as an argparse type: its message follows the flag's name."""
+    def parse(text: str) -> T:
+        try:
+            return convert(text)
+        except BenchInputError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = convert.__name__
+    return parse
 
 
 def split_commas(text: str) -> list[str]:

@@ -182,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for runtime in args.runtime or ():
             check_runtime(runtime)
-        rows = regress.select_rows([s.strip() for s in args.rows.split(",") if s.strip()], args.runtime)
+        suite = regress.load_suite()
+        rows = regress.on_runtimes(suite.rows, args.runtime) if args.runtime else list(suite.rows)
+        rows = regress.select_rows(rows, [s.strip() for s in args.rows.split(",") if s.strip()])
         if args.runs < 1 or not 0 < args.slowdown < 1:
             raise BenchInputError("--runs must be >= 1 and --slowdown a fraction such as 0.15")
         os.environ.pop(SLOWDOWN_ENV, None)

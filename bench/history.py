@@ -41,9 +41,15 @@ def read_history(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def select(records: list[dict[str, Any]], machine: str | None) -> list[dict[str, Any]]:
-    """The records of one machine fingerprint (default: the most recent record's) made by the
-    gate's current measuring method (figures made another way are not comparable)."""
+def select(records: list[dict[str, Any]], machine: str | None, suite: str | None = None) -> list[dict[str, Any]]:
+    """The records of one suite (records from before suite files are the default suite's) and one machine
+    fingerprint (default: the most recent record's) made by the gate's current measuring method (figures
+    made another way are not comparable)."""
+    if suite is not None:
+        known_suites = sorted({str(r.get("suite", "default")) for r in records})
+        records = [r for r in records if r.get("suite", "default") == suite]
+        if not records:
+            raise BenchInputError(f"--suite {suite}: no records; suites in the history: {', '.join(known_suites)}")
     if machine == "all":
         return records
     records = [r for r in records if r.get("method") == METHOD]
@@ -107,11 +113,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=writable_file, default=DEFAULT_OUT, help="PNG to write")
     parser.add_argument("--machine", default=None,
                         help="machine fingerprint to plot (default: the latest record's; 'all' for every machine)")
+    parser.add_argument("--suite", default=None, help="the gate suite's name to plot (default: every suite's rows)")
 
 
 def main(args: argparse.Namespace) -> int:
     try:
-        records = select(read_history(Path(args.history)), args.machine)
+        records = select(read_history(Path(args.history)), args.machine, args.suite)
         out = plot(records, Path(args.out))
     except BenchInputError as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)

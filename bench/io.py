@@ -1,7 +1,9 @@
-"""Where results go and how they are written.
+"""Where results go and how they are written, and how input documents are read.
 
 One results root for every command, whatever the working directory (`results_root`), and atomic
 writers: a run killed half-way leaves no half-written file and earlier files intact.
+`read_document` reads a JSON or YAML input file (a config, a search space, a suite), raising
+bench.targets.BenchInputError with one line that names the file.
 """
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ from typing import Any, Iterator
 import pandas as pd
 
 from bench.env import REPO_ROOT
+# Defined beside BenchInputError, which it raises: bench.targets reads config files with it, so its
+# importing bench.io would close an import cycle. The redundant alias marks the re-export.
+from bench.targets import read_document as read_document
 
 RESULTS_ENV = "CONTAINER_BENCH_RESULTS"
 

@@ -19,7 +19,8 @@ from bench.isolated import RssWorker
 from bench.profiler import profile
 from bench.report import print_summary, table_console, write_report
 from bench.roofline import Roofline, calibrate
-from bench.targets import STAGE_SHAPES, BenchInputError, BlockTarget, NetworkTarget, Target
+from bench.targets import (STAGE_SHAPES, BenchInputError, BlockTarget, ModuleTarget, NetworkTarget, Target,
+                           network_target)
 from bench.timing import StopRule
 from bench.workload import Options
 
@@ -29,7 +30,11 @@ SWEEP_STAGE = 2  # the 320 @ 14x14 stage: every kind is cheap enough there to sw
 SWEEP_BATCHES = (1, 8)
 QUICK_BATCH = 8
 NETWORK_BATCHES = (1, 8)  # the runtimes suite's networks
+DEFAULT_NETWORKS = ("container_light", "container")
 SUITES = ("default", "runtimes")
+
+# A network by registered name or config file path, a NetworkTarget, or a ModuleTarget (--model): run whole.
+WholeModel = str | NetworkTarget | ModuleTarget
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,7 @@ class Job:
     target: Target
     batch_size: int
     options: Options
-    group: str  # "stage", "batch-sweep" or "network": how the report groups rows
+    group: str  # "stage", "batch-sweep", "network" or "module": how the report groups rows
     rss: bool = True
 
 
@@ -56,48 +61,68 @@ def block_jobs(kinds: Iterable[str], options: Options, stages: Iterable[int] = r
     return jobs
 
 
-def network_jobs(names: Iterable[str], options: Options, batch_sizes: Iterable[int] = (1,)) -> list[Job]:
-    return [Job(NetworkTarget.named(name), batch, options, "network") for name in names for batch in batch_sizes]
+def network_jobs(networks: Iterable[WholeModel], options: Options, batch_sizes: Iterable[int] = (1,)) -> list[Job]:
+    """Whole networks and modules, each at every batch size: names and config files become NetworkTargets."""
+    jobs = []
+    for network in networks:
+        target = network_target(network) if isinstance(network, str) else network
+        group = "module" if isinstance(target, ModuleTarget) else "network"
+        jobs += [Job(target, batch, options, group) for batch in batch_sizes]
+    return jobs
+
+
+def whole_models(networks: Iterable[WholeModel] | None, models: Iterable[ModuleTarget],
+                 quick: bool) -> list[WholeModel]:
+    """The networks and modules a suite runs whole: those given, with DEFAULT_NETWORKS where `networks` is
+    None (--quick: the first of them only, to stay sub-minute)."""
+    if networks is None:
+        networks = DEFAULT_NETWORKS[:1] if quick else DEFAULT_NETWORKS
+    return [*networks, *models]
 
 
 def default_jobs(options_list: Iterable[Options], kinds: Iterable[str] | None = None,
-                 networks: Iterable[str] | None = None, quick: bool = False,
-                 batch_sizes: Iterable[int] | None = None) -> list[Job]:
-    """`make bench`: every kind at the four stage shapes plus a batch sweep, and the two networks.
+                 networks: Iterable[WholeModel] | None = None, quick: bool = False,
+                 batch_sizes: Iterable[int] | None = None, models: Iterable[ModuleTarget] = ()) -> list[Job]:
+    """`make bench`: every kind at the four stage shapes plus a batch sweep at the 320@14x14 stage, and the
+    two networks; the networks and `models` at each of `batch_sizes` (default batch 1).
 
-    --quick: every kind at the last stage shape only, and Container-Light at batch 1.
+    --quick: every kind at the last stage shape only, and Container-Light (or the networks and models
+    given) at batch 1 (at each of `batch_sizes` when given).
     """
-    kinds = list(kinds or container.BLOCK_KINDS)
-    networks = list(networks if networks is not None else ["container_light", "container"])
+    kinds = list(container.BLOCK_KINDS if kinds is None else kinds)
+    wholes = whole_models(networks, models, quick)
+    whole_batches = tuple(batch_sizes or (1,))
     jobs = []
     for options in options_list:
         if quick:
             jobs += block_jobs(kinds, options.replace(stop=QUICK_STOP), stages=[3], batch=QUICK_BATCH)
-            jobs += network_jobs(networks[:1], options.replace(stop=QUICK_STOP))
+            jobs += network_jobs(wholes, options.replace(stop=QUICK_STOP), whole_batches)
             continue
         sweep = {SWEEP_STAGE: tuple(batch_sizes or SWEEP_BATCHES)}
         jobs += block_jobs(kinds, options, batch_sizes=sweep)
-        jobs += network_jobs(networks, options)
+        jobs += network_jobs(wholes, options, whole_batches)
     return grouped_by_workload(jobs)
 
 
 def runtime_jobs(options_list: Iterable[Options], kinds: Iterable[str] | None = None,
-                 networks: Iterable[str] | None = None, quick: bool = False) -> list[Job]:
-    """`make bench-runtimes`, each job once per Options (one per runtime): the networks at batch 1 and 8,
-    every kind at the four stage shapes at batch 1, and the mix block at the four stage shapes at their
-    stage batches (8/16/32/64).
+                 networks: Iterable[WholeModel] | None = None, quick: bool = False,
+                 models: Iterable[ModuleTarget] = ()) -> list[Job]:
+    """`make bench-runtimes`, each job once per Options (one per runtime): the networks (and `models`) at
+    batch 1 and 8, every kind at the four stage shapes at batch 1, and the mix block at the four stage
+    shapes at their stage batches (8/16/32/64).
 
-    --quick: every kind at the last stage shape at batch 1, and the first network at batch 1.
+    --quick: every kind at the last stage shape at batch 1, and the first network (or the networks and
+    models given) at batch 1.
     """
-    kinds = list(kinds or container.BLOCK_KINDS)
-    networks = list(networks if networks is not None else ["container_light", "container"])
+    kinds = list(container.BLOCK_KINDS if kinds is None else kinds)
+    wholes = whole_models(networks, models, quick)
     jobs = []
     for options in options_list:
         if quick:
             jobs += block_jobs(kinds, options.replace(stop=QUICK_STOP), stages=[3], batch=1)
-            jobs += network_jobs(networks[:1], options.replace(stop=QUICK_STOP))
+            jobs += network_jobs(wholes, options.replace(stop=QUICK_STOP))
             continue
-        jobs += network_jobs(networks, options, batch_sizes=NETWORK_BATCHES)
+        jobs += network_jobs(wholes, options, batch_sizes=NETWORK_BATCHES)
         jobs += block_jobs(kinds, options, batch=1)
         if "mix" in kinds:
             jobs += block_jobs(["mix"], options)
@@ -105,16 +130,17 @@ def runtime_jobs(options_list: Iterable[Options], kinds: Iterable[str] | None = 
 
 
 def suite_jobs(suite: str, options_list: Iterable[Options], kinds: Iterable[str] | None = None,
-               networks: Iterable[str] | None = None, quick: bool = False,
-               batch_sizes: Iterable[int] | None = None) -> list[Job]:
-    """The jobs of a named suite (SUITES); --batch-sizes is the default suite's sweep, and only its."""
+               networks: Iterable[WholeModel] | None = None, quick: bool = False,
+               batch_sizes: Iterable[int] | None = None, models: Iterable[ModuleTarget] = ()) -> list[Job]:
+    """The jobs of a named suite (SUITES). None (kinds, networks) is the suite's default set, an empty
+    list none. --batch-sizes is the default suite's: its block sweep and its networks' and models' batches."""
     if suite == "default":
-        return default_jobs(options_list, kinds, networks, quick, batch_sizes)
+        return default_jobs(options_list, kinds, networks, quick, batch_sizes, models)
     if suite == "runtimes":
         if batch_sizes is not None:
             raise BenchInputError("--batch-sizes: the runtimes suite has fixed batch sizes (the default suite's "
-                                  "sweep only)")
-        return runtime_jobs(options_list, kinds, networks, quick)
+                                  "only)")
+        return runtime_jobs(options_list, kinds, networks, quick, models)
     raise BenchInputError(f"--suite {suite!r}: valid suites: {', '.join(SUITES)}")
 
 

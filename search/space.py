@@ -21,6 +21,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from bench.io import read_document
+from bench.targets import BenchInputError
 from container import BLOCK_KINDS, MIXING_MODES, NetworkConfig, StageConfig
 from container.kinds import block_kind
 
@@ -195,18 +197,11 @@ class SearchSpace:
 
     @classmethod
     def load(cls, path: str | Path) -> "SearchSpace":
-        """A space from a JSON or YAML file (YAML is a superset of JSON, so one parser reads both)."""
-        path = Path(path)
+        """A space from a JSON or YAML file."""
         try:
-            text = path.read_text()
-        except OSError as e:
-            raise SearchInputError(f"--space {path}: cannot read ({e.strerror or e})") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise SearchInputError(f"--space {path}: not valid JSON or YAML{where}") from None
+            data = read_document(path, "--space")
+        except BenchInputError as e:
+            raise SearchInputError(str(e)) from None
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:

@@ -138,6 +138,10 @@ class SearchStudy:
             trial.set_user_attr("runtime", s.deployment.runtime)
             latency = self.latency.measure(config)
             trial.set_constraint(CONSTRAINT, latency.median_ms - s.budget_ms)
+            # optuna-dashboard (0.21) reads only the list that Optuna < 5 kept under "constraints", not
+            # set_constraint's "constraints:<name>", and would draw every over-budget trial as feasible. Optuna 5
+            # reads both (the copy as constraint "0"): feasibility and TPE's order of violations are unchanged.
+            trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [latency.median_ms - s.budget_ms])
             for k, v in (("latency_median_ms", latency.median_ms), ("latency_p90_ms", latency.p90_ms),
                          ("latency_iqr_ms", latency.iqr_ms), ("latency_noisy", latency.noisy),
                          ("latency_cached", latency.cached), ("latency_source", latency.source)):

@@ -146,7 +146,8 @@ def test_a_baseline_round_trips(tmp_path):
     rows = [regress.Row("a", "block", 4, kind="conv", dim=320, side=14)]
     side = _side("current", FIGURES, lognormal(8, seed=14))
     path = tmp_path / "b.json"
-    path.write_text(json.dumps(regress.baseline_document(side, rows, threads=1, rounds=8), default=str))
+    document = regress.baseline_document(side, regress.Suite("t", tuple(rows), 1), rows, rounds=8)
+    path.write_text(json.dumps(document, default=str))
     back = regress.baseline_side(regress.load_baseline(path))
     assert back.deterministic == side.deterministic
     assert back.normalised("a") == pytest.approx(side.normalised("a"))
@@ -180,11 +181,12 @@ def test_fallback_against_takes_the_revision_only_where_this_machine_has_no_base
 
 
 def test_rows_are_picked_by_kind_or_name():
-    assert [r.name for r in regress.select_rows(["conv", "container_light"])] == [
+    rows = regress.load_suite().rows
+    assert [r.name for r in regress.select_rows(rows, ["conv", "container_light"])] == [
         "conv@320x14 b4", "conv@320x14 b4 fast", "container_light b1", "container_light b1 fast"]
-    assert [r.name for r in regress.select_rows(["mix fast", "attn@320x14 b4"])] == [
+    assert [r.name for r in regress.select_rows(rows, ["mix fast", "attn@320x14 b4"])] == [
         "mix@320x14 b4 fast", "attn@320x14 b4"]
-    assert len(regress.select_rows(None)) == len(regress.suite()) == 11
+    assert len(regress.select_rows(rows, None)) == len(rows) == 11
 
 
 def test_a_row_the_baseline_lacks_is_reported_new_and_does_not_fail():
@@ -216,6 +218,18 @@ def test_history_appends_and_plots(tmp_path):
     assert [r["git_commit"] for r in records] == ["c1", "c2", "c3"] and records[2]["regressed"]
     out = history.plot(history.select(records, None), tmp_path / "h.png")
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_history_keeps_suites_apart(tmp_path):
+    path = tmp_path / "history.jsonl"
+    for suite in ("mine", None):  # None: a record from before suite files, the default suite's
+        regress.append_history(path, [_side("current", FIGURES, lognormal(8, seed=15))], "baseline", threads=1,
+                               suite=suite)
+    records = history.read_history(path)
+    assert [r.get("suite") for r in records] == ["mine", None]
+    assert len(history.select(records, None, "mine")) == 1 and len(history.select(records, None, "default")) == 1
+    with pytest.raises(BenchInputError, match="--suite other: no records; suites in the history: default, mine"):
+        history.select(records, None, "other")
 
 
 def test_history_errors_are_clear(tmp_path):

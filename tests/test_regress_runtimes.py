@@ -2,7 +2,6 @@
 committed baseline still matches), --runtime / --impl and its bad input, the worker building rows on
 their runtime in older and newer trees, and the gate flagging a slower fast path in a copy of this tree
 while the reference rows pass."""
-import json
 import shutil
 import sys
 import textwrap
@@ -17,7 +16,9 @@ from bench.env import REPO_ROOT
 
 
 def test_the_default_suite_gates_the_fast_path_and_keeps_the_baseline_s_reference_rows():
-    rows = regress.suite()
+    suite = regress.load_suite()
+    assert suite.name == "default" and suite.path == regress.DEFAULT_SUITE_FILE and suite.threads == 1
+    rows = suite.rows
     fast = [r for r in rows if r.runtime == "fast"]
     assert [r.name for r in fast] == ["mix@320x14 b4 fast", "conv@320x14 b4 fast", "container_light b1 fast"]
     assert all(r.spec()["runtime"] == "fast" for r in fast)
@@ -25,17 +26,20 @@ def test_the_default_suite_gates_the_fast_path_and_keeps_the_baseline_s_referenc
     assert {r.kind for r in reference if r.kind} == set(container.BLOCK_KINDS)
     # Reference rows keep the names they had before runtimes, so baselines written then still match them.
     assert {r.name for r in reference} == {f"{k}@320x14 b4" for k in container.BLOCK_KINDS} | {"container_light b1"}
-    committed = json.loads((REPO_ROOT / "results" / "baselines" / "ef0d51498d13.json").read_text())
+    assert regress.baseline_path(suite).parent == REPO_ROOT / "results" / "baselines" / "default"
+    committed = regress.load_baseline(REPO_ROOT / "results" / "baselines" / "default" / "ef0d51498d13.json")
     assert {r.name for r in rows} == set(committed["rows"])  # the committed baseline covers the whole suite
+    assert regress.changed_rows(committed, rows, suite.threads) == []  # ... with the same definitions
 
 
 def test_runtime_runs_every_row_of_the_suite_on_the_runtimes_named():
-    fast = regress.select_rows(None, ["fast"])
+    rows = regress.load_suite().rows
+    fast = regress.on_runtimes(rows, ["fast"])
     assert len(fast) == len(container.BLOCK_KINDS) + 1 and {r.runtime for r in fast} == {"fast"}
-    assert [r.name for r in regress.select_rows(["attn"], ["reference", "openvino"])] == [
+    assert [r.name for r in regress.select_rows(regress.on_runtimes(rows, ["reference", "openvino"]), ["attn"])] == [
         "attn@320x14 b4", "attn@320x14 b4 openvino"]
     with pytest.raises(BenchInputError, match="--rows 'nonsense'"):
-        regress.select_rows(["nonsense"], ["fast"])
+        regress.select_rows(fast, ["nonsense"])
 
 
 def _bench_main(*argv):

@@ -1,4 +1,5 @@
-"""Committed baselines: results/baselines/<machine fingerprint>.json, written by `make regress-update`."""
+"""Committed baselines, one per suite and machine: results/baselines/<suite>/<machine fingerprint>.json,
+written by `make regress-update` (or `python -m bench regress --suite FILE --update`)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -10,24 +11,28 @@ from typing import Any, Sequence
 from bench.env import environment, fingerprint
 from bench.io import results_root
 from bench.regress.statistics import checked_sample
-from bench.regress.suite import DEFAULT_PAIRS, DEFAULT_THREADS, METHOD, Row, repo_relative
+from bench.regress.suite import DEFAULT_PAIRS, METHOD, Row, definition, repo_relative
+from bench.regress.suite_file import Suite
 from bench.regress.worker import DETERMINISTIC
 from bench.regress.workers import Round, Side
 from bench.targets import BenchInputError
 
 SCHEMA = "container-bench-regress/1"
 BASELINE_DIR = results_root() / "baselines"
-_HINT = ("create it on this kind of machine with `make regress-update` (and commit it), or compare with "
-         "another revision in the same job: `python -m bench regress --against REV`")
+_HINT = ("create it on this kind of machine with `python -m bench regress --suite FILE --update` (`make "
+         "regress-update` for the default suite) and commit it, or compare with another revision in the same job: "
+         "`--against REV`")
 
 
-def baseline_path(threads: int = DEFAULT_THREADS) -> Path:
-    return BASELINE_DIR / f"{fingerprint('cpu', threads)}.json"
+def baseline_path(suite: Suite) -> Path:
+    return BASELINE_DIR / suite.name / f"{fingerprint('cpu', suite.threads)}.json"
 
 
-def baseline_document(side: Side, rows: Sequence[Row], threads: int, rounds: int) -> dict[str, Any]:
+def baseline_document(side: Side, suite: Suite, rows: Sequence[Row], rounds: int) -> dict[str, Any]:
+    threads = suite.threads
     return {
         "schema": SCHEMA,
+        "suite_name": suite.name,
         "fingerprint": fingerprint("cpu", threads),
         "git_commit": side.commit,
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -49,12 +54,12 @@ def load_baseline(path: Path) -> dict[str, Any]:
     """The stored baseline, or a clear BenchInputError: a missing baseline never passes silently."""
     path = Path(path)
     if not path.exists():
-        if path.parent.resolve() != BASELINE_DIR.resolve():
+        if path.parent.parent.resolve() != BASELINE_DIR.resolve():
             raise BenchInputError(f"baseline {repo_relative(path)}: missing; {_HINT}")
         others = sorted(p.name for p in path.parent.glob("*.json")) if path.parent.is_dir() else []
         known = f" (baselines there are for other machines: {', '.join(others)})" if others else ""
         raise BenchInputError(f"baseline {repo_relative(path)}: missing for this machine (fingerprint "
-                              f"{path.stem}){known}; {_HINT}")
+                              f"{path.stem}) and suite {path.parent.name!r}{known}; {_HINT}")
     try:
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -76,9 +81,21 @@ def load_baseline(path: Path) -> dict[str, Any]:
     return doc
 
 
-def baseline_side(doc: dict[str, Any]) -> Side:
+def changed_rows(doc: dict[str, Any], rows: Sequence[Row], threads: int) -> list[str]:
+    """Rows the baseline holds under the same name but measured something else (another batch, runtime,
+    shape, config, ...): comparing them would be meaningless."""
+    threads = int(doc.get("threads", threads))
+    stored = {spec.get("name"): definition(spec, threads) for spec in doc.get("suite", []) if isinstance(spec, dict)}
+    return [r.name for r in rows if r.name in doc["rows"] and r.name in stored
+            and stored[r.name] != r.definition(threads)]
+
+
+def baseline_side(doc: dict[str, Any], skip: Sequence[str] = ()) -> Side:
+    """The baseline as a measured side, without the rows in `skip` (changed since, see changed_rows)."""
     side = Side("baseline", str(doc.get("git_commit", "unknown")))
     for name, row in doc["rows"].items():
+        if name in skip:
+            continue
         side.deterministic[name] = {k: row[k] for k in DETERMINISTIC}
         calibration = row.get("calibration_ms") or [math.nan] * len(row["normalised"])
         row_ms = row.get("row_ms") or [math.nan] * len(row["normalised"])

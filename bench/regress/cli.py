@@ -12,11 +12,12 @@ from rich.console import Console
 from bench.cli_kit import choice_list, positive_int, writable_file
 from bench.env import REPO_ROOT, fingerprint, git_commit
 from bench.io import write_json
-from bench.regress.baselines import baseline_document, baseline_path, baseline_side, load_baseline
+from bench.regress.baselines import baseline_document, baseline_path, baseline_side, changed_rows, load_baseline
 from bench.regress.report import HISTORY_PATH, Report, append_history, compare, render
 from bench.regress.statistics import DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, check_power
-from bench.regress.suite import (DEFAULT_ROUNDS, DEFAULT_THREADS, DEFAULT_UPDATE_ROUNDS, Row, repo_relative,
-                                 select_rows, suite)
+from bench.regress.suite import (DEFAULT_ROUNDS, DEFAULT_SUITE_FILE, DEFAULT_UPDATE_ROUNDS, Row, on_runtimes,
+                                 repo_relative, select_rows)
+from bench.regress.suite_file import Suite, load_suite
 from bench.regress.worker import PASSES_ENV, SLOWDOWN_ENV
 from bench.regress.workers import Side, measure_sides, revision_tree, say
 from bench.report import table_console
@@ -27,69 +28,79 @@ DESCRIPTION = "The throughput regression gate: `python -m bench regress` (and `m
 
 
 def gate_against(current: tuple[Path, str], reference: tuple[Path, str], reference_name: str, *,
-                 rows: Sequence[Row] | None = None, rounds: int = DEFAULT_ROUNDS, threads: int = DEFAULT_THREADS,
+                 rows: Sequence[Row] | None = None, suite: Suite | None = None, rounds: int = DEFAULT_ROUNDS,
                  min_effect: float = DEFAULT_MIN_EFFECT, alpha: float = DEFAULT_ALPHA,
                  history: Path | None = HISTORY_PATH, console=None) -> Report:
-    """Measure the suite on two trees, (path, commit) each, interleaved, and compare `current` with `reference`."""
-    rows = list(rows or suite())
+    """Measure the suite's rows (or `rows`) on two trees, (path, commit) each, interleaved, and compare
+    `current` with `reference`."""
+    suite = suite or load_suite()
+    rows = list(rows or suite.rows)
     check_power(rounds, rounds, alpha)
-    sides = measure_sides({"current": current, "reference": reference}, rows, rounds, threads, console)
+    sides = measure_sides({"current": current, "reference": reference}, rows, rounds, suite.threads, console)
     return _report("against", sides["reference"], sides["current"], reference_name, rows, min_effect, alpha,
-                   history, threads, [sides["current"], sides["reference"]])
+                   history, suite, [sides["current"], sides["reference"]])
 
 
-def run_gate(*, against: str | None = None, baseline: Path | None = None, rows: Sequence[Row] | None = None,
-             rounds: int = DEFAULT_ROUNDS, threads: int = DEFAULT_THREADS, min_effect: float = DEFAULT_MIN_EFFECT,
+def run_gate(*, against: str | None = None, baseline: Path | None = None, suite: Suite | None = None,
+             rows: Sequence[Row] | None = None, rounds: int = DEFAULT_ROUNDS, min_effect: float = DEFAULT_MIN_EFFECT,
              alpha: float = DEFAULT_ALPHA, history: Path | None = HISTORY_PATH, console=None) -> Report:
-    """Measure the suite and compare it with a baseline file or with revision `against`.
+    """Measure the suite (default: the project's, bench/regress/suites/default.yaml) and compare it with its
+    baseline for this machine, a baseline file, or revision `against`.
 
-    A row the baseline lacks (a row added to the suite since) does not fail: it is reported as new."""
-    rows = list(rows or suite())
+    A row the baseline lacks (added to the suite since), or holds with another definition, does not fail:
+    it is measured and reported as new."""
+    suite = suite or load_suite()
+    rows = list(rows or suite.rows)
     here = (REPO_ROOT, git_commit())
     if against is not None:
         check_power(rounds, rounds, alpha)
         with revision_tree(against) as (tree, commit):
-            return gate_against(here, (tree, commit), against, rows=rows, rounds=rounds, threads=threads,
+            return gate_against(here, (tree, commit), against, rows=rows, suite=suite, rounds=rounds,
                                 min_effect=min_effect, alpha=alpha, history=history, console=console)
-    path = Path(baseline) if baseline else baseline_path(threads)
+    path = Path(baseline) if baseline else baseline_path(suite)
     doc = load_baseline(path)  # before measuring anything: a missing baseline fails at once
+    threads = suite.threads
     if doc.get("fingerprint") != fingerprint("cpu", threads):
         say(console, f"[yellow]note: {repo_relative(path)} was made on machine {doc.get('fingerprint')}, this "
                      f"is {fingerprint('cpu', threads)}[/]")
+    changed = changed_rows(doc, rows, threads)
+    if changed:
+        say(console, f"[yellow]note: {repo_relative(path)} holds {', '.join(changed)} with another definition "
+                     f"(batch, runtime, shape, config, ...): measured, not compared (update the baseline)[/]")
     missing = [r.name for r in rows if r.name not in doc["rows"]]
     if missing:
         say(console, f"[yellow]note: {repo_relative(path)} has no row {', '.join(missing)}: new, measured but not "
-                     f"compared (run make regress-update)[/]")
-    reference = baseline_side(doc)
+                     f"compared (update the baseline)[/]")
+    reference = baseline_side(doc, skip=changed)
     known = [len(reference.normalised(r.name)) for r in rows if r.name in doc["rows"]]
     if known:
         check_power(rounds, min(known), alpha)
     current = measure_sides({"current": here}, rows, rounds, threads, console)["current"]
     return _report("baseline", reference, current, f"baseline {repo_relative(path)}", rows, min_effect, alpha,
-                   history, threads, [current])
+                   history, suite, [current])
 
 
 def _report(mode: str, reference: Side, current: Side, reference_name: str, rows: Sequence[Row], min_effect: float,
-            alpha: float, history: Path | None, threads: int, measured: Sequence[Side]) -> Report:
+            alpha: float, history: Path | None, suite: Suite, measured: Sequence[Side]) -> Report:
     report = Report(mode, reference, current, compare(reference, current, rows, min_effect, alpha), min_effect,
                     alpha, reference_name)
     if history is not None:
-        append_history(history, measured, mode, threads, [r.row for r in report.regressed], rows)
+        append_history(history, measured, mode, suite.threads, [r.row for r in report.regressed], rows, suite.name)
     return report
 
 
-def update_baseline(*, path: Path | None = None, rows: Sequence[Row] | None = None,
-                    rounds: int = DEFAULT_UPDATE_ROUNDS,
-                    threads: int = DEFAULT_THREADS, history: Path | None = HISTORY_PATH, console=None) -> Path:
-    rows = list(rows or suite())
-    side = measure_sides({"current": (REPO_ROOT, git_commit())}, rows, rounds, threads, console)["current"]
+def update_baseline(*, suite: Suite | None = None, path: Path | None = None, rows: Sequence[Row] | None = None,
+                    rounds: int = DEFAULT_UPDATE_ROUNDS, history: Path | None = HISTORY_PATH, console=None) -> Path:
+    suite = suite or load_suite()
+    rows = list(rows or suite.rows)
+    side = measure_sides({"current": (REPO_ROOT, git_commit())}, rows, rounds, suite.threads, console)["current"]
     if side.errors:
         name, error = next(iter(side.errors.items()))
         raise BenchInputError(f"row {name!r}: cannot be built ({error}); no baseline written")
-    path = Path(path) if path else baseline_path(threads)
-    write_json(path, baseline_document(side, rows, threads, rounds))
+    path = Path(path) if path else baseline_path(suite)
+    write_json(path, baseline_document(side, suite, rows, rounds))
     if history is not None:
-        append_history(history, [side], "update", threads, rows=rows)
+        append_history(history, [side], "update", suite.threads, rows=rows, suite=suite.name)
     return path
 
 
@@ -101,20 +112,26 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fallback-against", metavar="REV", default=None,
                         help="compare with the committed baseline where this machine has one, else with REV as "
                              "--against does (what .ci/run uses: CI machines come and go)")
+    parser.add_argument("--suite", metavar="FILE", default=DEFAULT_SUITE_FILE,
+                        help=f"the suite file (YAML or JSON: rows of block kinds at shapes, registered networks, "
+                             f"config files, module:callable models, each with batch, runtime, dtype, threads); "
+                             f"default: the project's own, {repo_relative(DEFAULT_SUITE_FILE)}")
     parser.add_argument("--update", action="store_true",
-                        help="measure and write the baseline for this machine (results/baselines/<fingerprint>.json)")
-    parser.add_argument("--baseline", default=None, help="baseline file (default results/baselines/<fingerprint>.json)")
+                        help="measure and write the suite's baseline for this machine "
+                             "(results/baselines/<suite name>/<machine fingerprint>.json)")
+    parser.add_argument("--baseline", default=None,
+                        help="baseline file (default results/baselines/<suite name>/<machine fingerprint>.json)")
     parser.add_argument("--rows", default=None,
-                        help="comma-separated subset of the suite, by kind or name (default: all rows)")
+                        help="comma-separated subset of the suite, by kind, network, model or name (default: all)")
     parser.add_argument("--runtime", "--impl", dest="runtime", type=choice_list(RUNTIMES, "runtime"), default=None,
                         metavar="RUNTIMES",
                         help=f"comma-separated runtimes to run every row of the suite on ({', '.join(RUNTIMES)}); "
-                             f"default: the block kinds and Container-Light on the reference, and mix, conv and "
-                             f"Container-Light on the fast path (--impl: the old name)")
+                             f"default: each row's own (--impl: the old name)")
     parser.add_argument("--rounds", type=int, default=None,
                         help=f"timed rounds per row (default {DEFAULT_ROUNDS}; {DEFAULT_UPDATE_ROUNDS} with --update)")
-    parser.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS,
-                        help=f"intra-op threads (default {DEFAULT_THREADS}; part of the machine fingerprint)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="intra-op threads of the rows without their own (default: the suite's, else 1); with "
+                             "the machine, it keys the baseline")
     parser.add_argument("--min-effect", type=float, default=DEFAULT_MIN_EFFECT,
                         help=f"smallest slowdown that fails, as a fraction (default {DEFAULT_MIN_EFFECT})")
     parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
@@ -129,8 +146,6 @@ def _validate(args: argparse.Namespace) -> None:
         args.rounds = DEFAULT_UPDATE_ROUNDS if args.update else DEFAULT_ROUNDS
     if args.rounds < 3:
         raise BenchInputError(f"--rounds {args.rounds}: need at least 3 rounds for a test of significance")
-    if args.threads < 1:
-        raise BenchInputError(f"--threads {args.threads}: must be >= 1")
     if not 0 < args.min_effect < 10:
         raise BenchInputError(f"--min-effect {args.min_effect}: a fraction such as 0.10")
     if not 0 < args.alpha < 1:
@@ -141,8 +156,12 @@ def _validate(args: argparse.Namespace) -> None:
         raise BenchInputError("--update and --against: a baseline is written from this tree only; pick one")
     if args.against and args.fallback_against:
         raise BenchInputError("--against and --fallback-against: pick one")
-    if args.fallback_against and not args.baseline and not baseline_path(args.threads).exists():
-        print(f"note: no baseline for this machine ({repo_relative(baseline_path(args.threads))}); comparing with "
+
+
+
+def _fall_back(args: argparse.Namespace, suite: Suite) -> None:
+    if args.fallback_against and not args.baseline and not baseline_path(suite).exists():
+        print(f"note: no baseline for this machine ({repo_relative(baseline_path(suite))}); comparing with "
               f"--against {args.fallback_against} instead", file=sys.stderr)
         args.against = args.fallback_against
 
@@ -153,20 +172,22 @@ def main(args: argparse.Namespace) -> int:
     out = table_console()
     try:
         _validate(args)
-        rows = select_rows([s.strip() for s in args.rows.split(",") if s.strip()] if args.rows else None,
-                           args.runtime)
+        suite = load_suite(args.suite, args.threads)
+        _fall_back(args, suite)
+        rows = on_runtimes(suite.rows, args.runtime) if args.runtime else list(suite.rows)
+        rows = select_rows(rows, [s.strip() for s in args.rows.split(",") if s.strip()] if args.rows else None)
         history = None if args.no_history else Path(args.history)
         if args.update:
             if os.environ.get(SLOWDOWN_ENV) or os.environ.get(PASSES_ENV):
                 raise BenchInputError(f"{SLOWDOWN_ENV} or {PASSES_ENV} is set: refusing to write a baseline with "
                                       f"an injected slowdown")
-            path = update_baseline(path=Path(args.baseline) if args.baseline else None, rows=rows,
-                                   rounds=args.rounds, threads=args.threads, history=history, console=console)
-            out.print(f"wrote baseline {repo_relative(path)} ({len(rows)} rows, {args.rounds} rounds, commit "
-                      f"{git_commit()}, machine {fingerprint('cpu', args.threads)})", highlight=False)
+            path = update_baseline(suite=suite, path=Path(args.baseline) if args.baseline else None, rows=rows,
+                                   rounds=args.rounds, history=history, console=console)
+            out.print(f"wrote baseline {repo_relative(path)} (suite {suite.name}, {len(rows)} rows, {args.rounds} "
+                      f"rounds, commit {git_commit()}, machine {fingerprint('cpu', suite.threads)})", highlight=False)
             return 0
-        report = run_gate(against=args.against, baseline=Path(args.baseline) if args.baseline else None, rows=rows,
-                          rounds=args.rounds, threads=args.threads, min_effect=args.min_effect, alpha=args.alpha,
+        report = run_gate(against=args.against, baseline=Path(args.baseline) if args.baseline else None,
+                          suite=suite, rows=rows, rounds=args.rounds, min_effect=args.min_effect, alpha=args.alpha,
                           history=history, console=console)
         render(report, out)
         if args.json:

@@ -130,9 +130,9 @@ def render(report: Report, console) -> None:
 
 
 def append_history(path: Path, sides: Sequence[Side], mode: str, threads: int,
-                   regressed: Sequence[str] = (), rows: Sequence[Row] = ()) -> None:
-    """One JSON line per row and side (with its runtime where `rows` names it); the file is rewritten
-    atomically (bench.io)."""
+                   regressed: Sequence[str] = (), rows: Sequence[Row] = (), suite: str | None = None) -> None:
+    """One JSON line per row and side (with its runtime where `rows` names it, and its suite); the file is
+    rewritten atomically (bench.io)."""
     path = Path(path)
     runtimes = {r.name: r.runtime for r in rows}
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -151,7 +151,8 @@ def append_history(path: Path, sides: Sequence[Side], mode: str, threads: int,
                 "calibration_ms_median": side.median_calibration_ms(row), "rounds": len(norm),
                 "regressed": row in regressed and side.label == "current",
                 "injected_passes": side.passes.get(row, 0)}
-                | ({"runtime": runtimes[row]} if row in runtimes else {}) | figures))
+                | ({"runtime": runtimes[row]} if row in runtimes else {})
+                | ({"suite": suite} if suite else {}) | figures))
     if not lines:
         return
     previous = path.read_text() if path.exists() else ""

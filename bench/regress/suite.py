@@ -1,90 +1,118 @@
-"""What the regression gate measures: the quick suite of rows (each on a runtime), and how a row's time is
-normalised."""
+"""What the regression gate measures: a suite of rows, each a target at a batch on a runtime, and how a
+row's time is normalised. Suites are files (bench/regress/suite_file.py); this module holds the rows."""
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-import container
 from bench.env import REPO_ROOT
-from bench.targets import STAGE_SHAPES, BenchInputError
+from bench.targets import BenchInputError
 
 # How a normalised time is made: the calibration workload and the interleaving (two untimed calls of
 # a workload before each of its timed calls, row and calibration in turn). Figures made by another
 # method are not comparable; baselines and history records carry it.
 METHOD = "interleaved-calls/gemm768+dwconv128x112x5/v1"
 
-STAGE_DIM, STAGE_SIDE = STAGE_SHAPES[2][:2]  # 320@14x14: the stage that holds most of a network's blocks
-BLOCK_BATCH = 4  # small, so that one timed round of a row is a fraction of a second
 DEFAULT_ROUNDS = 8
 DEFAULT_UPDATE_ROUNDS = 16  # a baseline is measured once and compared with many times: make it precise
 DEFAULT_THREADS = 1  # on a shared CI box, more intra-op threads than free cores make timings meaningless
 DEFAULT_PAIRS = 3  # timed row calls per round are pairs + 1, each between calibration calls
-
-# Each row runs on a runtime (bench.runtimes). The default suite gates the reference (every block kind,
-# Container-Light) and the fast path users ship (container.optimize: the two block kinds that dominate
-# its time, and Container-Light), so that a slowdown in container/fast/ fails the gate too.
-FAST_KINDS = ("mix", "conv")
-NETWORK = "container_light"
+SUITES_DIR = Path(__file__).resolve().parent / "suites"
+DEFAULT_SUITE_FILE = SUITES_DIR / "default.yaml"  # the project's own rows: `make regress`
 
 
 @dataclass(frozen=True)
 class Row:
+    """One measured row. `target` is "block" (kind at dim x side), "network" (a registered name, or a config
+    file whose content is in `config` as JSON) or "model" (a module:callable with its `input_shape`)."""
+
     name: str
-    target: str  # "block" or "network"
+    target: str
     batch: int
     kind: str | None = None
     dim: int | None = None
     side: int | None = None
-    network: str | None = None
+    heads: int | None = None
+    kernel_size: int | None = None
+    network: str | None = None  # a registered name, or the config file as the suite names it
+    config: str | None = None  # the config file's NetworkConfig as JSON: both sides build the same network
+    model: str | None = None
+    input_shape: tuple[int, ...] | None = None
     runtime: str = "reference"  # a bench.runtimes name
+    dtype: str = "fp32"
+    threads: int | None = None  # None: the suite's threads
 
     @property
     def short(self) -> str:
-        """The kind or network, with the runtime where it is not the reference ("conv", "mix fast")."""
+        """The kind, network or model, with the runtime where it is not the reference ("conv", "mix fast")."""
         base = self.name.split("@")[0].split(" ")[0]
         return base if self.runtime == "reference" else f"{base} {self.runtime}"
 
     def spec(self) -> dict[str, Any]:
-        """The row as the worker protocol sends it (JSON)."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """The row as the worker protocol sends it and baselines store it (JSON)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if v is not None}
+
+    def definition(self, threads: int) -> dict[str, Any]:
+        """What the row measures, with every default filled in: two rows with equal definitions time the same."""
+        return definition(self.spec(), threads)
 
 
-def row_name(base: str, runtime: str) -> str:
-    """Reference rows keep the names baselines were made with; other runtimes add theirs."""
-    return base if runtime == "reference" else f"{base} {runtime}"
+def definition(spec: dict[str, Any], threads: int) -> dict[str, Any]:
+    """A stored row spec (possibly from an older baseline, which left defaults out) with its defaults filled in."""
+    filled = {"runtime": "reference", "dtype": "fp32", "threads": threads} | dict(spec)
+    filled.pop("name", None)
+    return filled
 
 
-def block_row(kind: str, runtime: str = "reference") -> Row:
-    return Row(row_name(f"{kind}@{STAGE_DIM}x{STAGE_SIDE} b{BLOCK_BATCH}", runtime), "block", BLOCK_BATCH, kind=kind,
-               dim=STAGE_DIM, side=STAGE_SIDE, runtime=runtime)
+def default_name(base: str, batch: int, runtime: str = "reference", dtype: str = "fp32",
+                 threads: int | None = None) -> str:
+    """"conv@320x14 b4", "container_light b1 fast", "best.json b1 openvino bf16 t2": reference rows keep the
+    names baselines were made with; other runtimes, dtypes and thread counts add theirs."""
+    parts = [f"{base} b{batch}"]
+    if runtime != "reference":
+        parts.append(runtime)
+    if dtype != "fp32":
+        parts.append(dtype)
+    if threads is not None:
+        parts.append(f"t{threads}")
+    return " ".join(parts)
 
 
-def network_row(runtime: str = "reference") -> Row:
-    return Row(row_name(f"{NETWORK} b1", runtime), "network", 1, network=NETWORK, runtime=runtime)
+def block_row(kind: str, dim: int, side: int, batch: int, runtime: str = "reference") -> Row:
+    return Row(default_name(f"{kind}@{dim}x{side}", batch, runtime), "block", batch, kind=kind, dim=dim, side=side,
+               runtime=runtime)
 
 
-def suite(runtimes: Sequence[str] | None = None) -> list[Row]:
-    """The rows the gate measures.
-
-    Default: every block kind at one stage shape and Container-Light at batch 1 on the reference,
-    and mix, conv and Container-Light on the fast path. With `runtimes`, every block kind and
-    Container-Light on each of them.
-    """
-    if runtimes is None:
-        return ([block_row(kind) for kind in container.BLOCK_KINDS] + [network_row()]
-                + [block_row(kind, "fast") for kind in FAST_KINDS] + [network_row("fast")])
-    return [row for runtime in dict.fromkeys(runtimes)
-            for row in [*(block_row(kind, runtime) for kind in container.BLOCK_KINDS), network_row(runtime)]]
+def on_runtimes(rows: Sequence[Row], runtimes: Sequence[str]) -> list[Row]:
+    """Every row on each of `runtimes` (`--runtime`), renamed for it; rows that become equal are kept once."""
+    out: dict[str, Row] = {}
+    for runtime in dict.fromkeys(runtimes):
+        for row in rows:
+            name = renamed_for(row, runtime)
+            out.setdefault(name, replace(row, name=name, runtime=runtime))
+    return list(out.values())
 
 
-def select_rows(names: Sequence[str] | None, runtimes: Sequence[str] | None = None) -> list[Row]:
-    """The rows of suite(runtimes) named in `names` (by name, or by kind / network: every runtime's row)."""
-    rows = suite(runtimes)
+def renamed_for(row: Row, runtime: str) -> str:
+    """The row's name with its runtime word swapped for `runtime` (none for the reference)."""
+    words = row.name.split(" ")
+    if row.runtime != "reference" and row.runtime in words:
+        at = words.index(row.runtime)
+        words.pop(at)
+    else:
+        batch_word = f"b{row.batch}"
+        at = words.index(batch_word) + 1 if batch_word in words else len(words)
+    if runtime != "reference":
+        words.insert(at, runtime)
+    return " ".join(words)
+
+
+def select_rows(rows: Sequence[Row], names: Sequence[str] | None) -> list[Row]:
+    """The rows named in `names` (`--rows`): by name, or by kind / network / model (every runtime's row)."""
     if not names:
-        return rows
+        return list(rows)
     chosen: list[Row] = []
     for name in names:
         found = [r for r in rows if name in (r.name, r.short, r.short.split(" ")[0])]

@@ -109,11 +109,22 @@ def calibration_step() -> Callable[[], torch.Tensor]:
 
 
 def build_target(spec: dict):
-    """The bench target of a row spec (Row.spec()), built by the tree under test."""
+    """The bench target of a row spec (Row.spec()), built by the tree under test.
+
+    A network from a config file arrives as its config (JSON): both sides build the same architecture
+    with their own code. A model's module:callable is imported from the tree under test (first on sys.path),
+    so each side runs its own version of the user's module."""
     if spec["target"] == "block":
-        return bench.BlockTarget(spec["kind"], spec["dim"], spec["side"])
+        shape = {k: spec[k] for k in ("heads", "kernel_size") if spec.get(k) is not None}
+        return bench.BlockTarget(spec["kind"], spec["dim"], spec["side"], **shape)
+    if spec["target"] == "network" and spec.get("config"):
+        return bench.NetworkTarget(container.as_config(spec["config"]), spec["network"])
     if spec["target"] == "network":
         return bench.NetworkTarget.named(spec["network"])
+    if spec["target"] == "model":
+        module_name, _, attr = spec["model"].partition(":")
+        module = importlib.import_module(module_name)
+        return bench.ModuleTarget(getattr(module, attr)(), tuple(spec["input_shape"]), spec["model"])
     raise ValueError(f"unknown target type {spec['target']!r}")
 
 
@@ -159,6 +170,7 @@ class Worker:
     def __init__(self, tree: Path) -> None:
         self.tree = tree
         self.steps: dict[str, Callable[[], object]] = {}
+        self.row_threads: dict[str, int] = {}
         self.calibration: Callable[[], object] | None = None
         self.threads = 1
         self.injected: dict[str, float | None] = {}
@@ -176,9 +188,11 @@ class Worker:
         rows, errors = {}, {}
         for spec in request["rows"]:
             name, batch = spec["name"], int(spec["batch"])
+            threads = int(spec.get("threads") or self.threads)
             try:
                 target = build_target(spec)
-                options = row_options(spec.get("runtime", "reference"), threads=self.threads, stop=stop)
+                options = row_options(spec.get("runtime", "reference"), threads=threads, stop=stop,
+                                      **({"dtype": spec["dtype"]} if spec.get("dtype", "fp32") != "fp32" else {}))
                 # Deterministic figures through bench.profile, the one measuring path; it checks a
                 # runtime's output against the reference module's before timing it.
                 row = _flat(bench.profile(target, batch, options, flops=True, memory=True))
@@ -190,7 +204,7 @@ class Worker:
                 if slowdown > 0 or name in fixed:
                     step, self.passes[name], self.injected[name] = self._inject(
                         step, target, batch, slowdown, fixed.get(name))
-                self.steps[name] = step
+                self.steps[name], self.row_threads[name] = step, threads
             except Exception as error:  # a row this revision cannot build: reported, not fatal
                 errors[name] = f"{type(error).__name__}: {error}".splitlines()[0]
         return {"rows": rows, "errors": errors, "files": files, "threads": self.threads,
@@ -231,13 +245,13 @@ class Worker:
             passes = max(1, round(passes * slowdown / realised))
         return slowed, passes, realised
 
-    def _interleave(self, row, pairs: int, max_time_s: float = 60.0):
+    def _interleave(self, row, pairs: int, max_time_s: float = 60.0, threads: int | None = None):
         """`pairs` + 1 timed calls of `row`, each between timed calls of the calibration workload
-        (timing.measure_interleaved). Returns the row times, the calibration times, and each row
-        time over the geometric mean of the calibration times either side."""
+        (timing.measure_interleaved), both at the row's thread count. Returns the row times, the
+        calibration times, and each row time over the geometric mean of the calibration times either side."""
         assert self.calibration is not None, "set up first"
         times = timing.measure_interleaved(row, self.calibration, pairs, warmup_calls=WARMUP_CALLS, device="cpu",
-                                           threads=self.threads, max_time_s=max_time_s)
+                                           threads=threads or self.threads, max_time_s=max_time_s)
         first_ms, second_ms = list(times.first_ms), list(times.second_ms)
         return first_ms, second_ms, normalise(first_ms, second_ms)
 
@@ -247,7 +261,8 @@ class Worker:
         if name not in self.steps:
             raise KeyError(f"row {name!r} was not set up")
         row_ms, calibration_ms, normalised = self._interleave(self.steps[name], int(request.get("pairs", 3)),
-                                                              float(request.get("max_time_s", 60.0)))
+                                                              float(request.get("max_time_s", 60.0)),
+                                                              self.row_threads.get(name))
         return {"row": name, "row_times_ms": row_ms, "calibration_times_ms": calibration_ms,
                 "normalised": normalised}
 

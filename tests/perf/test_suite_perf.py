@@ -1,4 +1,4 @@
-"""The regression gate's suite (bench.regress.suite()) as pytest-benchmark benchmarks.
+"""The regression gate's default suite (bench.regress.load_suite()) as pytest-benchmark benchmarks.
 
 The same rows, built the same way (bench.build_workload(...).step on the row's runtime, 1 intra-op
 thread by default), plus the gate's calibration workload, so that a saved run can be normalised by hand. For the
@@ -20,11 +20,11 @@ import pytest
 import torch
 
 from bench import build_workload
-from bench.regress import suite
+from bench.regress import load_suite
 from bench.regress.worker import build_target, calibration_step, row_options
 
 THREADS = int(os.environ.get("CONTAINER_BENCH_PERF_THREADS", "1"))
-ROWS = suite()
+ROWS = load_suite().rows
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +38,7 @@ def _threads():
 @pytest.mark.parametrize("row", ROWS, ids=[r.name.replace(" ", "-") for r in ROWS])
 def test_suite_row(benchmark, row):
     target = build_target(row.spec())
-    workload = build_workload(target, row.batch, row_options(row.runtime, threads=THREADS))
+    workload = build_workload(target, row.batch, row_options(row.runtime, threads=THREADS, dtype=row.dtype))
     benchmark.group = "container-bench regress suite"
     benchmark.extra_info.update(row.spec() | {"threads": THREADS,
                                               "params": sum(p.numel() for p in workload.eager.parameters())})
