@@ -1,7 +1,9 @@
 """`python -m search --budget-ms 25`: the best Container-style network under a latency budget on this device.
 
 Latency is measured on the runtime the network will be deployed on (`--runtime`, default `fast`:
-container.optimize; `reference`, `onnxruntime` and `openvino` are the others).
+container.optimize; `reference`, `onnxruntime` and `openvino` are the others). The objective is a
+training-free score, or with `--objective accuracy --data fashion-mnist|FILE.npz|DIR` the validation
+accuracy of every feasible candidate trained on that data (weak ones pruned early, `--pruner`).
 
 A thin layer: parse the flags, build SearchSettings, call search.run_search, print a summary.
 Three more commands publish how far the search can be trusted (each has its own --help):
@@ -27,12 +29,13 @@ from bench.report import table_console
 
 from search import predictor_report, validate
 from search.latency import Deployment, default_stop
-from search.proxies import list_proxies
+from search.accuracy import PRUNERS
 from search.report import print_summary
 from search.settings import (DEFAULT_OBJECTIVE, DEFAULT_RESULTS_DIR, NoFeasibleNetworkError, SearchSettings,
-                             add_runtime_argument, parse_budget)
+                             add_runtime_argument, list_objectives, parse_budget)
 from search.space import SearchInputError, SearchSpace
 from search.study import run_search
+from search.training import TrainingSettings
 
 EXIT_NO_FEASIBLE = 3
 EXIT_INTERRUPTED = 130
@@ -57,8 +60,8 @@ def parser() -> argparse.ArgumentParser:
                    help="the study's number of finished trials; a resumed study runs only the missing ones")
     g.add_argument("--timeout", type=positive_float, default=None, metavar="S", help="stop this run after S seconds")
     g.add_argument("--seed", type=int, default=0, help="sampler and initialisation seed")
-    g.add_argument("--objective", default=DEFAULT_OBJECTIVE, choices=list_proxies(),
-                   help="score to maximise (training-free proxy, or params / flops)")
+    g.add_argument("--objective", default=DEFAULT_OBJECTIVE, choices=list_objectives(),
+                   help="score to maximise: a training-free proxy, params / flops, or accuracy (trained on --data)")
     g.add_argument("--pareto", action="store_true", help="two objectives: score up, latency down")
     g.add_argument("--space", type=Path, default=None, metavar="FILE", help="search space as JSON or YAML")
     g.add_argument("--space-set", action="append", default=[], metavar="KEY=VALUE",
@@ -73,6 +76,26 @@ def parser() -> argparse.ArgumentParser:
                    help="re-measure the top N feasible architectures before the report (default: all of them)")
     g.add_argument("--recheck-margin", type=fraction, default=0.05, metavar="F",
                    help="headroom for the re-measurement: it must fit budget x (1 - F) to stay in the ranking")
+    train = TrainingSettings()
+    g = p.add_argument_group("training (--objective accuracy; the network is the candidate adapted to the data, "
+                             "see search/training.py)")
+    g.add_argument("--data", default=None, metavar="SPEC",
+                   help="fashion-mnist (Debian's dataset-fashion-mnist, or a directory holding its IDX files), an .npz "
+                        "with x_train, y_train, x_test, y_test, or a folder of class subfolders of images")
+    g.add_argument("--epochs", type=positive_int, default=train.epochs, metavar="N",
+                   help="epochs per candidate, at most")
+    g.add_argument("--pruner", choices=PRUNERS, default=None,
+                   help="stops weak candidates after an epoch (default: hyperband; none with --pareto)")
+    g.add_argument("--train-images", type=non_negative_int, default=train.train_images, metavar="N",
+                   help="training subset per candidate, 0 for all")
+    g.add_argument("--val-images", type=positive_int, default=train.val_images, metavar="N",
+                   help="held out of the training set to validate on (at most a fifth of it)")
+    g.add_argument("--train-batch", type=positive_int, default=train.batch_size, metavar="N", help="mini-batch size")
+    g.add_argument("--train-lr", type=positive_float, default=train.lr, metavar="LR", help="AdamW learning rate")
+    g.add_argument("--train-width-div", type=positive_int, default=train.width_div, metavar="N",
+                   help="train every candidate at 1/N of its widths (1: as deployed, several times slower)")
+    g.add_argument("--train-threads", type=positive_int, default=None, metavar="N",
+                   help="intra-op threads while training (default: torch's)")
     g = p.add_argument_group("latency measurement (bench.StopRule)")
     g.add_argument("--stop-rel-iqr", type=positive_float, default=0.05)
     g.add_argument("--stop-min-runs", type=positive_int, default=5)
@@ -138,7 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             proxy_batch=args.proxy_batch, recheck=args.recheck, recheck_margin=args.recheck_margin,
             score_infeasible=args.score_infeasible,
             progress=not args.no_progress, lock_file=args.lock_file and str(args.lock_file), predictor=args.predictor,
-            predictor_margin=args.predictor_margin)
+            predictor_margin=args.predictor_margin, data=args.data, pruner=args.pruner,
+            training=TrainingSettings(epochs=args.epochs, train_images=args.train_images or None,
+                                      val_images=args.val_images, batch_size=args.train_batch, lr=args.train_lr,
+                                      width_div=args.train_width_div, threads=args.train_threads))
     except (SearchInputError, bench.BenchInputError) as e:
         return fail("search", str(e))
 

@@ -26,10 +26,13 @@ from bench.formatting import fixed, markdown_table, number, si
 from bench.io import save_figure, write_json, write_table, write_text
 from container import as_config
 
-from search.settings import SearchSettings
+from search.accuracy import ACCURACY, curve_of
+from search.settings import VALIDATION_DIR, SearchSettings
+from search.training import adapt_config
 from search.trials import SearchResult, feasible
 
-RANKING_COLUMNS = ["rank", "trial", "score", "score_spread", "params", "flops", "latency_median_ms", "latency_p90_ms",
+RANKING_COLUMNS = ["rank", "trial", "score", "score_spread", "accuracy", "epochs_trained", "train_s", "params", "flops",
+                   "latency_median_ms", "latency_p90_ms",
                    "latency_iqr_ms", "runtime", "rechecked", "recheck_median_ms", "recheck_p90_ms", "pareto",
                    "duplicate_of", "architecture", "config"]
 TOP_N = 10
@@ -77,14 +80,17 @@ def ranking(trials: pd.DataFrame) -> pd.DataFrame:
 def _markdown_table(frame: pd.DataFrame, objective: str, runtime: str) -> str:
     columns = {  # by position: the objective may be called "params" or "flops" too
         "rank": frame["rank"].astype(int), "trial": frame["trial"].astype(int), "score": frame["score"].map(number),
+        **({"epochs": frame["epochs_trained"].map(lambda v: number(v, 3)), "training (s)": frame["train_s"].map(fixed)}
+           if objective == ACCURACY else {}),
         "params": frame["params"].map(si), "FLOPs": frame["flops"].map(si),
         f"latency median on {runtime} (ms)": frame["latency_median_ms"].map(fixed),
         "p90 (ms)": frame["latency_p90_ms"].map(fixed),
         "re-measured (ms)": frame["recheck_median_ms"].map(fixed),
         "architecture (depth x dim / heads, kind, kernel, MLP ratio per stage)": frame["architecture"]}
     table = pd.DataFrame(columns)
-    table.columns = [objective if name == "score" else name for name in columns]
-    return markdown_table(table, align="rrrrrrrrl") + "\n"
+    table.columns = [("validation accuracy" if objective == ACCURACY else objective) if name == "score" else name
+                     for name in columns]
+    return markdown_table(table, align="r" * (len(columns) - 1) + "l") + "\n"
 
 
 # --- plots ---------------------------------------------------------------------------------------------
@@ -136,6 +142,35 @@ def plot_history(trials: pd.DataFrame, objective: str):
     ax.set_title("best feasible score against trial number")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_learning_curves(trials: list[optuna.trial.FrozenTrial], winner: int | None):
+    """Validation accuracy after each epoch, one line per trained trial: pruned ones dashed and ending in x."""
+    curves = [(t, curve_of(t)) for t in trials]
+    curves = [(t, c) for t, c in curves if c]
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    labelled: set[str] = set()
+    for t, curve in curves:
+        epochs, values = zip(*curve)
+        pruned = t.state == optuna.trial.TrialState.PRUNED
+        label = f"winner (trial {t.number})" if t.number == winner else "pruned" if pruned else "trained to the end"
+        style = (dict(color="tab:green", lw=2.2, zorder=4) if t.number == winner else
+                 dict(color="tab:gray", ls="--", lw=1, alpha=0.7) if pruned else
+                 dict(color="tab:blue", lw=1, alpha=0.7))
+        ax.plot(epochs, values, marker="o", markersize=3, label=None if label in labelled else label, **style)
+        labelled.add(label)
+        if pruned:
+            ax.plot(epochs[-1], values[-1], "x", color="tab:red", markersize=7, zorder=5)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("learning curves (intermediate values reported to the pruner)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
 
@@ -193,7 +228,11 @@ def write_report(result: SearchResult, study: optuna.Study, settings: SearchSett
         "deployment": settings.deployment.to_dict(), "fingerprint": settings.deployment.fingerprint(),
         "environment": study.user_attrs.get("environment"), "space": settings.space.to_dict(),
         "stop_rule": vars(settings.stop) if hasattr(settings.stop, "__dict__") else str(settings.stop),
-        "proxy": {"inits": settings.proxy_inits, "batch": settings.proxy_batch}})
+        "proxy": {"inits": settings.proxy_inits, "batch": settings.proxy_batch},
+        **({"training": {"data": settings.dataset.identity(), "source": settings.dataset.source,
+                         **settings.training.identity(), "seed": settings.seed or 0, "pruner": settings.pruner,
+                         "seconds": _training_seconds(trials)}}
+           if settings.objective == ACCURACY and settings.dataset is not None else {})})
     files["study"] = out / "study.json"
 
     if rank.empty:
@@ -223,10 +262,56 @@ def write_report(result: SearchResult, study: optuna.Study, settings: SearchSett
         if fig is not None:
             plots["importances"] = save_figure(fig, out / "importances.png", dpi=120)
             plt.close(fig)
+    if settings.objective == ACCURACY:
+        winner = int(rank.iloc[0]["trial"]) if not rank.empty else None
+        fig = plot_learning_curves(study.get_trials(deepcopy=False), winner)
+        if fig is not None:
+            plots["learning_curves"] = save_figure(fig, out / "learning_curves.png", dpi=120)
+            plt.close(fig)
     files.update(plots)
     write_text(out / "report.md", markdown(result, settings, study, plots))
     files["report"] = out / "report.md"
     return files
+
+
+def _training_seconds(trials: pd.DataFrame) -> float:
+    if "train_s" not in trials:
+        return 0.0
+    return float(pd.to_numeric(trials["train_s"], errors="coerce").fillna(0).sum())
+
+
+def evidence(objective: str, validation_dir: Path = VALIDATION_DIR) -> list[str]:
+    """What is known about how well `objective` ranks this space's architectures (validate-proxy's report)."""
+    try:
+        summary = json.loads((validation_dir / "report.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
+    data = str((summary.get("data") or {}).get("name", ""))
+    on_fashion = "fashion" in data.lower()
+    fashion = "`python -m search validate-proxy --data fashion-mnist`"
+    lines = ["## Evidence for this objective", ""]
+    if objective == ACCURACY:
+        lines.append("The score is measured accuracy itself: the validation accuracy of each architecture, adapted "
+                     "to the data and trained at the fidelity above (the rule in search/training.py). How well "
+                     "accuracy at this low fidelity ranks architectures, and its seed-to-seed noise ceiling, is what "
+                     f"{fashion} measures; " + ("see results/proxy_validation/report.md." if on_fashion else
+                                              "that validation has not been run yet, so both are unmeasured."))
+        return lines + [""]
+    row = next((r for r in summary.get("correlations", []) if r.get("score") == objective), None)
+    if row:
+        s, noise = summary.get("settings") or {}, summary.get("noise_ceiling") or {}
+        lines.append(f"`validate-proxy` on {data or 'its data'} ({s.get('archs', '?')} architectures, "
+                     f"{len(s.get('seeds', [])) or '?'} training seeds): Spearman rho of `{objective}` with trained "
+                     f"accuracy {row['spearman']:.2f} [{row['spearman_lo']:.2f}, {row['spearman_hi']:.2f}] (95% "
+                     f"bootstrap); the accuracies' own seed-to-seed rho {noise.get('spearman', math.nan):.2f} "
+                     "(results/proxy_validation/report.md).")
+    else:
+        lines.append(f"No validation of `{objective}` against trained accuracy on this space has been run.")
+    if not on_fashion:
+        lines.append(f"The Fashion-MNIST validation ({fashion}) has not been run yet: whether `{objective}` tracks "
+                     "accuracy on real images is unproven. `--objective accuracy --data fashion-mnist` ranks by "
+                     "measured accuracy instead.")
+    return lines + [""]
 
 
 def markdown(result: SearchResult, settings: SearchSettings, study: optuna.Study, plots: dict[str, Path]) -> str:
@@ -251,11 +336,23 @@ def markdown(result: SearchResult, settings: SearchSettings, study: optuna.Study
         + (f", averaged over {settings.proxy_inits} initialisations" if settings.objective in ("synflow", "naswot")
            else "") + ")" + ("; two objectives (score up, latency down)" if settings.pareto else ""),
         f"- trials: {len(trials)} ({n(complete)} complete, {n(fits)} feasible, {n(complete & ~fits)} over budget, "
-        f"{n(trials['state'] == 'FAIL') if len(trials) else 0} failed); {len(dropped)} dropped on re-measurement",
+        + (f"{n(trials['state'] == 'PRUNED')} pruned, " if settings.objective == ACCURACY and len(trials) else "")
+        + f"{n(trials['state'] == 'FAIL') if len(trials) else 0} failed); {len(dropped)} dropped on re-measurement",
         f"- latency: measured with bench.profile on the {d.runtime} runtime (`runtime` in trials.csv), "
         f"stop rule {settings.stop}; cache hits this run: {result.cache_hits}, "
         f"new measurements: {result.cache_misses}",
     ]
+    if settings.objective == ACCURACY and settings.dataset is not None:
+        data = settings.dataset
+        adapted = adapt_config(settings.space.smallest(d.image_size), channels=data.channels, height=data.height,
+                               width=data.width, num_classes=data.num_classes)
+        patches = "/".join(str(s.patch_size) for s in adapted.stages)
+        lines.append(f"- training: {data.describe()} (`{data.source}`), as {data.channels}x{adapted.image_size}x"
+                     f"{adapted.image_size} inputs with patch sizes {patches} (the rule in search/training.py); "
+                     f"every feasible candidate (never an over-budget one) trained "
+                     f"for up to {settings.training.describe(len(data.y_train))}, seed {settings.seed or 0}; "
+                     f"validation accuracy reported to the `{settings.pruner}` pruner after each epoch; "
+                     f"{_training_seconds(trials):.1f} s of training in all (`train_s` in trials.csv)")
     if settings.predictor:
         rejected = int((trials["latency_source"] == "predicted").sum()) if "latency_source" in trials else 0
         lines.append(f"- latency predictor: {rejected} candidates predicted above "
@@ -278,8 +375,11 @@ def markdown(result: SearchResult, settings: SearchSettings, study: optuna.Study
     else:
         unique = rank[rank["duplicate_of"].isna()]
         best = unique.iloc[0]
+        trained = (f" after {int(best['epochs_trained'])} epochs ({fixed(best['train_s'])} s of training)"
+                   if settings.objective == ACCURACY and pd.notna(best.get("epochs_trained")) else "")
         lines += [f"## Winner: trial {int(best['trial'])}", "",
-                  f"{settings.objective} {number(best['score'])}, {si(best['params'])} params, "
+                  f"{'validation accuracy' if settings.objective == ACCURACY else settings.objective} "
+                  f"{number(best['score'])}{trained}, {si(best['params'])} params, "
                   f"{si(best['flops'])} FLOPs, {fixed(best['latency_median_ms'])} ms median on {d.runtime} "
                   f"(p90 {fixed(best['latency_p90_ms'])} ms; re-measured {fixed(best['recheck_median_ms'])} ms).", "",
                   "`best.json` holds its config: `container.build(json.load(open('best.json')))`.", "",
@@ -297,8 +397,9 @@ def markdown(result: SearchResult, settings: SearchSettings, study: optuna.Study
                               "first median (ms)": dropped["latency_median_ms"].map(fixed),
                               "re-measured median (ms)": dropped["recheck_median_ms"].map(fixed)})
         lines += ["## Dropped on re-measurement", "", markdown_table(table, align="rrr"), ""]
+    lines += evidence(settings.objective)
     titles = {"score_vs_latency": "Score against latency", "history": "Best feasible score against trial number",
-              "importances": "Parameter importances"}
+              "importances": "Parameter importances", "learning_curves": "Learning curves"}
     if plots:
         lines += ["## Plots", ""]
         for key, path in plots.items():
@@ -323,5 +424,6 @@ def print_summary(result: SearchResult, objective: str, console: Console | None 
     console.print(table)
 
 
-__all__ = ["RANKING_COLUMNS", "importances", "markdown", "pareto_mask", "plot_history",
-           "plot_importances", "plot_score_vs_latency", "print_summary", "ranking", "write_report"]
+__all__ = ["RANKING_COLUMNS", "evidence", "importances", "markdown", "pareto_mask", "plot_history",
+           "plot_importances", "plot_learning_curves", "plot_score_vs_latency", "print_summary", "ranking",
+           "write_report"]

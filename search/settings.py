@@ -1,7 +1,8 @@
 """What one search run is asked to do (`SearchSettings`), its input checks, and where results go.
 
 The CLI only fills in a SearchSettings; everything a worker must share with a study to join it is
-`SearchSettings.identity()`.
+`SearchSettings.identity()`. With `--objective accuracy` the data set is loaded here, so a bad one fails
+before anything is measured, and its digest and the training fidelity are part of the identity.
 """
 from __future__ import annotations
 
@@ -15,9 +16,13 @@ import bench
 from bench.io import results_root
 from bench.runtimes import RUNTIMES
 
+from search.accuracy import ACCURACY, PRUNERS
+from search.data import USAGE as DATA_USAGE
+from search.data import Dataset, load_data
 from search.latency import DEFAULT_MARGIN, Deployment, default_stop
 from search.proxies import PROXIES, list_proxies
 from search.space import SearchInputError, SearchSpace
+from search.training import TrainingSettings
 
 # Under the one results root of bench and search (bench.io.results_root: $CONTAINER_BENCH_RESULTS, else
 # results/ of this checkout), whatever the working directory; resolved once, at import.
@@ -25,6 +30,11 @@ DEFAULT_RESULTS_DIR = results_root() / "search"
 PREDICTOR_DIR = results_root() / "predictor"  # the predictor's table and calibration, one file per machine
 VALIDATION_DIR = results_root() / "proxy_validation"
 DEFAULT_OBJECTIVE = "naswot"
+
+
+def list_objectives() -> list[str]:
+    """Every `--objective`: the training-free proxies and trained accuracy."""
+    return sorted([*list_proxies(), ACCURACY])
 
 
 class WorkerMismatchError(SearchInputError):
@@ -86,6 +96,12 @@ class SearchSettings:
     predictor: bool = False  # reject candidates the latency predictor puts clearly over budget, unmeasured
     predictor_margin: float = DEFAULT_MARGIN  # ... i.e. predicted above budget * (1 + margin)
     predictor_dir: Path = PREDICTOR_DIR
+    # --objective accuracy: the data (a --data SPEC, or a Dataset already loaded), the training fidelity,
+    # and the pruner (None: hyperband, or none with --pareto, which Optuna cannot prune).
+    data: str | Path | Dataset | None = None
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    pruner: str | None = None
+    dataset: Dataset | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.budget_ms = parse_budget(self.budget_ms)
@@ -93,8 +109,9 @@ class SearchSettings:
             self.stop = default_stop(self.budget_ms)
         self.results_dir = Path(self.results_dir)
         self.predictor_dir = Path(self.predictor_dir)
-        if self.objective not in PROXIES:
-            raise SearchInputError(f"--objective {self.objective!r}: valid objectives: {', '.join(list_proxies())}")
+        if self.objective not in PROXIES and self.objective != ACCURACY:
+            raise SearchInputError(f"--objective {self.objective!r}: valid objectives: {', '.join(list_objectives())}")
+        self._check_training()
         if self.n_trials is not None and (isinstance(self.n_trials, bool) or self.n_trials < 1):
             raise SearchInputError(f"--trials {self.n_trials}: must be >= 1")
         if self.timeout_s is not None and not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
@@ -113,6 +130,32 @@ class SearchSettings:
             raise SearchInputError(f"--study {self.study_name!r}: use letters, digits, '.', '_' and '-' only")
         self.space.validate(self.deployment.image_size)
 
+    def _check_training(self) -> None:
+        if self.pruner is not None and self.pruner not in PRUNERS:
+            raise SearchInputError(f"--pruner {self.pruner!r}: valid pruners: {', '.join(PRUNERS)}")
+        if self.objective != ACCURACY:
+            if self.data is not None:
+                raise SearchInputError(f"--data: used only with --objective accuracy (this run's objective is "
+                                       f"{self.objective})")
+            return
+        if self.pareto and self.pruner not in (None, "none"):
+            raise SearchInputError(f"--pruner {self.pruner}: Optuna cannot prune a two-objective (--pareto) study; "
+                                   f"use --pruner none")
+        self.pruner = self.pruner or ("none" if self.pareto else "hyperband")
+        if self.data is None:
+            raise SearchInputError(f"--objective accuracy: needs --data ({DATA_USAGE})")
+        if not isinstance(self.training, TrainingSettings):
+            raise SearchInputError(f"training: expected TrainingSettings, got {type(self.training).__name__}")
+        self.dataset = self.data if isinstance(self.data, Dataset) else load_data(self.data)
+
+    @property
+    def objective_identity(self) -> str:
+        """The objective as a worker must share it: for accuracy, the data (by digest) and the fidelity too."""
+        if self.objective != ACCURACY or self.dataset is None:
+            return self.objective
+        return (f"accuracy on {self.dataset.describe()} (digest {self.dataset.digest}); "
+                f"{self.training.describe()}; seed {self.seed or 0}; pruner {self.pruner}")
+
     @property
     def name(self) -> str:
         """The study name: given, or derived from the setting (the same command resumes the same study)."""
@@ -120,7 +163,12 @@ class SearchSettings:
             return self.study_name
         d = self.deployment
         return (f"{d.device.replace(':', '')}-{d.runtime}-b{d.batch_size}-{d.image_size}px-{d.dtype}-t{d.threads}-"
-                f"{self.budget_ms:g}ms-{self.objective}{'-pareto' if self.pareto else ''}")
+                f"{self.budget_ms:g}ms-{self.objective}{self._data_suffix()}{'-pareto' if self.pareto else ''}")
+
+    def _data_suffix(self) -> str:
+        if self.objective != ACCURACY or self.dataset is None:
+            return ""
+        return "-" + (re.sub(r"[^A-Za-z0-9._-]+", "_", self.dataset.name).strip("._-") or "data")
 
     @property
     def recheck_limit_ms(self) -> float:
@@ -140,9 +188,9 @@ class SearchSettings:
         """What a worker must share with a study to join it (recorded in the study's user attrs). The
         deployment includes the runtime: latencies from different runtimes never mix in one study."""
         return {"fingerprint": self.deployment.fingerprint(), "deployment": self.deployment.to_dict(),
-                "budget_ms": self.budget_ms, "objective": self.objective, "pareto": self.pareto,
+                "budget_ms": self.budget_ms, "objective": self.objective_identity, "pareto": self.pareto,
                 "space": self.space.to_dict()}
 
 
 __all__ = ["DEFAULT_OBJECTIVE", "DEFAULT_RESULTS_DIR", "NoFeasibleNetworkError", "PREDICTOR_DIR", "SearchSettings",
-           "VALIDATION_DIR", "WorkerMismatchError", "add_runtime_argument", "parse_budget"]
+           "VALIDATION_DIR", "WorkerMismatchError", "add_runtime_argument", "list_objectives", "parse_budget"]

@@ -6,7 +6,8 @@ otherwise); the sampler, TPE constrained through `trial.set_constraint` (Optuna 
 API, which TPE and `study.best_trials` read); the trials and their table (search.trials). Every
 trial's latency comes from one `LatencySource` (search.latency: bench, behind a persistent cache,
 behind the predictor gate with `--predictor`); scores come from a `Scorer` (a training-free proxy
-by default).
+by default; with `--objective accuracy` each feasible candidate is trained and may be pruned, see
+search.accuracy).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from optuna.trial import FrozenTrial
 import container
 from container import NetworkConfig
 
+from search.accuracy import ACCURACY, AccuracyScorer, is_training_scorer, make_pruner, train_trial
 from search.latency import (BenchLatency, CachedLatency, Latency, LatencySource, MachineLock, MeasurementError,
                             PredictorGate, config_key)
 from search.predictor import LatencyPredictor
@@ -60,9 +62,14 @@ class SearchStudy:
             self.predictor = LatencyPredictor(s.deployment, lock=self.lock, directory=s.predictor_dir)
             self.gate = PredictorGate(self.predictor, self.cache, s.budget_ms, s.predictor_margin)
             self.latency = self.gate
-        self.scorer = scorer if scorer is not None else ProxyScorer(
-            s.objective, inits=s.proxy_inits, batch_size=s.proxy_batch, device=s.deployment.device,
-            seed=s.seed or 0, threads=s.deployment.threads)
+        if scorer is not None:
+            self.scorer = scorer
+        elif s.objective == ACCURACY:
+            # The machine lock: training beside another worker's latency measurement would slow it.
+            self.scorer = AccuracyScorer(s.dataset, s.training, seed=s.seed or 0, lock=self.lock)
+        else:
+            self.scorer = ProxyScorer(s.objective, inits=s.proxy_inits, batch_size=s.proxy_batch,
+                                      device=s.deployment.device, seed=s.seed or 0, threads=s.deployment.threads)
         self.storage: optuna.storages.BaseStorage | None = None
         self.study: optuna.Study | None = None
         self.created = False
@@ -83,7 +90,8 @@ class SearchStudy:
             # A resumed run must not replay the random start-up proposals already tried.
             seed += len(self.storage.get_all_trials(self.storage.get_study_id_from_name(s.name), deepcopy=False))
         sampler = optuna.samplers.TPESampler(seed=seed)
-        self.study = optuna.create_study(study_name=s.name, storage=self.storage, sampler=sampler,
+        pruner = make_pruner(s.pruner or "none", s.training.epochs)
+        self.study = optuna.create_study(study_name=s.name, storage=self.storage, sampler=sampler, pruner=pruner,
                                          directions=directions, load_if_exists=True)
         join_study(self.study, self.identity, s.deployment)
         ordinal = worker_ordinal(self.study)
@@ -149,7 +157,13 @@ class SearchStudy:
             if latency.predicted_ms is not None:
                 trial.set_user_attr("latency_predicted_ms", latency.predicted_ms)
             fits = latency.median_ms <= s.budget_ms
-            scores = self.scorer.evaluate(config) if (fits or s.score_infeasible) else _size_only(self.scorer, config)
+            if is_training_scorer(self.scorer):  # an over-budget candidate is never trained
+                scores = (train_trial(trial, self.scorer, config, report=not s.pareto) if fits
+                          else _size_only(self.scorer, config))
+            elif fits or s.score_infeasible:
+                scores = self.scorer.evaluate(config)
+            else:
+                scores = _size_only(self.scorer, config)
             trial.set_user_attr("params", int(scores.params))
             trial.set_user_attr("flops", int(scores.flops))
             scored = not math.isnan(scores.score)  # NaN: not scored (over budget); -inf: scored, degenerate

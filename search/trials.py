@@ -16,7 +16,8 @@ from optuna.trial import FrozenTrial, TrialState
 CONSTRAINT = "latency_ms"  # latency median - budget; feasible when <= 0
 
 TRIAL_COLUMNS = ["trial", "state", "score", "score_spread", "params", "flops", "latency_median_ms", "latency_p90_ms",
-                 "latency_iqr_ms", "latency_cached", "latency_source", "latency_predicted_ms", "runtime", "feasible",
+                 "latency_iqr_ms", "latency_cached", "latency_source", "latency_predicted_ms", "runtime", "accuracy",
+                 "epochs_trained", "train_s", "feasible",
                  "rechecked", "recheck_median_ms", "recheck_p90_ms", "dropped", "error", "interrupted", "retry_of",
                  "duration_s", "config_key", "config"]
 
@@ -30,7 +31,8 @@ def feasible(trial: FrozenTrial) -> bool:
 
 
 def counts_toward_target(trial: FrozenTrial) -> bool:
-    """Finished trials count; trials lost to a kill or Ctrl-C do not (they are retried)."""
+    """Finished trials count (a pruned one too: trained, not to the end, and never ranked); trials lost to a
+    kill or Ctrl-C do not (they are retried)."""
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     return trial.state == TrialState.FAIL and not (trial.user_attrs.get("interrupted") or trial.user_attrs.get("lost"))
@@ -60,7 +62,10 @@ def trials_frame(trials: list[FrozenTrial], recheck_limit_ms: float,
             "latency_median_ms": a.get("latency_median_ms"), "latency_p90_ms": a.get("latency_p90_ms"),
             "latency_iqr_ms": a.get("latency_iqr_ms"), "latency_cached": a.get("latency_cached"),
             "latency_source": a.get("latency_source"), "latency_predicted_ms": a.get("latency_predicted_ms"),
-            "runtime": a.get("runtime"), "feasible": is_feasible,
+            "runtime": a.get("runtime"),
+            # --objective accuracy: validation accuracy after the last epoch trained (a pruned trial's too)
+            "accuracy": a.get("accuracy"), "epochs_trained": a.get("epochs_trained"), "train_s": a.get("train_s"),
+            "feasible": is_feasible,
             "rechecked": rc is not None,
             "recheck_median_ms": rc.get("median_ms") if rc else None,
             "recheck_p90_ms": rc.get("p90_ms") if rc else None,
