@@ -6,10 +6,11 @@ training-free score, or with `--objective accuracy --data fashion-mnist|FILE.npz
 accuracy of every feasible candidate trained on that data (weak ones pruned early, `--pruner`).
 
 A thin layer: parse the flags, build SearchSettings, call search.run_search, print a summary.
-Three more commands publish how far the search can be trusted (each has its own --help):
+Four more commands publish how far the search can be trusted (each has its own --help):
 `python -m search predictor-report` (the latency predictor's accuracy on held-out networks),
-`python -m search predictor-bench --budget-ms MS` (trials per minute with and without it) and
-`python -m search validate-proxy` (rank correlation of every score with trained accuracy).
+`python -m search predictor-bench --budget-ms MS` (trials per minute with and without it),
+`python -m search validate-proxy` (rank correlation of every score with trained accuracy) and
+`python -m search compare-random --budget-ms MS` (the search's winners against random search's).
 Exit status: 0 a ranked report; 2 bad input (one line on stderr), including a worker refused by
 a study measured elsewhere; 3 no network fits the budget; 130 interrupted (report written so far).
 """
@@ -27,12 +28,12 @@ from bench.cli_kit import (Parser, fail, fraction, non_negative_float, non_negat
                            program_name, writable_dir, writable_file)
 from bench.report import table_console
 
-from search import predictor_report, validate
+from search import compare_random, predictor_report, validate
 from search.latency import Deployment, default_stop
 from search.accuracy import PRUNERS
 from search.report import print_summary
-from search.settings import (DEFAULT_OBJECTIVE, DEFAULT_RESULTS_DIR, NoFeasibleNetworkError, SearchSettings,
-                             add_runtime_argument, list_objectives, parse_budget)
+from search.settings import (DEFAULT_OBJECTIVE, DEFAULT_RESULTS_DIR, SAMPLERS, NoFeasibleNetworkError,
+                             SearchSettings, add_runtime_argument, list_objectives, parse_budget)
 from search.space import SearchInputError, SearchSpace
 from search.study import run_search
 from search.training import TrainingSettings
@@ -63,6 +64,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--objective", default=DEFAULT_OBJECTIVE, choices=list_objectives(),
                    help="score to maximise: a training-free proxy, params / flops, or accuracy (trained on --data)")
     g.add_argument("--pareto", action="store_true", help="two objectives: score up, latency down")
+    g.add_argument("--sampler", choices=SAMPLERS, default="tpe",
+                   help="tpe (the search), or random: uniform random search, the baseline (see compare-random)")
     g.add_argument("--space", type=Path, default=None, metavar="FILE", help="search space as JSON or YAML")
     g.add_argument("--space-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override the space, e.g. 'stages[2].kind=[conv,attn]', 'kernel_size=[3,5]', "
@@ -128,6 +131,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "predictor-report": (predictor_report.main_report, "the latency predictor's accuracy on held-out networks"),
     "predictor-bench": (predictor_report.main_bench, "trials per minute with and without the predictor"),
     "validate-proxy": (validate.main, "rank correlation of every score with trained accuracy"),
+    "compare-random": (compare_random.main, "the search's winners against random search's, trained and tested"),
 }
 
 
@@ -161,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             proxy_batch=args.proxy_batch, recheck=args.recheck, recheck_margin=args.recheck_margin,
             score_infeasible=args.score_infeasible,
             progress=not args.no_progress, lock_file=args.lock_file and str(args.lock_file), predictor=args.predictor,
-            predictor_margin=args.predictor_margin, data=args.data, pruner=args.pruner,
+            predictor_margin=args.predictor_margin, data=args.data, pruner=args.pruner, sampler=args.sampler,
             training=TrainingSettings(epochs=args.epochs, train_images=args.train_images or None,
                                       val_images=args.val_images, batch_size=args.train_batch, lr=args.train_lr,
                                       width_div=args.train_width_div, threads=args.train_threads))

@@ -30,6 +30,7 @@ DEFAULT_RESULTS_DIR = results_root() / "search"
 PREDICTOR_DIR = results_root() / "predictor"  # the predictor's table and calibration, one file per machine
 VALIDATION_DIR = results_root() / "proxy_validation"
 DEFAULT_OBJECTIVE = "naswot"
+SAMPLERS = ("tpe", "random")  # --sampler: Optuna's TPE (constrained), or uniform random search as its baseline
 
 
 def list_objectives() -> list[str]:
@@ -102,6 +103,7 @@ class SearchSettings:
     training: TrainingSettings = field(default_factory=TrainingSettings)
     pruner: str | None = None
     dataset: Dataset | None = field(default=None, init=False, repr=False)
+    sampler: str = "tpe"
 
     def __post_init__(self) -> None:
         self.budget_ms = parse_budget(self.budget_ms)
@@ -112,6 +114,8 @@ class SearchSettings:
         if self.objective not in PROXIES and self.objective != ACCURACY:
             raise SearchInputError(f"--objective {self.objective!r}: valid objectives: {', '.join(list_objectives())}")
         self._check_training()
+        if self.sampler not in SAMPLERS:
+            raise SearchInputError(f"--sampler {self.sampler!r}: valid samplers: {', '.join(SAMPLERS)}")
         if self.n_trials is not None and (isinstance(self.n_trials, bool) or self.n_trials < 1):
             raise SearchInputError(f"--trials {self.n_trials}: must be >= 1")
         if self.timeout_s is not None and not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
@@ -163,7 +167,8 @@ class SearchSettings:
             return self.study_name
         d = self.deployment
         return (f"{d.device.replace(':', '')}-{d.runtime}-b{d.batch_size}-{d.image_size}px-{d.dtype}-t{d.threads}-"
-                f"{self.budget_ms:g}ms-{self.objective}{self._data_suffix()}{'-pareto' if self.pareto else ''}")
+                f"{self.budget_ms:g}ms-{self.objective}{self._data_suffix()}{'-pareto' if self.pareto else ''}"
+                f"{'' if self.sampler == 'tpe' else '-' + self.sampler}")
 
     def _data_suffix(self) -> str:
         if self.objective != ACCURACY or self.dataset is None:
@@ -189,8 +194,9 @@ class SearchSettings:
         deployment includes the runtime: latencies from different runtimes never mix in one study."""
         return {"fingerprint": self.deployment.fingerprint(), "deployment": self.deployment.to_dict(),
                 "budget_ms": self.budget_ms, "objective": self.objective_identity, "pareto": self.pareto,
-                "space": self.space.to_dict()}
+                "space": self.space.to_dict(), "sampler": self.sampler}
 
 
-__all__ = ["DEFAULT_OBJECTIVE", "DEFAULT_RESULTS_DIR", "NoFeasibleNetworkError", "PREDICTOR_DIR", "SearchSettings",
+__all__ = ["DEFAULT_OBJECTIVE", "DEFAULT_RESULTS_DIR", "NoFeasibleNetworkError", "PREDICTOR_DIR", "SAMPLERS",
+           "SearchSettings",
            "VALIDATION_DIR", "WorkerMismatchError", "add_runtime_argument", "list_objectives", "parse_budget"]

@@ -101,8 +101,11 @@ def check_identity(study_name: str, theirs: dict[str, Any], mine: dict[str, Any]
     if diffs:
         raise WorkerMismatchError(f"refusing to join study {study_name!r}: deployment setting differs: "
                                   f"{'; '.join(diffs)} (use the study's setting or a new --study)")
-    for key, flag in (("budget_ms", "--budget-ms"), ("objective", "--objective"), ("pareto", "--pareto")):
-        if theirs.get(key) != mine[key]:
+    # A study from before --sampler existed was sampled by TPE.
+    theirs = {"sampler": "tpe"} | theirs
+    for key, flag in (("budget_ms", "--budget-ms"), ("objective", "--objective"), ("pareto", "--pareto"),
+                      ("sampler", "--sampler")):
+        if key in mine and theirs.get(key) != mine[key]:
             raise WorkerMismatchError(f"refusing to join study {study_name!r}: it was created with {flag} "
                                       f"{theirs.get(key)}, this run asks for {mine[key]} (use a new --study)")
     if theirs.get("space") != mine["space"]:

@@ -89,7 +89,7 @@ class SearchStudy:
         if not self.created and seed is not None:
             # A resumed run must not replay the random start-up proposals already tried.
             seed += len(self.storage.get_all_trials(self.storage.get_study_id_from_name(s.name), deepcopy=False))
-        sampler = optuna.samplers.TPESampler(seed=seed)
+        sampler = make_sampler(s.sampler, seed)
         pruner = make_pruner(s.pruner or "none", s.training.epochs)
         self.study = optuna.create_study(study_name=s.name, storage=self.storage, sampler=sampler, pruner=pruner,
                                          directions=directions, load_if_exists=True)
@@ -98,7 +98,7 @@ class SearchStudy:
         if ordinal and seed is not None:
             # Workers started together by the same command would otherwise all propose the same
             # start-up trials: each later worker of the study gets its own (still reproducible) seed.
-            self.study.sampler = optuna.samplers.TPESampler(seed=seed + 100_003 * ordinal)
+            self.study.sampler = make_sampler(s.sampler, seed + 100_003 * ordinal)
         recover_lost_trials(self.study, self.storage)
         return self.study
 
@@ -244,6 +244,13 @@ class SearchStudy:
         return done
 
 
+def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
+    """`--sampler`: TPE reads the latency constraint; random search ignores it (the baseline TPE must beat)."""
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
 def _size_only(scorer: Scorer, config: NetworkConfig) -> Scores:
     """#params and FLOPs without the (costly) score, for an over-budget trial."""
     size = getattr(scorer, "size", None)
@@ -339,4 +346,4 @@ def run_search(settings: SearchSettings, *, latency_source: LatencySource | None
     return result
 
 
-__all__ = ["SearchStudy", "run_search"]
+__all__ = ["SearchStudy", "make_sampler", "run_search"]

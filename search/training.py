@@ -175,6 +175,7 @@ class TrainingResult:
     curve: list[float]  # validation accuracy after each epoch trained
     train_s: float  # wall time of training and validation
     final_loss: float
+    test_accuracy: float = math.nan  # on the `test` split train() was given, after the last epoch
 
     @property
     def accuracy(self) -> float:
@@ -194,9 +195,11 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def train(config: NetworkConfig, data: TrainingData, settings: TrainingSettings, seed: int,
-          on_epoch: EpochCallback | None = None) -> TrainingResult:
+          on_epoch: EpochCallback | None = None,
+          test: tuple[torch.Tensor, torch.Tensor] | None = None) -> TrainingResult:
     """Train the (adapted) `config` from a seeded initialisation; validation accuracy after every epoch goes
-    to `on_epoch`, which may raise to stop early (then nothing is returned)."""
+    to `on_epoch`, which may raise to stop early (then nothing is returned). With `test` (images at the
+    data's side, labels), the accuracy on it after the last epoch: never used to choose anything."""
     if config.image_size != data.side:
         raise ValueError(f"config.image_size {config.image_size} != the data's side {data.side}")
     start = time.perf_counter()
@@ -227,7 +230,9 @@ def train(config: NetworkConfig, data: TrainingData, settings: TrainingSettings,
             curve.append(accuracy(model, data.x_val, data.y_val))
             if on_epoch is not None:
                 on_epoch(epoch, curve[-1])
-    return TrainingResult(curve=curve, train_s=time.perf_counter() - start, final_loss=float(loss.detach()))
+        test_accuracy = accuracy(model, *test) if test is not None else math.nan
+    return TrainingResult(curve=curve, train_s=time.perf_counter() - start, final_loss=float(loss.detach()),
+                          test_accuracy=test_accuracy)
 
 
 __all__ = ["EpochCallback", "MIN_LAST_TOKENS", "TrainingData", "TrainingResult", "TrainingSettings", "accuracy",

@@ -1,91 +1,170 @@
-"""validate-proxy: data from inside scikit-learn, scaled architectures, statistics, and a tiny end-to-end run."""
+"""validate-proxy on search.data + search.training: the evidence statistics on constructed inputs, the protocol's
+test accuracy and one-epoch score, a tiny end-to-end run, its resume, and bad input as one line with exit 2."""
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from container import NetworkConfig
-from search import SearchSpace
+from search.data import FASHION_MNIST_DIR, load_data
+from search.evidence import (ValidationProtocol, bootstrap_mean, noise_ceiling, rank_correlations,
+                             supported_objective)
 from search.sampling import sample_configs
-from search.validate import (ValidationSettings, digits, main, noise_ceiling, rank_correlations, scale_config,
-                             validate_proxy)
 from search.space import SearchInputError
-from tests.search_helpers import TINY_SPACE
+from search.training import TrainingSettings
+from search.validate import ValidationSettings, main, validate_proxy
+
+from tests.search_helpers import IMAGE, tiny_space
+
+TINY_TRAINING = TrainingSettings(epochs=2, train_images=60, val_images=20, batch_size=16, width_div=2, threads=1)
 
 
-def test_digits_ship_with_scikit_learn_and_split_stratified():
-    x_train, _, x_test, y_test = digits(16)
-    assert x_train.shape == (1347, 1, 16, 16) and x_test.shape == (450, 1, 16, 16)
-    assert abs(float(x_train.mean())) < 1e-4 and float(x_train.std()) == pytest.approx(1.0, abs=1e-3)
-    assert set(y_test.tolist()) == set(range(10))
-    assert x_train.shape == digits(16)[0].shape and bool((digits(16)[0] == x_train).all())  # fixed split
-
-
-def test_scaling_keeps_the_structure_of_every_sampled_architecture():
-    for config in sample_configs(SearchSpace.default(), 40, 0, 224):
-        small = scale_config(config, width_div=4, image_size=32)
-        assert small.image_size == 32 and small.in_chans == 1 and small.num_classes == 10
-        assert small.feature_sizes() == [16, 8, 4, 2]
-        for big, s in zip(config.stages, small.stages):
-            assert (s.depth, s.kind, s.kernel_size, s.mlp_ratio, s.heads) == \
-                (big.depth, big.kind, big.kernel_size, big.mlp_ratio, big.heads)
-            assert s.dim * 4 == big.dim and s.head_dim * 4 == big.head_dim
-    with pytest.raises(SearchInputError, match="image-size"):
-        scale_config(sample_configs(SearchSpace.default(), 1, 0, 224)[0], image_size=24)
-
-
-def test_rank_correlations_and_bootstrap_intervals():
-    x = np.arange(30, dtype=float)
-    perfect = rank_correlations(x, x * 2 + 1, n_boot=200, seed=0)
-    assert perfect["spearman"] == pytest.approx(1.0) and perfect["kendall"] == pytest.approx(1.0)
-    assert perfect["spearman_lo"] == pytest.approx(1.0)
+def tiny_npz(tmp_path: Path, *, n: int = 100, side: int = 16, classes: int = 3) -> Path:
+    """Each class brightens its own band of the image, plus noise."""
     rng = np.random.default_rng(0)
-    noisy = rank_correlations(x, x + rng.normal(0, 10, 30), n_boot=500, seed=0)
+
+    def make(count: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, classes, count)
+        x = rng.normal(0, 0.3, (count, side, side)).astype(np.float32)
+        for i, c in enumerate(y):
+            x[i, c * (side // classes):(c + 1) * (side // classes)] += 1.5
+        return x, y
+
+    (x_train, y_train), (x_test, y_test) = make(n), make(n // 2)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return path
+
+
+# --- statistics ----------------------------------------------------------------------------------------------------
+
+
+def test_rank_correlations_of_a_monotone_and_an_inverse_relation():
+    x = np.arange(20, dtype=float)
+    up = rank_correlations(x, np.exp(x / 5), n_boot=200, seed=0)
+    assert up["spearman"] == pytest.approx(1.0) and up["kendall"] == pytest.approx(1.0)
+    assert up["spearman_lo"] == pytest.approx(1.0)
+    down = rank_correlations(x, -x ** 3, n_boot=200, seed=0)
+    assert down["spearman"] == pytest.approx(-1.0) and down["kendall"] == pytest.approx(-1.0)
+    noisy = rank_correlations(x, x + np.random.default_rng(0).normal(0, 8, 20), n_boot=300, seed=0)
     assert noisy["spearman_lo"] < noisy["spearman"] < noisy["spearman_hi"]
-    # A degenerate score (-inf) ranks below every finite one instead of breaking the statistics.
-    with_inf = rank_correlations(np.array([-math.inf, 1.0, 2.0, 3.0]), np.array([0.1, 0.2, 0.3, 0.4]),
-                                 n_boot=50, seed=0)
-    assert with_inf["spearman"] == pytest.approx(1.0)
+    # a degenerate score (-inf) ranks below every finite one
+    assert rank_correlations([-math.inf, 1, 2, 3], [0.1, 0.2, 0.3, 0.4], n_boot=20)["spearman"] == pytest.approx(1)
 
 
-def test_noise_ceiling_from_two_seeds():
-    acc = pd.DataFrame([{"arch": a, "seed": s, "accuracy": a / 10 + (0.001 if s else 0)}
-                        for a in range(10) for s in (0, 1)])
-    c = noise_ceiling(acc, [0, 1], n_boot=100, seed=0)
+def test_noise_ceiling_on_constructed_accuracies():
+    same = pd.DataFrame([{"arch": a, "seed": s, "accuracy": a / 10 + 0.001 * s} for a in range(10) for s in (0, 1)])
+    c = noise_ceiling(same, [0, 1], n_boot=100)
     assert c["spearman"] == pytest.approx(1.0) and c["spearman_brown"] == pytest.approx(1.0)
     assert c["seed_std_mean"] == pytest.approx(0.001 / math.sqrt(2), rel=1e-3)
+    swapped = pd.DataFrame([{"arch": a, "seed": s, "accuracy": (a if s == 0 else 9 - a) / 10}
+                            for a in range(10) for s in (0, 1)])
+    assert noise_ceiling(swapped, [0, 1], n_boot=50)["spearman"] == pytest.approx(-1.0)
 
 
-def test_settings_are_checked():
-    with pytest.raises(SearchInputError, match="two distinct"):
-        ValidationSettings(seeds=(0,)).validate()
-    with pytest.raises(SearchInputError, match="archs"):
-        ValidationSettings(archs=2).validate()
-    assert main(["--seeds", "1", "--archs", "4"]) == 2
+def test_bootstrap_mean_interval_holds_the_mean():
+    b = bootstrap_mean([1.0, 2.0, 3.0, 4.0], n_boot=500)
+    assert b["mean"] == 2.5 and b["lo"] < 2.5 < b["hi"] and b["n"] == 4
+
+
+def _corr(rhos: dict[str, float]) -> pd.DataFrame:
+    return pd.DataFrame([{"score": k, "spearman": v, "spearman_lo": v - 0.2, "training_free": k != "one_epoch"}
+                         for k, v in rhos.items()])
+
+
+def test_supports_sentence_when_params_beats_every_proxy():
+    s = supported_objective(_corr({"naswot": 0.3, "synflow": 0.5, "params": 0.6, "flops": 0.55, "one_epoch": 0.9}))
+    assert s["objective"] == "params" and not s["proxy_beats_size"]
+    assert s["sentence"].startswith("No training-free proxy beats #params or FLOPs here")
+    s = supported_objective(_corr({"naswot": 0.7, "synflow": 0.5, "params": 0.6, "flops": 0.55, "one_epoch": 0.9}))
+    assert s["objective"] == "naswot" and s["proxy_beats_size"] and "`naswot` (0.70)" in s["sentence"]
+    weak = supported_objective(_corr({"naswot": 0.1, "synflow": 0.0, "params": 0.15, "flops": 0.1}))
+    assert "not shown to track accuracy" in weak["sentence"]
+
+
+# --- the protocol ----------------------------------------------------------------------------------------------------
+
+
+def test_protocol_tests_on_the_test_split_and_takes_the_one_epoch_score_from_the_curve(tmp_path):
+    dataset = load_data(tiny_npz(tmp_path))
+    protocol = ValidationProtocol(dataset, TINY_TRAINING)
+    config = sample_configs(tiny_space(), 1, 0, IMAGE)[0]
+    r = protocol.train(config, seed=0)
+    assert len(r.val_curve) == TINY_TRAINING.epochs and r.one_epoch == r.val_curve[0]
+    # accuracies are fractions of the validation split (20 images) and of the test split (50 images)
+    assert round(r.one_epoch * 20, 6) == int(round(r.one_epoch * 20))
+    assert round(r.test_accuracy * 50, 6) == int(round(r.test_accuracy * 50))
+    again = protocol.train(config, seed=0)  # seeded: the same run again
+    assert (again.val_curve, again.test_accuracy) == (r.val_curve, r.test_accuracy)
+    with pytest.raises(SearchInputError, match="--epochs 1"):
+        ValidationProtocol(dataset, TrainingSettings(epochs=1))
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.exists(), reason="needs Debian's dataset-fashion-mnist")
+def test_protocol_on_a_few_fashion_mnist_images():
+    dataset = load_data("fashion-mnist", limit=80)
+    protocol = ValidationProtocol(dataset, TrainingSettings(epochs=2, train_images=60, val_images=16, batch_size=16,
+                                                            width_div=8, threads=1))
+    config = sample_configs(tiny_space(), 1, 1, IMAGE)[0]
+    assert protocol.adapt(config).image_size == 32
+    r = protocol.train(config, seed=1)
+    assert 0 <= r.test_accuracy <= 1 and 0 <= r.one_epoch <= 1
+
+
+# --- end to end, resume, bad input -----------------------------------------------------------------------------------
+
+
+def _settings(data: Path, archs: int = 3) -> ValidationSettings:
+    return ValidationSettings(data=str(data), archs=archs, training=TINY_TRAINING, image_size=IMAGE, bootstrap=40,
+                              proxy_inits=1, proxy_batch=2, progress=False)
 
 
 @pytest.mark.slow
-def test_a_tiny_validation_end_to_end(tmp_path):
-    space = SearchSpace.from_dict(TINY_SPACE)
-    settings = ValidationSettings(archs=4, seeds=(0, 1), epochs=1, image_size=16, width_div=2, bootstrap=50,
-                                  proxy_inits=1, proxy_batch=2, threads=1, default_objective="naswot")
-    summary = validate_proxy(settings, space, tmp_path)
-    assert {r["score"] for r in summary["correlations"]} == {"flops", "naswot", "params", "synflow"}
+def test_a_tiny_validation_end_to_end_and_its_resume(tmp_path, monkeypatch):
+    data = tiny_npz(tmp_path)
+    out = tmp_path / "out"
+    summary = validate_proxy(_settings(data), tiny_space(), out)
+    assert summary["complete"] and {r["score"] for r in summary["correlations"]} == \
+        {"flops", "naswot", "params", "synflow", "one_epoch"}
     for name in ("report.md", "accuracies.csv", "scores.csv", "correlations.csv", "report.json",
-                 "scores_vs_accuracy.png"):
-        assert (tmp_path / name).exists(), name
-    acc = pd.read_csv(tmp_path / "accuracies.csv")
-    assert len(acc) == 8 and acc["accuracy"].between(0, 1).all()
-    report = (tmp_path / "report.md").read_text()
-    assert "noise ceiling" in report and "Spearman" in report
-    rho = {r["score"]: r["spearman"] for r in summary["correlations"]}
-    assert ("does not beat #params" in (summary["warning"] or "")) == (not rho["naswot"] > rho["params"])
-    assert ("does not beat #params" in report) == (not rho["naswot"] > rho["params"])
-    # four architectures and two one-epoch seeds can never be strong evidence
-    assert "weak evidence" in summary["warning"] and "weak evidence" in report
-    assert json.loads((tmp_path / "report.json").read_text())["supported_objective"] == summary["supported_objective"]
-    NetworkConfig.from_json(pd.read_csv(tmp_path / "scores.csv")["config"][0])
+                 "scores_vs_accuracy.png", "run.json"):
+        assert (out / name).exists(), name
+    acc = pd.read_csv(out / "accuracies.csv")
+    assert len(acc) == 6 and acc["accuracy"].between(0, 1).all()
+    scores = pd.read_csv(out / "scores.csv")
+    seed0 = acc[acc["seed"] == 0].set_index("arch")["one_epoch"]
+    assert (scores.set_index("arch")["one_epoch"] == seed0).all()  # seed 0's first epoch, no extra training
+    report = (out / "report.md").read_text()
+    assert "Noise ceiling" in report and "0.7" in report and "Objective the evidence supports" in report
+    assert summary["supported"]["sentence"] in report and "wall time" in report and "logical cores" in report
+    assert json.loads((out / "report.json").read_text())["supported"] == summary["supported"]
+
+    # a rerun with one more architecture trains only that one
+    import search.evidence as evidence
+    trained: list[int] = []
+    original = evidence.ValidationProtocol.train
+    monkeypatch.setattr(evidence.ValidationProtocol, "train",
+                        lambda self, config, seed: trained.append(seed) or original(self, config, seed))
+    summary = validate_proxy(_settings(data, archs=4), tiny_space(), out)
+    assert trained == [0, 1] and len(pd.read_csv(out / "accuracies.csv")) == 8 and summary["archs_done"] == 4
+    # other settings start over
+    trained.clear()
+    validate_proxy(ValidationSettings(**{**_settings(data).__dict__, "sample_seed": 7}), tiny_space(), out)
+    assert len(trained) == 6
+
+
+def test_bad_input_is_one_line_with_exit_2(tmp_path, capsys):
+    for argv, flag in ((["--seeds", "1"], "--seeds"), (["--epochs", "0"], "--epochs"),
+                       (["--epochs", "1", "--data", str(tiny_npz(tmp_path))], "--epochs 1"),
+                       (["--data", str(tmp_path / "missing.npz")], "--data"), (["--archs", "2"], "--archs")):
+        try:
+            code = main([*argv, "--out-dir", str(tmp_path / "o"), "--no-progress"])
+        except SystemExit as e:  # argparse's checked types exit from the parser
+            code = e.code
+        assert code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and flag in err, err
