@@ -286,8 +286,9 @@ def evidence(objective: str, validation_dir: Path = VALIDATION_DIR) -> list[str]
         summary = json.loads((validation_dir / "report.json").read_text())
     except (OSError, ValueError):
         summary = {}
-    data = str((summary.get("data") or {}).get("name", ""))
-    on_fashion = "fashion" in data.lower()
+    data = summary.get("data") or ""
+    data = str(data.get("name", "") if isinstance(data, dict) else data)  # a dict in reports before issue 16
+    on_fashion = "fashion" in data.lower() and bool(summary.get("complete", False))
     fashion = "`python -m search validate-proxy --data fashion-mnist`"
     lines = ["## Evidence for this objective", ""]
     if objective == ACCURACY:

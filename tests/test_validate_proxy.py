@@ -168,3 +168,19 @@ def test_bad_input_is_one_line_with_exit_2(tmp_path, capsys):
         assert code == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and flag in err, err
+
+
+def test_the_search_report_cites_a_complete_fashion_mnist_validation_only(tmp_path):
+    from search.report import evidence
+
+    row = {"score": "params", "spearman": 0.41, "spearman_lo": 0.1, "spearman_hi": 0.66}
+    summary = {"complete": True, "data": "fashion-mnist: 60000 training + 10000 test images, 1x28x28, 10 classes",
+               "settings": {"archs": 40, "seeds": [0, 1]}, "correlations": [row],
+               "noise_ceiling": {"spearman": 0.81}}
+    (tmp_path / "report.json").write_text(json.dumps(summary))
+    text = " ".join(evidence("params", tmp_path))
+    assert "Spearman rho of `params` with trained accuracy 0.41 [0.10, 0.66]" in text and "0.81" in text
+    assert "has not been run yet" not in text
+    (tmp_path / "report.json").write_text(json.dumps(summary | {"complete": False}))  # a run still going
+    assert "has not been run yet" in " ".join(evidence("params", tmp_path))
+    assert "has not been run yet" in " ".join(evidence("naswot", tmp_path / "nowhere"))
