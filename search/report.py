@@ -280,10 +280,11 @@ def _training_seconds(trials: pd.DataFrame) -> float:
     return float(pd.to_numeric(trials["train_s"], errors="coerce").fillna(0).sum())
 
 
-def evidence(objective: str, validation_dir: Path = VALIDATION_DIR) -> list[str]:
-    """What is known about how well `objective` ranks this space's architectures (validate-proxy's report)."""
+def evidence(objective: str, validation_dir: Path | None = None) -> list[str]:
+    """What is known about how well `objective` ranks this space's architectures (validate-proxy's report in
+    `validation_dir`, default VALIDATION_DIR)."""
     try:
-        summary = json.loads((validation_dir / "report.json").read_text())
+        summary = json.loads(((validation_dir or VALIDATION_DIR) / "report.json").read_text())
     except (OSError, ValueError):
         summary = {}
     data = summary.get("data") or ""

@@ -126,7 +126,8 @@ def _dataset(tmp_path: Path, **kwargs) -> Dataset:
     return load_data(separable(tmp_path, **kwargs))
 
 
-def test_a_trial_weak_after_its_first_epoch_is_pruned_and_never_ranked(tmp_path):
+def test_a_trial_weak_after_its_first_epoch_is_pruned_and_never_ranked(tmp_path, monkeypatch):
+    monkeypatch.setattr("search.report.VALIDATION_DIR", tmp_path / "no-validation")  # not the checkout's results
     good, weak = [0.5, 0.7, 0.8], [0.05, 0.9, 0.95]  # weak after epoch 1 (then it would have won)
     scorer = ScriptedTraining([good, weak, [0.6, 0.75, 0.85]])
     over = lambda c: c.stages[1].dim == 32  # noqa: E731  half the space is over budget
