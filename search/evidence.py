@@ -20,7 +20,7 @@ from container import NetworkConfig
 
 from search.data import Dataset
 from search.space import SearchInputError
-from search.training import TrainingData, TrainingSettings, adapt_config, prepare, train
+from search.training import TrainingData, TrainingSettings, adapt_config, prepare, resize, train
 
 # validate-proxy's and compare-random's fidelity, sized by a pilot on Fashion-MNIST on a 2-core CPU (12 architectures
 # x 2 seeds, 1 thread): seed-to-seed Spearman 0.87 [0.46, 0.98], 40 s per training on a busy machine. 3 epochs on
@@ -67,8 +67,6 @@ class ValidationProtocol:
 
     def _data(self, side: int) -> tuple[TrainingData, torch.Tensor]:
         if side not in self._prepared:
-            from search.training import resize
-
             self._prepared[side] = (prepare(self.dataset, self.settings, self.data_seed, side),
                                     resize(self.dataset.x_test, side))
         return self._prepared[side]

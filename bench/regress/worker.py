@@ -203,14 +203,14 @@ class Worker:
                 step = bench.build_workload(target, batch, options).step
                 if slowdown > 0 or name in fixed:
                     step, self.passes[name], self.injected[name] = self._inject(
-                        step, target, batch, slowdown, fixed.get(name))
+                        step, target, batch, slowdown, fixed.get(name), threads)
                 self.steps[name], self.row_threads[name] = step, threads
             except Exception as error:  # a row this revision cannot build: reported, not fatal
                 errors[name] = f"{type(error).__name__}: {error}".splitlines()[0]
         return {"rows": rows, "errors": errors, "files": files, "threads": self.threads,
                 "injected": self.injected, "passes": self.passes}
 
-    def _inject(self, step, target, batch: int, slowdown: float, fixed: int | None):
+    def _inject(self, step, target, batch: int, slowdown: float, fixed: int | None, threads: int):
         """Wrap `step` with extra in-place elementwise passes over an input-sized buffer.
 
         With `fixed` passes (from PASSES_ENV) the extra work is the same in every run, as a real
@@ -237,8 +237,8 @@ class Worker:
         for _ in range(4):
             plain_ratios, slowed_ratios = [], []
             for _ in range(3):
-                plain_ratios += self._interleave(step, pairs=8)[2]
-                slowed_ratios += self._interleave(slowed, pairs=8)[2]
+                plain_ratios += self._interleave(step, pairs=8, threads=threads)[2]
+                slowed_ratios += self._interleave(slowed, pairs=8, threads=threads)[2]
             realised = float(np.median(slowed_ratios) / np.median(plain_ratios)) - 1.0
             if realised <= 0 or abs(realised - slowdown) < 0.1 * slowdown:
                 break
