@@ -19,10 +19,12 @@ from bench import history, regress
 from bench.affinity import block_and_input, draw_affinity
 from bench.cli_kit import (EXIT_BAD_INPUT, Parser, argument_type, choice_list, comma_list, fail, names,
                            non_negative_int, positive_int, positive_ints, program_name, writable_dir, writable_file)
+from bench.fast_goal import earlier_run
 from bench.io import results_root
+from bench.op_profile_report import OpJob, run_ops
 from bench.runtimes import RUNTIMES
 from bench.suite import QUICK_STOP, SUITES, new_run_dir, resolve_devices, run_suite, suite_jobs
-from bench.targets import BenchInputError, ModuleTarget, network_target, parse_shape
+from bench.targets import STAGE_SHAPES, BenchInputError, BlockTarget, ModuleTarget, network_target, parse_shape
 from bench.workload import Options
 
 EXIT_INTERRUPTED = 130
@@ -71,6 +73,9 @@ def configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=writable_dir, default=None,
                    help=f"run directory (default {results_root() / 'runs'}/<time>-<commit>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--before", type=argument_type(earlier_run), default=None, metavar="RUN",
+                   help="an earlier run (its directory or results.csv): the report's fast-against-best table "
+                        "shows its ratios beside this run's")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     jobs = suite_jobs(args.suite, options, kinds=kinds, networks=networks, quick=args.quick,
                       batch_sizes=args.batch_sizes, models=models)
     run_suite(jobs, args.out or new_run_dir(), rss=not (args.no_rss or args.quick),
-              progress=not args.no_progress, calibration_stop=QUICK_STOP if args.quick else None)
+              progress=not args.no_progress, calibration_stop=QUICK_STOP if args.quick else None,
+              before=args.before)
     return 0
 
 
@@ -142,6 +148,36 @@ def affinity(args: argparse.Namespace) -> int:
     return 0
 
 
+def configure_ops(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kinds", type=choice_list(container.BLOCK_KINDS, "kind"), default=None,
+                   help=f"block kinds ({','.join(container.BLOCK_KINDS)}), each at the four stage shapes "
+                        f"({', '.join(f'{d}@{s}x{s}' for d, s, _ in STAGE_SHAPES)})")
+    p.add_argument("--networks", type=comma_list(argument_type(network_target)), default=None,
+                   help="networks: registered names or config files (default: container_light when no --kinds)")
+    p.add_argument("--batch-sizes", type=positive_ints, default=[1], help="batch sizes of every target")
+    p.add_argument("--runtime", type=names, default=["fast", "onnxruntime", "openvino"],
+                   help=f"runtimes to profile, a list: {', '.join(RUNTIMES)}")
+    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: torch's)")
+    p.add_argument("--runs", type=positive_int, default=20, help="profiled calls per runtime, after a warm-up")
+    p.add_argument("--top", type=positive_int, default=12, help="ops listed per runtime in report.md")
+    p.add_argument("--out", type=writable_dir, default=None,
+                   help=f"output directory (default {results_root() / 'ops'})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def ops(args: argparse.Namespace) -> int:
+    options = [Options(runtime=runtime, threads=args.threads) for runtime in dict.fromkeys(args.runtime)]
+    for o in options:
+        o.validate()
+    targets = [BlockTarget(kind, dim, side) for kind in args.kinds or [] for dim, side, _ in STAGE_SHAPES]
+    targets += args.networks or ([] if args.kinds else [network_target("container_light")])
+    jobs = [OpJob(target, batch, o) for target in targets for batch in args.batch_sizes for o in options]
+    out = args.out or results_root() / "ops"
+    run_ops(jobs, out, args.runs, args.top, progress=not args.no_progress)
+    Console().print(f"ops: [bold]{out}[/] (ops.csv, categories.csv, report.md, ops.png)")
+    return 0
+
+
 @dataclass(frozen=True)
 class Command:
     configure: Callable[[argparse.ArgumentParser], None]
@@ -152,6 +188,7 @@ class Command:
 COMMANDS = {
     "run": Command(configure_run, run, "run a profiling suite (the default; its options are the top-level ones)"),
     "affinity": Command(configure_affinity, affinity, "draw a block's affinity matrices"),
+    "ops": Command(configure_ops, ops, "where the time goes: op-by-op profiles per runtime, by category"),
     "regress": Command(regress.configure_parser, regress.main, "the throughput regression gate"),
     "history": Command(history.configure_parser, history.main, "plot regression-gate history over commits"),
 }

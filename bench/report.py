@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.env import machine_summary
+from bench.fast_goal import DEPLOYED, GOAL_KERNEL_FRACTION, fast_against_best, goal_summary
 from bench.formatting import MISSING, is_missing, markdown_table
 from bench.io import save_figure, write_text
 from bench.roofline import Roofline
@@ -219,7 +220,22 @@ def plot_roofline(frame: pd.DataFrame, rooflines: list[Roofline], path: Path) ->
     return path
 
 
-def write_report(frame: pd.DataFrame, out_dir: Path, rooflines: list[Roofline]) -> Path:
+def goal_section(frame: pd.DataFrame, before: pd.DataFrame | None = None) -> list[str]:
+    """The report's lines on container.optimize against the best deployment runtime (none where the run has
+    no workload measured with both)."""
+    goal = fast_against_best(frame, before)
+    if goal.empty:
+        return []
+    return ["## container.optimize against the best runtime", "",
+            f"`fast / best`: fast's median over the fastest of {', '.join(DEPLOYED)} on the workload, in this run"
+            + (" (`before`: the same ratio in the earlier run given with --before)" if "fast / best before" in goal
+               else "")
+            + f". The goal: fast / best <= 1 and >= {100 * GOAL_KERNEL_FRACTION:.0f}% of the kernel bound. "
+            + goal_summary(goal), "", markdown_table(goal), ""]
+
+
+def write_report(frame: pd.DataFrame, out_dir: Path, rooflines: list[Roofline],
+                 before: pd.DataFrame | None = None) -> Path:
     out_dir = Path(out_dir)
     plots = [p for p in (plot_latency_vs_batch(frame, out_dir / "latency_vs_batch.png"),
                          plot_roofline(frame, rooflines, out_dir / "roofline.png")) if p]
@@ -252,5 +268,6 @@ def write_report(frame: pd.DataFrame, out_dir: Path, rooflines: list[Roofline]) 
                   "input; over the tolerance (fp32 1e-4, bf16/fp16 2e-2) the row is a mismatch and gets no "
                   "latency. Geometric means are over the workloads where the runtime has a figure.", "",
                   markdown_table(comparison), ""]
+    lines += goal_section(frame, before)
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     return write_text(out_dir / "report.md", "\n".join(lines) + "\n")

@@ -163,8 +163,10 @@ def new_run_dir(root: str | Path | None = None) -> Path:
 
 
 def run_suite(jobs: list[Job], out_dir: str | Path, *, rss: bool = True, console: Console | None = None,
-              progress: bool = True, calibration_stop: StopRule | None = None) -> pd.DataFrame:
-    """Measure every job and write results.csv / results.json after each one, then the report.
+              progress: bool = True, calibration_stop: StopRule | None = None,
+              before: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Measure every job and write results.csv / results.json after each one, then the report (with an
+    earlier run's rows as `before`, its goal table shows fast's ratios there beside this run's).
 
     Each row gets the environment's columns (machine, commit, time), taken once per device and
     thread count in the run: bench.profile leaves them out, so a search trial does not pay for them.
@@ -203,7 +205,7 @@ def run_suite(jobs: list[Job], out_dir: str | Path, *, rss: bool = True, console
     threads = (jobs[0].options.threads if jobs else None) or torch.get_num_threads()
     write_json(out_dir / "environment.json",
                environment_of("cpu", threads) | {"rooflines": [vars(r) for r in rooflines.values()]})
-    write_report(frame, out_dir, list(rooflines.values()))
+    write_report(frame, out_dir, list(rooflines.values()), before)
     print_summary(frame, console)
     console.print(f"results: [bold]{out_dir}[/] (results.csv, results.json, report.md)")
     return frame

@@ -35,8 +35,8 @@ from container import NetworkConfig
 
 from search.accuracy import ACCURACY
 from search.data import FASHION_MNIST, Dataset, load_data
-from search.evidence import (VALIDATION_SEEDS, VALIDATION_TRAINING, ValidationProtocol, bootstrap_mean,
-                             training_progress)
+from search.evidence import (VALIDATION_SEEDS, VALIDATION_TRAINING, TrainingPool, ValidationProtocol,
+                             bootstrap_mean, training_progress)
 from search.compare_report import markdown, plot_accuracy, table
 from search.latency import Deployment, LatencySource, default_stop
 from search.proxies import Scorer
@@ -64,6 +64,7 @@ class CompareSettings:
     train_seeds: tuple[int, ...] = VALIDATION_SEEDS
     bootstrap: int = 2000
     out_dir: Path = COMPARE_DIR
+    workers: int = 1  # winners trained at once, each in its own process
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -113,8 +114,8 @@ def _collect_cache(shared: Path, study_dir: Path) -> None:
 class WinnerTrainer:
     """Trains winners with the validation protocol, once per architecture and training seed (trainings.csv)."""
 
-    def __init__(self, protocol: ValidationProtocol, path: Path, identity: dict[str, Any]):
-        self.protocol, self.path, self.identity = protocol, path, json.dumps(identity, sort_keys=True)
+    def __init__(self, pool: TrainingPool, path: Path, identity: dict[str, Any]):
+        self.pool, self.path, self.identity = pool, path, json.dumps(identity, sort_keys=True)
         self.rows: list[dict[str, Any]] = []
         try:
             old = pd.read_csv(path)
@@ -122,16 +123,31 @@ class WinnerTrainer:
         except (OSError, ValueError, KeyError, pd.errors.EmptyDataError):
             pass
 
-    def accuracy(self, config: NetworkConfig, seed: int) -> float:
+    def _stored(self, config: NetworkConfig, seed: int) -> float | None:
         key = config.to_json(sort_keys=True)
-        for r in self.rows:
-            if r["config"] == key and int(r["seed"]) == seed:
-                return float(r["accuracy"])
-        result = self.protocol.train(config, seed)
-        self.rows.append({"config": key, "seed": seed, "accuracy": result.test_accuracy, "train_s": result.train_s,
-                          "protocol": self.identity})
-        write_table(pd.DataFrame(self.rows), self.path)
-        return result.test_accuracy
+        return next((float(r["accuracy"]) for r in self.rows if r["config"] == key and int(r["seed"]) == seed), None)
+
+    def train(self, pairs: Sequence[tuple[NetworkConfig, int]], advance: Callable[[str], None]) -> None:
+        """Train every (config, seed) not trained yet, in the pool; each result is written as it comes."""
+        jobs, seen = [], set()
+        for config, seed in pairs:
+            key = (config.to_json(sort_keys=True), seed)
+            if key not in seen:
+                seen.add(key)
+                if self._stored(config, seed) is None:
+                    jobs.append((key, config, seed))
+        for (key, seed), result in self.pool.run(jobs):
+            self.rows.append({"config": key, "seed": seed, "accuracy": result.test_accuracy,
+                              "train_s": result.train_s, "protocol": self.identity})
+            write_table(pd.DataFrame(self.rows), self.path)
+            advance(f"winner {NetworkConfig.from_json(key).describe_short()}, training seed {seed}: "
+                    f"test accuracy {result.test_accuracy:.3f}")
+
+    def accuracy(self, config: NetworkConfig, seed: int) -> float:
+        stored = self._stored(config, seed)
+        if stored is None:
+            raise KeyError(f"{config.describe_short()} seed {seed} was not trained")
+        return stored
 
 
 # --- the run -----------------------------------------------------------------------------------------------------
@@ -140,17 +156,17 @@ class WinnerTrainer:
 def compare_random(settings: CompareSettings, *, latency_source: LatencySource | None = None,
                    scorer: Callable[[SearchSettings], Scorer] | None = None,
                    protocol: ValidationProtocol | None = None) -> dict[str, Any]:
-    """Run both samplers per seed, train the winners, write the report. `latency_source`, `scorer` (a factory
-    per study) and `protocol` replace the real ones in tests."""
+    """Run both samplers per seed, then train the winners (in `settings.workers` processes), write the report.
+    `latency_source`, `scorer` (a factory per study) and `protocol` replace the real ones in tests."""
     start = time.perf_counter()
     out = settings.out_dir
     out.mkdir(parents=True, exist_ok=True)
     dataset = settings.data if isinstance(settings.data, Dataset) else load_data(settings.data)
     protocol = protocol or ValidationProtocol(dataset, settings.training)
-    trainer = WinnerTrainer(protocol, out / "trainings.csv",
+    trainer = WinnerTrainer(TrainingPool(protocol, settings.data, settings.workers), out / "trainings.csv",
                             {"data": dataset.digest, "training": protocol.settings.identity()})
     shared = out / SHARED_CACHE
-    runs: list[dict[str, Any]] = []
+    searches: list[tuple[int, str, SearchSettings, pd.DataFrame, dict[str, Any]]] = []
     total = len(settings.seeds) * len(SAMPLERS) * (1 + len(settings.train_seeds))
     with training_progress("compare-random: searches and trainings", total, 0, enabled=settings.progress) as advance:
         for seed in settings.seeds:
@@ -160,9 +176,17 @@ def compare_random(settings: CompareSettings, *, latency_source: LatencySource |
                 result = run_search(s, latency_source=latency_source, scorer=scorer(s) if scorer else None)
                 _collect_cache(shared, s.study_dir)
                 advance(f"seed {seed}, {sampler}: {len(result.trials)} trials")
-                row = _winner_row(seed, sampler, s, result.ranking, trainer, settings.train_seeds, advance)
-                runs.append(row | {"trials_run": len(result.trials), "latency_measured": result.cache_misses,
-                                   "latency_cached": result.cache_hits})
+                searches.append((seed, sampler, s, result.ranking,
+                                 {"trials_run": len(result.trials), "latency_measured": result.cache_misses,
+                                  "latency_cached": result.cache_hits}))
+        winners = [NetworkConfig.from_json(ranking.iloc[0]["config"]) for *_, ranking, _ in searches
+                   if not ranking.empty]
+        trained_before = total - len(searches) - len(winners) * len(settings.train_seeds)
+        for _ in range(trained_before):
+            advance("no feasible winner")
+        trainer.train([(config, t) for config in winners for t in settings.train_seeds], advance)
+        runs = [_winner_row(seed, sampler, s, ranking, trainer, settings.train_seeds) | counts
+                for seed, sampler, s, ranking, counts in searches]
     frame = pd.DataFrame(runs)
     summary = _summary(settings, frame, time.perf_counter() - start)
     write_table(frame, out / "runs.csv")
@@ -174,18 +198,13 @@ def compare_random(settings: CompareSettings, *, latency_source: LatencySource |
 
 
 def _winner_row(seed: int, sampler: str, s: SearchSettings, ranking: pd.DataFrame, trainer: WinnerTrainer,
-                train_seeds: Sequence[int], advance: Callable[[str], None]) -> dict[str, Any]:
+                train_seeds: Sequence[int]) -> dict[str, Any]:
     row: dict[str, Any] = {"seed": seed, "sampler": sampler, "study": s.name}
     if ranking.empty:
-        for _ in train_seeds:
-            advance(f"seed {seed}, {sampler}: no feasible winner")
         return row | {"winner": None, "accuracy": math.nan}
     best = ranking.iloc[0]
     config = NetworkConfig.from_json(best["config"])
-    accs = []
-    for train_seed in train_seeds:
-        accs.append(trainer.accuracy(config, train_seed))
-        advance(f"seed {seed}, {sampler} winner, training seed {train_seed}: test accuracy {accs[-1]:.3f}")
+    accs = [trainer.accuracy(config, train_seed) for train_seed in train_seeds]
     return row | {"trial": int(best["trial"]), "winner": config.describe_short(), "latency_ms":
                   float(best["latency_median_ms"]), "score": float(best["score"]),
                   **{f"accuracy_seed{t}": a for t, a in zip(train_seeds, accs)}, "accuracy": float(np.mean(accs)),
@@ -252,7 +271,10 @@ def parser(prog: str = "python -m search compare-random") -> argparse.ArgumentPa
     g.add_argument("--train-images", type=non_negative_int, default=t.train_images, help="0 for all")
     g.add_argument("--width-div", type=positive_int, default=t.width_div)
     g.add_argument("--train-seeds", type=int, nargs="+", default=list(VALIDATION_SEEDS))
-    g.add_argument("--train-threads", type=positive_int, default=None)
+    g.add_argument("--train-threads", type=positive_int, default=None,
+                   help="intra-op threads per training (default: torch's; with --workers, the cores shared out)")
+    g.add_argument("--workers", type=positive_int, default=1,
+                   help="winners trained at once, each in its own process (the accuracies do not change)")
     p.add_argument("--space", type=Path, default=None, metavar="FILE")
     p.add_argument("--bootstrap", type=positive_int, default=2000)
     p.add_argument("--out-dir", type=writable_dir, default=COMPARE_DIR)
@@ -275,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             training=replace(VALIDATION_TRAINING, epochs=args.epochs, train_images=args.train_images or None,
                              width_div=args.width_div, threads=args.train_threads),
             train_seeds=tuple(args.train_seeds), bootstrap=args.bootstrap, out_dir=args.out_dir,
-            progress=not args.no_progress)
+            workers=args.workers, progress=not args.no_progress)
         summary = compare_random(settings)
     except (SearchInputError, bench.BenchInputError) as e:
         return fail(tool, str(e))

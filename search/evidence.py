@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+import multiprocessing
+import os
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,7 +22,7 @@ import torch
 
 from container import NetworkConfig
 
-from search.data import Dataset
+from search.data import Dataset, load_data
 from search.space import SearchInputError
 from search.training import TrainingData, TrainingSettings, adapt_config, prepare, resize, train
 
@@ -81,6 +85,65 @@ class ValidationProtocol:
 
     def describe(self) -> str:
         return self.settings.describe(len(self.dataset.y_train))
+
+
+# --- trainings in parallel -----------------------------------------------------------------------------------
+
+
+_WORKER_PROTOCOL: ValidationProtocol | None = None
+
+
+def _start_worker(data: str | Path | Dataset, settings: TrainingSettings, data_seed: int) -> None:
+    global _WORKER_PROTOCOL
+    dataset = data if isinstance(data, Dataset) else load_data(data)
+    _WORKER_PROTOCOL = ValidationProtocol(dataset, settings, data_seed=data_seed)
+
+
+def _train_in_worker(config_json: str, seed: int) -> Trained:
+    assert _WORKER_PROTOCOL is not None, "the worker was not started"
+    return _WORKER_PROTOCOL.train(NetworkConfig.from_json(config_json), seed)
+
+
+def worker_threads(workers: int, threads: int | None) -> int | None:
+    """Intra-op threads per training: `threads` when given, else the cores shared out (None with one worker:
+    torch's default)."""
+    if threads is not None or workers == 1:
+        return threads
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+class TrainingPool:
+    """Runs the protocol's trainings in `workers` processes (spawned, each loading the data once), or in this
+    process with one worker. A training is seeded and runs at a fixed thread count, so its accuracy does not
+    depend on which process ran it or what ran beside it; only the wall time does."""
+
+    def __init__(self, protocol: ValidationProtocol, data: str | Path | Dataset, workers: int = 1):
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise SearchInputError(f"--workers {workers}: must be an integer >= 1")
+        self.protocol, self.data, self.workers = protocol, data, workers
+
+    def run(self, jobs: Iterable[tuple[Hashable, NetworkConfig, int]]) -> Iterator[tuple[Hashable, Trained]]:
+        """(key, result) for each (key, config, seed) job, in the order they finish."""
+        jobs = list(jobs)
+        if self.workers == 1 or len(jobs) <= 1:
+            for key, config, seed in jobs:
+                yield key, self.protocol.train(config, seed)
+            return
+        p = self.protocol
+        settings = replace(p.settings, threads=worker_threads(self.workers, p.settings.threads))
+        with ProcessPoolExecutor(max_workers=min(self.workers, len(jobs)),
+                                 mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                                 initargs=(self.data, settings, p.data_seed)) as pool:
+            pending: dict[Future, Hashable] = {pool.submit(_train_in_worker, config.to_json(), seed): key
+                                               for key, config, seed in jobs}
+            try:
+                while pending:
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        yield pending.pop(future), future.result()
+            finally:
+                for future in pending:
+                    future.cancel()
 
 
 # --- statistics -------------------------------------------------------------------------------------------------
@@ -187,6 +250,6 @@ def training_progress(title: str, total: int, done: int, *, enabled: bool = True
         yield lambda text: progress.update(task, advance=1, last=text)
 
 
-__all__ = ["DATA_SEED", "ValidationProtocol", "SIZE_SCORES", "Trained", "VALIDATION_SEEDS", "VALIDATION_TRAINING",
-           "bootstrap_mean", "finite_ranks", "noise_ceiling", "rank_correlations", "supported_objective",
-           "training_progress"]
+__all__ = ["DATA_SEED", "ValidationProtocol", "SIZE_SCORES", "Trained", "TrainingPool", "VALIDATION_SEEDS",
+           "VALIDATION_TRAINING", "bootstrap_mean", "finite_ranks", "noise_ceiling", "rank_correlations",
+           "supported_objective", "training_progress", "worker_threads"]

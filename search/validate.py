@@ -39,8 +39,8 @@ from bench.io import write_json, write_table, write_text
 from container import NetworkConfig
 
 from search.data import FASHION_MNIST, load_data
-from search.evidence import (SIZE_SCORES, VALIDATION_SEEDS, VALIDATION_TRAINING, ValidationProtocol, noise_ceiling,
-                             rank_correlations, supported_objective, training_progress)
+from search.evidence import (SIZE_SCORES, VALIDATION_SEEDS, VALIDATION_TRAINING, TrainingPool, ValidationProtocol,
+                             noise_ceiling, rank_correlations, supported_objective, training_progress)
 from search.proxies import ProxyScorer, list_proxies
 from search.sampling import sample_configs
 from search.settings import DEFAULT_OBJECTIVE, VALIDATION_DIR
@@ -64,6 +64,7 @@ class ValidationSettings:
     bootstrap: int = 2000
     proxy_inits: int = 3
     proxy_batch: int = 8
+    workers: int = 1  # training processes (the accuracies do not depend on it)
     progress: bool = True
 
     def validate(self) -> None:
@@ -72,7 +73,7 @@ class ValidationSettings:
         if len(self.seeds) < 2 or len(set(self.seeds)) != len(self.seeds):
             raise SearchInputError(f"--seeds {' '.join(map(str, self.seeds))}: need at least two distinct "
                                    f"training seeds")
-        for name in ("image_size", "bootstrap", "proxy_inits", "proxy_batch"):
+        for name in ("image_size", "bootstrap", "proxy_inits", "proxy_batch", "workers"):
             if getattr(self, name) < 1:
                 raise SearchInputError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
 
@@ -155,35 +156,47 @@ def validate_proxy(settings: ValidationSettings = ValidationSettings(), space: S
     total = len(configs) * len(settings.seeds)
     summary: dict[str, Any] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [((i, seed), config, seed) for i, config in enumerate(configs) if i not in scored
+            for seed in settings.seeds if (i, seed) not in done]
+    pool = TrainingPool(protocol, settings.data, settings.workers)
+
+    def score(i: int) -> None:
+        """The architecture's proxies (computed here, while the workers train the next ones) and its row."""
+        nonlocal summary
+        config = configs[i]
+        t0 = time.perf_counter()
+        proxies = proxy_scores(config, settings, threads)
+        proxy_s = time.perf_counter() - t0
+        mine = [row for row in acc_rows if int(row["arch"]) == i]
+        first = next(row for row in mine if int(row["seed"]) == settings.seeds[0])
+        accs = [float(row["accuracy"]) for row in mine]
+        score_rows.append({"arch": i, **proxies, ONE_EPOCH: float(first[ONE_EPOCH]),
+                           "accuracy_mean": float(np.mean(accs)), "accuracy_std": float(np.std(accs, ddof=1)),
+                           "proxy_s": proxy_s, "architecture": config.describe_short(),
+                           "config": config.to_json(), "trained_config": protocol.adapt(config).to_json()})
+        scored.add(i)
+        summary = _write(out_dir, settings, identity, dataset.describe(), protocol.describe(),
+                         pd.DataFrame(acc_rows), pd.DataFrame(score_rows),
+                         wall_before + time.perf_counter() - start, final=len(scored) == len(configs))
+
+    def trained(i: int) -> bool:
+        return all((i, seed) in done for seed in settings.seeds)
+
     with training_progress("validate-proxy: trainings", total, len(done & _all_pairs(configs, settings)),
                            enabled=settings.progress) as advance:
-        for i, config in enumerate(configs):
-            if i in scored:
-                continue
-            t0 = time.perf_counter()
-            proxies = proxy_scores(config, settings, threads)
-            proxy_s = time.perf_counter() - t0
-            for seed in settings.seeds:
-                if (i, seed) in done:
-                    continue
-                r = protocol.train(config, seed)
-                acc_rows.append({"arch": i, "seed": seed, "accuracy": r.test_accuracy, ONE_EPOCH: r.one_epoch,
-                                 "val_curve": json.dumps(r.val_curve), "final_loss": r.final_loss,
-                                 "train_s": r.train_s})
-                done.add((i, seed))
-                advance(f"architecture {i + 1}/{len(configs)}, seed {seed}: test accuracy {r.test_accuracy:.3f}")
-            mine = [row for row in acc_rows if int(row["arch"]) == i]
-            first = next(row for row in mine if int(row["seed"]) == settings.seeds[0])
-            accs = [float(row["accuracy"]) for row in mine]
-            score_rows.append({"arch": i, **proxies, ONE_EPOCH: float(first[ONE_EPOCH]),
-                               "accuracy_mean": float(np.mean(accs)), "accuracy_std": float(np.std(accs, ddof=1)),
-                               "proxy_s": proxy_s, "architecture": config.describe_short(),
-                               "config": config.to_json(), "trained_config": protocol.adapt(config).to_json()})
-            scored.add(i)
-            final = len(scored) == len(configs)
-            summary = _write(out_dir, settings, identity, dataset.describe(), protocol.describe(),
-                             pd.DataFrame(acc_rows), pd.DataFrame(score_rows),
-                             wall_before + time.perf_counter() - start, final=final)
+        for i in [i for i in range(len(configs)) if i not in scored and trained(i)]:
+            score(i)  # trained before an interruption, not yet scored
+        for (i, seed), r in pool.run(jobs):
+            acc_rows.append({"arch": i, "seed": seed, "accuracy": r.test_accuracy, ONE_EPOCH: r.one_epoch,
+                             "val_curve": json.dumps(r.val_curve), "final_loss": r.final_loss,
+                             "train_s": r.train_s})
+            done.add((i, seed))
+            advance(f"architecture {i + 1}/{len(configs)}, seed {seed}: test accuracy {r.test_accuracy:.3f}")
+            if trained(i):
+                score(i)
+            else:  # keep the finished training: a resume starts from the rows on disk
+                _write_rows(out_dir, identity, pd.DataFrame(acc_rows), pd.DataFrame(score_rows),
+                            wall_before + time.perf_counter() - start)
     if not summary:  # everything was already there: the report again, from the stored rows
         summary = _write(out_dir, settings, identity, dataset.describe(), protocol.describe(), pd.DataFrame(acc_rows),
                          pd.DataFrame(score_rows), wall_before + time.perf_counter() - start, final=True)
@@ -194,15 +207,22 @@ def _all_pairs(configs: list[NetworkConfig], settings: ValidationSettings) -> se
     return {(i, s) for i in range(len(configs)) for s in settings.seeds}
 
 
+def _write_rows(out_dir: Path, identity: dict[str, Any], acc: pd.DataFrame, scores: pd.DataFrame,
+                wall_s: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What a resume reads, each file atomically, the settings they belong to last."""
+    acc = acc.sort_values(["arch", "seed"]).reset_index(drop=True)
+    scores = scores.sort_values("arch").reset_index(drop=True) if len(scores) else pd.DataFrame({"arch": []})
+    write_table(acc, out_dir / "accuracies.csv")
+    write_table(scores, out_dir / "scores.csv")
+    write_json(out_dir / "run.json", {"identity": identity, "wall_s": wall_s})
+    return acc, scores
+
+
 def _write(out_dir: Path, settings: ValidationSettings, identity: dict[str, Any], data: str, fidelity: str,
            acc: pd.DataFrame, scores: pd.DataFrame, wall_s: float, *, final: bool) -> dict[str, Any]:
     """Everything so far, atomically: the rows first (what a resume reads), then the statistics and the report.
     Intermediate reports use a tenth of the bootstrap resamples (they are rewritten after every architecture)."""
-    acc = acc.sort_values(["arch", "seed"]).reset_index(drop=True)
-    scores = scores.sort_values("arch").reset_index(drop=True)
-    write_table(acc, out_dir / "accuracies.csv")
-    write_table(scores, out_dir / "scores.csv")
-    write_json(out_dir / "run.json", {"identity": identity, "wall_s": wall_s})
+    acc, scores = _write_rows(out_dir, identity, acc, scores, wall_s)
     if len(scores) < 3:
         return {}
     n_boot = settings.bootstrap if final else max(50, settings.bootstrap // 10)
@@ -250,7 +270,10 @@ def parser(prog: str = "python -m search validate-proxy") -> argparse.ArgumentPa
     g.add_argument("--batch-size", type=positive_int, default=t.batch_size)
     g.add_argument("--lr", type=positive_float, default=t.lr)
     g.add_argument("--width-div", type=positive_int, default=t.width_div, help="train at 1/N of the widths")
-    g.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: torch's)")
+    g.add_argument("--threads", type=positive_int, default=None,
+                   help="intra-op threads per training (default: torch's; with --workers, the cores shared out)")
+    g.add_argument("--workers", type=positive_int, default=d.workers,
+                   help="trainings run at once, each in its own process (the accuracies do not change)")
     g = p.add_argument_group("sample and scores")
     g.add_argument("--image-size", type=positive_int, default=d.image_size,
                    help="deployment image size: where architectures are sampled and proxies computed")
@@ -274,7 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = ValidationSettings(data=args.data, archs=args.archs, seeds=tuple(args.seeds), training=training,
                                       image_size=args.image_size, sample_seed=args.sample_seed,
                                       bootstrap=args.bootstrap, proxy_inits=args.proxy_inits,
-                                      proxy_batch=args.proxy_batch, progress=not args.no_progress)
+                                      proxy_batch=args.proxy_batch, workers=args.workers,
+                                      progress=not args.no_progress)
         space = SearchSpace.load(args.space) if args.space else SearchSpace.default()
         summary = validate_proxy(settings, space, args.out_dir)
     except (SearchInputError, bench.BenchInputError) as e:

@@ -1,6 +1,7 @@
 """container.optimize: the fast paths compute the reference's function, gradients and state_dict."""
 import pytest
 import torch
+import torch.nn as nn
 
 import container
 import container.fast as fast_module
@@ -178,6 +179,31 @@ def test_folded_constants_follow_parameter_updates():
         fast.norm2.running_var.mul_(2.0)
         block.load_state_dict(fast.state_dict())
         assert rel_err(fast(x), block(x)) < 1e-4
+
+
+def test_folded_constants_follow_replaced_tensors_and_dtype_changes():
+    # the cache gathers its source tensors again only when the module structure changes: replacing a
+    # parameter or a buffer by assignment, and .to() (which swaps data and replaces buffers) must all refold
+    block = make_block("mix")
+    fast = optimize(block)
+    x = torch.randn(2, 32, 6, 6)
+    with torch.no_grad():
+        fast(x)
+        fast.conv1.weight = nn.Parameter(fast.conv1.weight * 0.5)
+        fast.norm1.running_mean = fast.norm1.running_mean + 0.3
+        block.load_state_dict(fast.state_dict())
+        assert rel_err(fast(x), block(x)) < 1e-4
+        fast.double()
+        y = fast(x.double())
+        assert y.dtype == torch.float64 and rel_err(y, block.double()(x.double())) < 1e-6
+    net = perturb_net_(container.build(tiny_config("mix", "tied"))).eval()
+    fast_net = optimize(net)
+    xn = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        fast_net(xn)
+        fast_net.head.bias = nn.Parameter(fast_net.head.bias + 1.0)
+        net.load_state_dict(fast_net.state_dict())
+        assert rel_err(fast_net(xn), net(xn)) < 1e-4
 
 
 def test_channels_last_false_returns_contiguous_nchw():

@@ -184,3 +184,38 @@ def test_the_search_report_cites_a_complete_fashion_mnist_validation_only(tmp_pa
     (tmp_path / "report.json").write_text(json.dumps(summary | {"complete": False}))  # a run still going
     assert "has not been run yet" in " ".join(evidence("params", tmp_path))
     assert "has not been run yet" in " ".join(evidence("naswot", tmp_path / "nowhere"))
+
+
+@pytest.mark.slow
+def test_two_worker_processes_train_the_same_accuracies_as_one(tmp_path):
+    from dataclasses import replace
+    data = tiny_npz(tmp_path)
+    validate_proxy(_settings(data), tiny_space(), tmp_path / "one")
+    summary = validate_proxy(replace(_settings(data), workers=2), tiny_space(), tmp_path / "two")
+    one, two = (pd.read_csv(tmp_path / d / "accuracies.csv").drop(columns="train_s") for d in ("one", "two"))
+    assert summary["complete"] and len(two) == 6
+    pd.testing.assert_frame_equal(one, two)  # seeded, one thread each: where it ran does not matter
+
+
+def test_an_interrupted_architecture_keeps_its_finished_training(tmp_path, monkeypatch):
+    import search.evidence as evidence
+    data, out = tiny_npz(tmp_path), tmp_path / "out"
+    calls: list[int] = []
+    original = evidence.ValidationProtocol.train
+
+    def train_then_stop(self, config, seed):
+        calls.append(seed)
+        if len(calls) == 2:  # arch 0's second seed
+            raise KeyboardInterrupt
+        return original(self, config, seed)
+
+    monkeypatch.setattr(evidence.ValidationProtocol, "train", train_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        validate_proxy(_settings(data), tiny_space(), out)
+    kept = pd.read_csv(out / "accuracies.csv")
+    assert list(zip(kept["arch"], kept["seed"])) == [(0, 0)]
+    calls.clear()
+    monkeypatch.setattr(evidence.ValidationProtocol, "train",
+                        lambda self, config, seed: calls.append(seed) or original(self, config, seed))
+    assert validate_proxy(_settings(data), tiny_space(), out)["complete"]
+    assert len(calls) == 5 and len(pd.read_csv(out / "accuracies.csv")) == 6

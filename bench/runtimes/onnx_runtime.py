@@ -18,13 +18,16 @@ if TYPE_CHECKING:  # annotations only: bench.options imports bench.runtimes.regi
     from bench.options import Options
 
 
-def convert_onnxruntime(module: nn.Module, x: torch.Tensor, options: Options) -> Converted:
+def onnxruntime_session(module: nn.Module, x: torch.Tensor, options: Options, *, profile_prefix: str | None = None):
+    """`module` exported by torch.onnx.export(..., dynamo=True) and loaded, in memory, into an
+    onnxruntime.InferenceSession with the row's settings. With `profile_prefix` the session also profiles
+    (SessionOptions.enable_profiling, its trace written at that prefix: what bench.op_profile reads), which
+    is the only difference from what bench times. Raises ExportFailed (one line)."""
     import onnxruntime as ort  # here: bench imports without it
 
     threads = options.threads or torch.get_num_threads()
-    device = torch.device(options.device)
+    cuda = torch.device(options.device).type == "cuda"
     module.eval()
-    start = time.perf_counter()
     try:
         with quiet():
             program = torch.onnx.export(module, (x,), dynamo=True, verbose=False)
@@ -34,10 +37,19 @@ def convert_onnxruntime(module: nn.Module, x: torch.Tensor, options: Options) ->
         settings.inter_op_num_threads = 1
         settings.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         settings.log_severity_level = 3  # errors only
-        providers = ["CUDAExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
-        session = ort.InferenceSession(model, settings, providers=providers)
+        if profile_prefix is not None:
+            settings.enable_profiling = True
+            settings.profile_file_prefix = profile_prefix
+        providers = ["CUDAExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+        return ort.InferenceSession(model, settings, providers=providers)
     except Exception as error:
         raise ExportFailed(one_line(error)) from error
+
+
+def convert_onnxruntime(module: nn.Module, x: torch.Tensor, options: Options) -> Converted:
+    device = torch.device(options.device)
+    start = time.perf_counter()
+    session = onnxruntime_session(module, x, options)
     convert_s = time.perf_counter() - start
     (source,), (sink,) = session.get_inputs(), session.get_outputs()
     if device.type == "cuda":

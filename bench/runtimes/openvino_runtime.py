@@ -28,20 +28,29 @@ def _core():
     return ov.Core()
 
 
-def convert_openvino(module: nn.Module, x: torch.Tensor, options: Options) -> Converted:
-    import openvino as ov
+def compile_openvino(module: nn.Module, x: torch.Tensor, options: Options, perf_count: bool = False):
+    """`module` converted by openvino.convert_model and compiled for the CPU with the row's settings (an
+    openvino.CompiledModel); `perf_count` also asks for per-node timings (PERF_COUNT, what bench.op_profile
+    reads), which is the only difference from what bench times. Raises ExportFailed (one line)."""
+    import openvino as ov  # here: bench imports without it
 
     threads = options.threads or torch.get_num_threads()
     module.eval()
-    start = time.perf_counter()
+    properties = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": PRECISION[options.dtype],
+                  "PERFORMANCE_HINT": "LATENCY"}
+    if perf_count:
+        properties["PERF_COUNT"] = True
     try:
         with quiet():
             model = ov.convert_model(module, example_input=x)
-        compiled = _core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                        "INFERENCE_PRECISION_HINT": PRECISION[options.dtype],
-                                                        "PERFORMANCE_HINT": "LATENCY"})
+        return _core().compile_model(model, "CPU", properties)
     except Exception as error:
         raise ExportFailed(one_line(error)) from error
+
+
+def convert_openvino(module: nn.Module, x: torch.Tensor, options: Options) -> Converted:
+    start = time.perf_counter()
+    compiled = compile_openvino(module, x, options)
     convert_s = time.perf_counter() - start
     request = compiled.create_infer_request()
     feeds = {0: x.detach().numpy()}

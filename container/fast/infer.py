@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from container.fast import onednn
 from container.fast.layout import nchw, nhwc
 
 
@@ -36,8 +37,9 @@ def _static_dense(k: dict[str, Any], v: torch.Tensor, b: int, n: int, o: torch.T
     return out
 
 
-def _token_mixing(k: dict[str, Any], qkv: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
-    """Token mixing of conv1's output qkv (B*N, 3C or C) -> (B*N, C)."""
+def _token_mixing(k: dict[str, Any], qkv: torch.Tensor, b: int, h: int, w: int, packed: bool = False) -> torch.Tensor:
+    """Token mixing of conv1's output qkv (B*N, 3C or C) -> (B*N, C); `packed`: the static depthwise conv
+    through container.fast.onednn."""
     c, heads, n = k["dim"], k["heads"], h * w
     static, alpha = k["static"], k["alpha"]
     o = None
@@ -55,7 +57,10 @@ def _token_mixing(k: dict[str, Any], qkv: torch.Tensor, b: int, h: int, w: int) 
     else:
         v = qkv.view(b, n, c)
     if static == "conv":
-        s = F.conv2d(nchw(v.to(k["sw"].dtype), b, h, w), k["sw"], k["sb"], padding=k["pad"], groups=c)
+        if packed:
+            s = onednn.conv(nchw(v, b, h, w), k, "sw", "sb", padding=k["pad"], groups=c)
+        else:
+            s = F.conv2d(nchw(v.to(k["sw"].dtype), b, h, w), k["sw"], k["sb"], padding=k["pad"], groups=c)
         s = nhwc(s)
         return s if o is None else s.add_(o.view(b * n, c), alpha=alpha)
     if (h, w) != tuple(k["tokens"]):
@@ -84,6 +89,29 @@ def _lowp(t: torch.Tensor, lowp: torch.dtype | None) -> torch.Tensor:
     return t if lowp is None else t.to(lowp)
 
 
+# With prepacked weights (container.fast.onednn) the GEMM on the token view still beats the 1x1 convolution
+# below this many tokens.
+ONEDNN_GEMM_BELOW_TOKENS = 1024
+
+
+def _block_onednn(x: torch.Tensor, k: dict[str, Any]) -> torch.Tensor:
+    """block_infer in fp32 on CPU through oneDNN's prepacked, fused primitives (same arithmetic)."""
+    b, c, h, w = x.shape
+    x = x.contiguous(memory_format=torch.channels_last)
+    u = onednn.conv(x, k, "pos_w", "pos_b", padding=1, groups=c)  # x + pos_embed(x)
+    if b * h * w < ONEDNN_GEMM_BELOW_TOKENS:
+        t = nhwc(u)
+        m = _token_mixing(k, onednn.linear(t, k, "w1", "b1"), b, h, w, packed=True)
+        t = onednn.linear_add(m, t, k, "w2", "b2")
+        t = onednn.linear_add(onednn.linear(t, k, "wf1", "bf1", gelu=True), t, k, "wf2", "bf2")
+        return nchw(t, b, h, w)
+    m = _token_mixing(k, nhwc(onednn.conv(u, k, "w1", "b1")), b, h, w, packed=True)
+    onednn.conv_add_(u, nchw(m, b, h, w), k, "w2", "b2")
+    del m
+    onednn.conv_add_(u, onednn.conv(u, k, "wf1", "bf1", gelu=True), k, "wf2", "bf2")
+    return u
+
+
 def block_infer(x: torch.Tensor, k: dict[str, Any], lowp: torch.dtype | None = None) -> torch.Tensor:
     """One block on its folded constants: (B, C, H, W) -> (B, C, H, W) channels_last.
 
@@ -93,8 +121,11 @@ def block_infer(x: torch.Tensor, k: dict[str, Any], lowp: torch.dtype | None = N
     autocast, lowp is its dtype: the 1x1 conv inputs are cast to it and their outputs added to the
     stream, which stays in the parameters' dtype, like the reference's.
     """
+    x = x.to(k["pos_w"].dtype)
+    if onednn.usable(x, lowp):
+        return _block_onednn(x, k)
     b, c, h, w = x.shape
-    x = x.to(k["pos_w"].dtype).contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
     u = F.conv2d(x, k["pos_w"], k["pos_b"], padding=1, groups=c)  # x + pos_embed(x)
     qkv = _conv1x1(_lowp(u, lowp), k["w1"], k["b1"])              # norm1 is folded into conv1
     m = _token_mixing(k, nhwc(qkv), b, h, w)
@@ -108,7 +139,10 @@ def block_infer(x: torch.Tensor, k: dict[str, Any], lowp: torch.dtype | None = N
 
 
 def _patch_embed_infer(x: torch.Tensor, k: dict[str, Any], lowp: torch.dtype | None) -> torch.Tensor:
-    y = F.conv2d(_lowp(x, lowp), k["w"], k["b"], stride=k["stride"]).to(k["ln_w"].dtype)
+    if onednn.usable(x, lowp):
+        y = onednn.conv(x, k, "w", "b", stride=k["stride"])
+    else:
+        y = F.conv2d(_lowp(x, lowp), k["w"], k["b"], stride=k["stride"]).to(k["ln_w"].dtype)
     # LayerNorm over channels on the contiguous (B, H, W, C) view: no permute copies.
     return F.layer_norm(y.permute(0, 2, 3, 1), (y.shape[1],), k["ln_w"], k["ln_b"], k["eps"]).permute(0, 3, 1, 2)
 

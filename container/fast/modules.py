@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from container.blocks import ContainerBlock
-from container.fast.fold import Folding, bn_affine, fold_block
+from container.fast.fold import Folding, bn_affine, fold_block, structure_changed
 from container.fast.infer import block_infer, net_infer
 from container.fast.lean import lean_block, lean_patch_embed
 from container.fast.precision import AUTOCAST_POLICIES, inference_precision
@@ -57,6 +57,11 @@ class FastContainerBlock(nn.Module):
             opts = dict(compile_options or {})
             self._infer = torch.compile(block_infer, **opts)
             self._lean = torch.compile(lean_block, **opts)
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> "FastContainerBlock":
+        out = super()._apply(fn, recurse)
+        structure_changed()  # .to() and friends replace buffers without registering them
+        return out
 
     # the reference's helpers, for code that inspects blocks
     static_affinity = ContainerBlock.static_affinity
@@ -114,6 +119,11 @@ class FastContainerNet(nn.Module):
             self._lean_features = torch.compile(self._lean_forward_features, **opts)
 
     stages = ContainerNet.stages
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> "FastContainerNet":
+        out = super()._apply(fn, recurse)
+        structure_changed()  # .to() and friends replace buffers without registering them
+        return out
 
     def _build(self, lowp: torch.dtype | None) -> dict[str, Any]:
         dtype = self.head.weight.dtype

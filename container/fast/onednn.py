@@ -1,0 +1,74 @@
+"""oneDNN primitives for the fp32 inference path on CPU: weights reordered once into oneDNN's blocked layout
+(cached beside the folded constants) and the elementwise work fused into the GEMMs as post-ops.
+
+`F.conv2d` and `addmm` on plain weights reorder (or pack) every weight on every call: at batch 1 that is a
+large part of a 1x1 conv's time when the tokens are few (49 tokens x 512 channels reads each weight
+element twice per call, once to pack it). ONNX Runtime and OpenVINO prepack once at load; these are
+PyTorch's own prepacked oneDNN operators (`torch.ops.mkldnn`, those Inductor's CPU freezing passes emit),
+called eagerly. Fusions: GELU into fc1 (no pass over the hidden activations), and each residual add
+into the conv that produces it (in place on the channels_last stream, or a GEMM's binary post-op on
+its token view).
+
+Used only in fp32 on CPU and outside torch.compile (the packed weights are opaque oneDNN tensors that a
+compiled graph does not take); everything else runs the plain path of container.fast.infer.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+_mkldnn = torch.ops.mkldnn
+_AVAILABLE = torch.backends.mkldnn.is_available()
+
+
+def usable(x: torch.Tensor, lowp: torch.dtype | None) -> bool:
+    """Whether the inference path runs on these primitives for input `x` (see the module docstring)."""
+    return (not torch.compiler.is_compiling() and _AVAILABLE and x.device.type == "cpu" and lowp is None
+            and x.dtype == torch.float32)
+
+
+def _packed(k: dict[str, Any], name: str, layout: str, shape: tuple[int, ...], padding: int, stride: int,
+            groups: int) -> torch.Tensor:
+    """`k[name]` reordered for a conv on inputs of `shape` or for a linear layer on `shape[0]` rows; cached in
+    k (the folded constants, so a parameter change drops it with them)."""
+    cache = k.setdefault("onednn", {})
+    key = (name, layout, shape)
+    if key not in cache:
+        w = k[name]
+        if layout == "linear":
+            cache[key] = _mkldnn._reorder_linear_weight(w.view(w.shape[0], -1), shape[0])
+        else:
+            cache[key] = _mkldnn._reorder_convolution_weight(w, [padding] * 2, [stride] * 2, [1, 1], groups,
+                                                             list(shape))
+    return cache[key]
+
+
+def conv(x: torch.Tensor, k: dict[str, Any], name: str, bias: str, *, padding: int = 0, stride: int = 1,
+         groups: int = 1, gelu: bool = False) -> torch.Tensor:
+    """conv2d(x, k[name], k[bias]) on channels_last x, GELU (exact, erf) fused when `gelu`."""
+    w = _packed(k, name, "conv", tuple(x.shape), padding, stride, groups)
+    return _mkldnn._convolution_pointwise(x, w, k[bias], [padding] * 2, [stride] * 2, [1, 1], groups,
+                                          "gelu" if gelu else "none", [], "none" if gelu else "")
+
+
+def conv_add_(u: torch.Tensor, x: torch.Tensor, k: dict[str, Any], name: str, bias: str) -> torch.Tensor:
+    """u += conv2d(x, k[name], k[bias]) for a 1x1 conv, in place on channels_last u (a sum post-op)."""
+    w = _packed(k, name, "conv", tuple(x.shape), 0, 1, 1)
+    return _mkldnn._convolution_pointwise_.binary(u, x, w, k[bias], [0, 0], [1, 1], [1, 1], 1, "add", 1.0,
+                                                  None, [], None)
+
+
+def linear(x: torch.Tensor, k: dict[str, Any], name: str, bias: str, *, gelu: bool = False) -> torch.Tensor:
+    """A 1x1 conv as a GEMM on the (tokens, C) view x: (tokens, C_out), GELU fused when `gelu`."""
+    w = _packed(k, name, "linear", tuple(x.shape), 0, 1, 1)
+    return _mkldnn._linear_pointwise(x, w, k[bias], "gelu" if gelu else "none", [], "none" if gelu else "")
+
+
+def linear_add(x: torch.Tensor, other: torch.Tensor, k: dict[str, Any], name: str, bias: str) -> torch.Tensor:
+    """other + x @ k[name]^T + k[bias] on (tokens, C) views: a new tensor (the binary post-op is out of place)."""
+    w = _packed(k, name, "linear", tuple(x.shape), 0, 1, 1)
+    return _mkldnn._linear_pointwise.binary(x, other, w, k[bias], "add")
+
+
+__all__ = ["conv", "conv_add_", "linear", "linear_add", "usable"]
