@@ -413,3 +413,21 @@ def test_compile_with_inductor_matches_reference():
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
         assert rel_err(fast(x), net(x)) < 1e-4
+
+
+@pytest.mark.parametrize("side, expected", [
+    (6, {"mkldnn::_linear_pointwise", "mkldnn::_convolution_pointwise"}),
+    (40, {"mkldnn::_convolution_pointwise_", "mkldnn::_convolution_pointwise"})])
+def test_fp32_cpu_inference_runs_on_prepacked_onednn_ops(side, expected):
+    # few tokens: GEMMs on the token view with fused GELU / residual add; many: in-place fused 1x1 convs
+    block = make_block("conv")
+    fast = optimize(block)
+    x = torch.randn(1, 32, side, side)
+    with torch.inference_mode():
+        fast(x)  # packs the weights
+        with torch.profiler.profile() as prof:
+            y = fast(x)
+        assert rel_err(y, block(x)) < 1e-4
+    names = {e.key for e in prof.key_averages()}
+    assert expected <= names, names
+    assert not {"aten::gelu", "aten::gelu_", "aten::addmm"} & names  # fused, not separate passes
