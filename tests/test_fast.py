@@ -168,31 +168,38 @@ def test_every_kind_under_bf16_autocast(kind):
     assert rel_err(auto, actual if fast_precision.native_low_precision(x.device, torch.bfloat16) else fp32) < 1e-6
 
 
-def test_folded_constants_follow_parameter_updates():
+def _update_in_place(fast: torch.nn.Module) -> None:
+    for p in fast.parameters():  # e.g. an optimizer step
+        p.mul_(1.1)
+    fast.norm2.running_var.mul_(2.0)
+
+
+def _replace_tensors(fast: torch.nn.Module) -> None:
+    # the cache gathers its source tensors again only when the module structure changes: a parameter or
+    # a buffer replaced by assignment must refold
+    fast.conv1.weight = nn.Parameter(fast.conv1.weight * 0.5)
+    fast.norm1.running_mean = fast.norm1.running_mean + 0.3
+
+
+@pytest.mark.parametrize("change", [_update_in_place, _replace_tensors])
+def test_folded_constants_follow_parameter_changes(change):
     block = make_block("mix")
     fast = optimize(block)
     x = torch.randn(2, 32, 6, 6)
     with torch.no_grad():
         fast(x)
-        for p in fast.parameters():  # e.g. an optimizer step
-            p.mul_(1.1)
-        fast.norm2.running_var.mul_(2.0)
+        change(fast)
         block.load_state_dict(fast.state_dict())
         assert rel_err(fast(x), block(x)) < 1e-4
 
 
-def test_folded_constants_follow_replaced_tensors_and_dtype_changes():
-    # the cache gathers its source tensors again only when the module structure changes: replacing a
-    # parameter or a buffer by assignment, and .to() (which swaps data and replaces buffers) must all refold
+def test_folded_constants_follow_dtype_changes_and_network_parameters():
+    # .to() swaps parameters' data and replaces buffers without registering them
     block = make_block("mix")
     fast = optimize(block)
     x = torch.randn(2, 32, 6, 6)
     with torch.no_grad():
         fast(x)
-        fast.conv1.weight = nn.Parameter(fast.conv1.weight * 0.5)
-        fast.norm1.running_mean = fast.norm1.running_mean + 0.3
-        block.load_state_dict(fast.state_dict())
-        assert rel_err(fast(x), block(x)) < 1e-4
         fast.double()
         y = fast(x.double())
         assert y.dtype == torch.float64 and rel_err(y, block.double()(x.double())) < 1e-6
