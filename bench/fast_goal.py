@@ -14,23 +14,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.result import SAME_WORKLOAD, ok_medians
 from bench.targets import BenchInputError
 
 GOAL_KERNEL_FRACTION = 0.9
 FAST = "fast"
 DEPLOYED = ("onnxruntime", "openvino")  # the runtimes fast is held against
-WORKLOAD = ["name", "batch_size", "device", "dtype", "channels_last", "compile", "mode"]
-
-
-def _medians(frame: pd.DataFrame) -> pd.DataFrame:
-    ok = frame["status"].fillna("ok") == "ok" if "status" in frame else pd.Series(True, index=frame.index)
-    return frame.assign(median=frame["latency_median_ms"].where(ok))
+WORKLOAD = SAME_WORKLOAD + ["dtype"]
 
 
 def _ratios(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per workload with fast and a deployed runtime: fast's median, the best deployed runtime and its
     median, their ratio, and fast's fraction of the kernel bound."""
-    frame = _medians(frame)
+    frame = frame.assign(median=ok_medians(frame))
     keys = [c for c in WORKLOAD if c in frame]
     fast = frame[frame["runtime"] == FAST].drop_duplicates(keys)
     other = frame[frame["runtime"].isin(DEPLOYED) & frame["median"].notna()]

@@ -18,7 +18,6 @@ import json
 import re
 import statistics
 import tempfile
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from bench.options import Options
 from bench.runtimes.onnx_runtime import onnxruntime_session
 from bench.runtimes.openvino_runtime import compile_openvino
 from bench.targets import BenchInputError, Target
-from bench.timing import intra_op_threads, keep_freed_memory
+from bench.timing import intra_op_threads, keep_freed_memory, time_calls
 from bench.workload import build_reference, build_workload
 
 GEMM, DEPTHWISE, PATCH = "1x1 conv / GEMM", "depthwise conv", "patch embedding conv"
@@ -162,10 +161,8 @@ def profile_ops(target: Target, batch_size: int, options: Options, runs: int = 2
 
 
 def _wall_ms(call: Callable[[], object], runs: int) -> float:
-    start = time.perf_counter()
-    for _ in range(runs):
-        call()
-    return (time.perf_counter() - start) / runs * 1e3
+    """Wall-clock ms per call of `runs` calls, profiler on: bench.timing's block (CPU profiles only)."""
+    return time_calls(call, runs, torch.device("cpu")) / runs * 1e3
 
 
 def _torch_times(target: Target, batch_size: int, options: Options, runs: int) -> tuple[list[OpTime], float]:

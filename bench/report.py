@@ -16,6 +16,7 @@ from bench.env import machine_summary
 from bench.fast_goal import DEPLOYED, GOAL_KERNEL_FRACTION, fast_against_best, goal_summary
 from bench.formatting import MISSING, is_missing, markdown_table
 from bench.io import save_figure, write_text
+from bench.result import SAME_WORKLOAD, ok_medians
 from bench.roofline import Roofline
 from bench.runtimes import RUNTIMES
 
@@ -65,7 +66,6 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-SAME_WORKLOAD = ["name", "batch_size", "device", "channels_last", "compile", "mode"]
 RATIOS = ["speedup", "time / fastest", "vs ref fp32", "GEMM-roof bound", "kernel bound"]
 BOUND_COLUMNS = ["% peak", "GEMM-roof bound", "kernel bound", "% of kernel bound"]
 
@@ -89,7 +89,7 @@ def runtime_comparison(frame: pd.DataFrame) -> pd.DataFrame:
     workload = SAME_WORKLOAD + ["dtype"]
     frame = frame.reset_index(drop=True)
     frame = frame.assign(
-        median=_column(frame, "latency_median_ms").where(_column(frame, "status", "ok") == "ok"),
+        median=ok_medians(frame),
         order=frame.groupby(workload, sort=False, dropna=False).ngroup(),
         rank=frame["runtime"].map({r: i for i, r in enumerate(RUNTIMES)}).fillna(len(RUNTIMES)))
     ref = frame[frame["runtime"] == "reference"].drop_duplicates(workload)

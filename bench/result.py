@@ -11,6 +11,9 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import numpy as np
+import pandas as pd
+
 from bench.flops import FlopCount
 from bench.isolated import RssPeak
 from bench.memory import AllocatorPeak, CudaPeak
@@ -167,3 +170,15 @@ class Profile:
             row |= self.bounds.row()
         row["latency_samples_ms"] = list(self.latency.times_ms) if self.ok and self.latency is not None else []
         return row
+
+
+# Columns of results rows that make two rows the same workload (runtime and dtype aside).
+SAME_WORKLOAD = ["name", "batch_size", "device", "channels_last", "compile", "mode"]
+
+
+def ok_medians(frame: pd.DataFrame) -> pd.Series:
+    """Each results row's median latency, NaN where the row has no valid figure (status other than ok)."""
+    median = frame["latency_median_ms"] if "latency_median_ms" in frame else pd.Series(np.nan, index=frame.index)
+    status = frame["status"].fillna("ok") if "status" in frame else pd.Series("ok", index=frame.index)
+    return median.where(status == "ok")
+

@@ -80,7 +80,7 @@ def fold_block(block: ContainerBlock, dtype: torch.dtype, gemm_dtype: torch.dtyp
 # goes through those too) or by Module._apply (.to(), .float(), ...: it swaps parameters' data and
 # replaces buffers without registering); the global hooks and the fast modules' _apply bump this
 # counter, so a Folding gathers its source tensors again only then, not on every call: walking a
-# network's modules for its 440 tensors took 0.8 ms a call, as long as one 512@7 block's GEMMs.
+# network's modules for its 440 tensors took 0.8 ms a Container-Light call, a third of a 512@7 block.
 _structure = [0]
 
 

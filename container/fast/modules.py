@@ -28,7 +28,17 @@ def _adopt(target: nn.Module, source: nn.Module) -> None:
     target.train(source.training)
 
 
-class FastContainerBlock(nn.Module):
+class _Refolding(nn.Module):
+    """A module whose folded constants follow `.to()` and friends, which replace buffers without registering
+    them (container.fast.fold gathers its source tensors again only when the structure changes)."""
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> nn.Module:
+        out = super()._apply(fn, recurse)
+        structure_changed()
+        return out
+
+
+class FastContainerBlock(_Refolding):
     """A ContainerBlock's function through the fast paths; same parameters and state_dict keys.
 
     Build it with `container.optimize(block)` (or `FastContainerBlock(block)`, which shares the
@@ -58,11 +68,6 @@ class FastContainerBlock(nn.Module):
             self._infer = torch.compile(block_infer, **opts)
             self._lean = torch.compile(lean_block, **opts)
 
-    def _apply(self, fn: Callable, recurse: bool = True) -> "FastContainerBlock":
-        out = super()._apply(fn, recurse)
-        structure_changed()  # .to() and friends replace buffers without registering them
-        return out
-
     # the reference's helpers, for code that inspects blocks
     static_affinity = ContainerBlock.static_affinity
     mix_weights = ContainerBlock.mix_weights
@@ -91,7 +96,7 @@ class FastContainerBlock(nn.Module):
         return f"kind={self.kind.name}, dim={self.dim}, heads={self.heads}, mixing={self.mixing}"
 
 
-class FastContainerNet(nn.Module):
+class FastContainerNet(_Refolding):
     """A ContainerNet through the fast paths; same parameters and state_dict keys."""
 
     def __init__(self, net: ContainerNet, *, channels_last: bool = True, compile: bool = False,
@@ -119,11 +124,6 @@ class FastContainerNet(nn.Module):
             self._lean_features = torch.compile(self._lean_forward_features, **opts)
 
     stages = ContainerNet.stages
-
-    def _apply(self, fn: Callable, recurse: bool = True) -> "FastContainerNet":
-        out = super()._apply(fn, recurse)
-        structure_changed()  # .to() and friends replace buffers without registering them
-        return out
 
     def _build(self, lowp: torch.dtype | None) -> dict[str, Any]:
         dtype = self.head.weight.dtype
