@@ -158,6 +158,7 @@ def configure_ops(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", type=names, default=["fast", "onnxruntime", "openvino"],
                    help=f"runtimes to profile, a list: {', '.join(RUNTIMES)}")
     p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: torch's)")
+    p.add_argument("--dtype", default="fp32", help="fp32, or bf16 / fp16 through autocast (onnxruntime: fp32 only)")
     p.add_argument("--runs", type=positive_int, default=20, help="profiled calls per runtime, after a warm-up")
     p.add_argument("--top", type=positive_int, default=12, help="ops listed per runtime in report.md")
     p.add_argument("--out", type=writable_dir, default=None,
@@ -166,7 +167,8 @@ def configure_ops(p: argparse.ArgumentParser) -> None:
 
 
 def ops(args: argparse.Namespace) -> int:
-    options = [Options(runtime=runtime, threads=args.threads) for runtime in dict.fromkeys(args.runtime)]
+    options = [Options(runtime=runtime, threads=args.threads, dtype=args.dtype)
+               for runtime in dict.fromkeys(args.runtime)]
     for o in options:
         o.validate()
     targets = [BlockTarget(kind, dim, side) for kind in args.kinds or [] for dim, side, _ in STAGE_SHAPES]

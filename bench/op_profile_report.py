@@ -65,7 +65,9 @@ def run_ops(jobs: Sequence[OpJob], out_dir: Path, runs: int, top: int, progress:
             bar.advance(task)
         bar.update(task, description="done")
     threads = profiles[0].threads if profiles else (jobs[0].options.threads if jobs else None)
-    write_report(profiles, failures, out_dir / "report.md", top, machine_summary(environment("cpu", threads)), runs)
+    dtype = jobs[0].options.dtype if jobs else "fp32"
+    write_report(profiles, failures, out_dir / "report.md", top, machine_summary(environment("cpu", threads)), runs,
+                 dtype)
     draw(profiles, out_dir / "ops.png")
     return profiles
 
@@ -101,10 +103,10 @@ def _top_markdown(frame: pd.DataFrame) -> str:
 
 
 def write_report(profiles: Sequence[OpProfile], failures: Sequence[OpFailure], path: Path, top: int,
-                 machine: str, runs: int) -> Path:
+                 machine: str, runs: int, dtype: str = "fp32") -> Path:
     threads = sorted({p.threads for p in profiles})
     lines = ["# Where the time goes, op by op", "",
-             f"Machine: {machine}. Threads: {', '.join(map(str, threads)) or '-'}; fp32; {runs} profiled calls per "
+             f"Machine: {machine}. Threads: {', '.join(map(str, threads)) or '-'}; {dtype}; {runs} profiled calls per "
              f"runtime after a warm-up; every figure is ms per call of the model.", "",
              "How each runtime is read: `reference` and `fast` by torch.profiler (each op's self CPU time, per op "
              "and input shapes, so no time is counted twice); `openvino` by PERF_COUNT (each node's real time, "

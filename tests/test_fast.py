@@ -438,3 +438,25 @@ def test_fp32_cpu_inference_runs_on_prepacked_onednn_ops(side, expected):
     names = {e.key for e in prof.key_averages()}
     assert expected <= names, names
     assert not {"aten::gelu", "aten::gelu_", "aten::addmm"} & names  # fused, not separate passes
+
+
+@pytest.mark.skipif(not fast_precision.native_low_precision(torch.device("cpu"), torch.bfloat16),
+                    reason="this CPU has no native bf16")
+@pytest.mark.parametrize("side, expected", [
+    (6, {"mkldnn::_linear_pointwise", "mkldnn::_convolution_pointwise"}),
+    (40, {"mkldnn::_convolution_pointwise"})])
+def test_bf16_cpu_inference_runs_on_prepacked_onednn_ops(side, expected):
+    # bf16 GEMMs on packed bf16 weights, GELU fused; the residual adds stay apart on the fp32 stream
+    block = make_block("mix")
+    fast = optimize(block)
+    x = torch.randn(1, 32, side, side)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fast(x)
+        with torch.profiler.profile() as prof:
+            y = fast(x)
+    assert y.dtype == torch.float32
+    with torch.inference_mode():
+        assert 1e-4 < norm_rel_err(y, block(x)) < 2e-2
+    names = {e.key for e in prof.key_averages()}
+    assert expected <= names, names
+    assert not {"aten::gelu", "aten::gelu_", "aten::addmm", "aten::convolution"} & names

@@ -5,8 +5,10 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 import bench.cli
+from container.fast import precision as fast_precision
 from bench.op_profile import (ATTENTION, CATEGORIES, COLUMNS, DEPTHWISE, GEMM, OpProfile, _onnxruntime_trace_times,
                               categorize, compare, profile_ops)
 from bench.options import Options
@@ -171,6 +173,18 @@ def test_ops_command_writes_its_four_files(tiny_network, tmp_path, capsys):
     assert f"## {tiny_network}, batch 1" in report and "### Top 5 ops: fast" in report and "Machine:" in report
 
 
+@pytest.mark.skipif(not fast_precision.native_low_precision(torch.device("cpu"), torch.bfloat16),
+                    reason="this CPU has no native bf16")
+def test_ops_profiles_bf16_autocast(tiny_network, tmp_path):
+    out = tmp_path / "ops"
+    argv = ["ops", "--networks", str(tiny_network), "--runtime", "fast", "--dtype", "bf16", "--runs", "2",
+            "--threads", "1", "--out", str(out), "--no-progress"]
+    assert bench.cli.main(argv) == 0
+    rows = pd.read_csv(out / "ops.csv")
+    assert "aten::_to_copy" in set(rows["op"]), set(rows["op"])  # the casts to bf16 before the GEMMs
+    assert "; bf16;" in (out / "report.md").read_text()
+
+
 @pytest.mark.parametrize("argv,flag", [
     (["--runtime", "tensorrt"], "--runtime"),
     (["--runs", "0"], "--runs"),
@@ -178,6 +192,8 @@ def test_ops_command_writes_its_four_files(tiny_network, tmp_path, capsys):
     (["--kinds", "transformer"], "--kinds"),
     (["--networks", "resnet50"], "--networks"),
     (["--batch-sizes", "0"], "--batch-sizes"),
+    (["--dtype", "int8"], "--dtype"),
+    (["--dtype", "bf16", "--runtime", "onnxruntime"], "--dtype"),
 ])
 def test_ops_rejects_bad_input_in_one_line_naming_the_flag(argv, flag, tmp_path, capsys):
     try:

@@ -22,9 +22,10 @@ def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 def fold_block(block: ContainerBlock, dtype: torch.dtype, gemm_dtype: torch.dtype) -> dict[str, Any]:
     """The inference constants of one block, computed in float64 and rounded once.
 
-    Depthwise kernels (pos_embed with its residual identity in the centre tap, the static conv
-    scaled by beta) are in `dtype`; the 1x1 conv weights and biases and dense token-mixing matrices
-    in `gemm_dtype`.
+    pos_embed's depthwise kernel, which carries the residual identity in its centre tap, is in `dtype`
+    (the residual stream's); everything that reads conv1's output (the static depthwise conv scaled by
+    beta, the dense token-mixing matrices) and the 1x1 conv weights and biases are in `gemm_dtype`, as
+    autocast runs those convs in the reference.
     """
     kind = block.kind
     pos_w = block.pos_embed.weight.double().clone()
@@ -64,8 +65,8 @@ def fold_block(block: ContainerBlock, dtype: torch.dtype, gemm_dtype: torch.dtyp
             alpha, beta = block.mix_weights()
             out["alpha"], beta = float(alpha.double().item()), beta.double()
         if isinstance(static, DepthwiseConv):
-            out["sw"] = cast(static.weight.double() * beta, dtype)
-            out["sb"] = cast(static.bias.double() * beta, dtype)
+            out["sw"] = cast(static.weight.double() * beta, gemm_dtype)
+            out["sb"] = cast(static.bias.double() * beta, gemm_dtype)
             out["pad"] = static.padding[0]
         else:
             assert isinstance(static, TokenMixing)

@@ -11,12 +11,18 @@ from container.fast import onednn
 from container.fast.layout import nchw, nhwc
 
 
+# Below this many tokens dense token mixing runs all its groups as one batched GEMM over a (G, N, B*d) copy of
+# v, where per-group ops cost more than the copy (16 groups at dim 512); above it, one GEMM per group reads v
+# in place (A/B at batch 1 on this project's AVX512 EPYC, 2 threads: 0.62-0.96x at 7x7 and 14x14 tokens,
+# 0.95-1.5x at 28x28 and 56x56).
+DENSE_BATCHED_BELOW_TOKENS = 256
+
+
 def _static_dense(k: dict[str, Any], v: torch.Tensor, b: int, n: int, o: torch.Tensor | None,
                   alpha: float) -> torch.Tensor:
     """beta * (W v + bias) [+ alpha * o] for dense token mixing; v and o are (B, N, C) views.
 
-    Each group's (N, N) weight is shared by the batch: a batched GEMM over a stride-0 expansion,
-    reading v in place; the weight itself is never copied."""
+    Each group's (N, N) weight is shared by the batch (a stride-0 expansion): it is never copied."""
     c = v.shape[-1]
     groups = k["groups"]
     w, bias = k["sw"], k["sb"]
@@ -26,6 +32,15 @@ def _static_dense(k: dict[str, Any], v: torch.Tensor, b: int, n: int, o: torch.T
             return torch.baddbmm(bias[0][:, None], w, v)
         return torch.baddbmm(o, w, v, beta=alpha).add_(bias[0][:, None])
     d = c // groups
+    if n < DENSE_BATCHED_BELOW_TOKENS:
+        vg = v.reshape(b, n, groups, d).permute(2, 1, 0, 3).reshape(groups, n, b * d)
+        s = torch.baddbmm(bias[:, :, None], w, vg).view(groups, n, b, d).permute(2, 1, 0, 3)
+        out = torch.empty(b, n, c, dtype=v.dtype, device=v.device)
+        if o is None:
+            out.view(b, n, groups, d).copy_(s)
+        else:
+            torch.add(s, o.reshape(b, n, groups, d), alpha=alpha, out=out.view(b, n, groups, d))
+        return out
     out = torch.empty(b, n, c, dtype=v.dtype, device=v.device)
     for g in range(groups):
         cols = slice(g * d, (g + 1) * d)
@@ -58,7 +73,7 @@ def _token_mixing(k: dict[str, Any], qkv: torch.Tensor, b: int, h: int, w: int, 
         v = qkv.view(b, n, c)
     if static == "conv":
         if packed:
-            s = onednn.conv(nchw(v, b, h, w), k, "sw", "sb", padding=k["pad"], groups=c)
+            s = onednn.conv(nchw(v.to(k["sw"].dtype), b, h, w), k, "sw", "sb", padding=k["pad"], groups=c)
         else:
             s = F.conv2d(nchw(v.to(k["sw"].dtype), b, h, w), k["sw"], k["sb"], padding=k["pad"], groups=c)
         s = nhwc(s)
@@ -94,18 +109,28 @@ def _lowp(t: torch.Tensor, lowp: torch.dtype | None) -> torch.Tensor:
 ONEDNN_GEMM_BELOW_TOKENS = 1024
 
 
-def _block_onednn(x: torch.Tensor, k: dict[str, Any]) -> torch.Tensor:
-    """block_infer in fp32 on CPU through oneDNN's prepacked, fused primitives (same arithmetic)."""
+def _block_onednn(x: torch.Tensor, k: dict[str, Any], lowp: torch.dtype | None) -> torch.Tensor:
+    """block_infer on CPU through oneDNN's prepacked, fused primitives (same arithmetic): fp32, or bf16
+    GEMMs on the fp32 stream (lowp), whose residual adds cannot be post-ops (container.fast.onednn)."""
     b, c, h, w = x.shape
     x = x.contiguous(memory_format=torch.channels_last)
     u = onednn.conv(x, k, "pos_w", "pos_b", padding=1, groups=c)  # x + pos_embed(x)
     if b * h * w < ONEDNN_GEMM_BELOW_TOKENS:
         t = nhwc(u)
-        m = _token_mixing(k, onednn.linear(t, k, "w1", "b1"), b, h, w, packed=True)
+        m = _token_mixing(k, onednn.linear(_lowp(t, lowp), k, "w1", "b1"), b, h, w, packed=True)
+        if lowp is not None:
+            t.add_(onednn.linear(m.to(lowp), k, "w2", "b2"))
+            t.add_(onednn.linear(onednn.linear(t.to(lowp), k, "wf1", "bf1", gelu=True), k, "wf2", "bf2"))
+            return u
         t = onednn.linear_add(m, t, k, "w2", "b2")
         t = onednn.linear_add(onednn.linear(t, k, "wf1", "bf1", gelu=True), t, k, "wf2", "bf2")
         return nchw(t, b, h, w)
-    m = _token_mixing(k, nhwc(onednn.conv(u, k, "w1", "b1")), b, h, w, packed=True)
+    m = _token_mixing(k, nhwc(onednn.conv(_lowp(u, lowp), k, "w1", "b1")), b, h, w, packed=True)
+    if lowp is not None:
+        u.add_(onednn.conv(nchw(m.to(lowp), b, h, w), k, "w2", "b2"))
+        del m
+        u.add_(onednn.conv(onednn.conv(u.to(lowp), k, "wf1", "bf1", gelu=True), k, "wf2", "bf2"))
+        return u
     onednn.conv_add_(u, nchw(m, b, h, w), k, "w2", "b2")
     del m
     onednn.conv_add_(u, onednn.conv(u, k, "wf1", "bf1", gelu=True), k, "wf2", "bf2")
@@ -123,7 +148,7 @@ def block_infer(x: torch.Tensor, k: dict[str, Any], lowp: torch.dtype | None = N
     """
     x = x.to(k["pos_w"].dtype)
     if onednn.usable(x, lowp):
-        return _block_onednn(x, k)
+        return _block_onednn(x, k, lowp)
     b, c, h, w = x.shape
     x = x.contiguous(memory_format=torch.channels_last)
     u = F.conv2d(x, k["pos_w"], k["pos_b"], padding=1, groups=c)  # x + pos_embed(x)
@@ -140,7 +165,7 @@ def block_infer(x: torch.Tensor, k: dict[str, Any], lowp: torch.dtype | None = N
 
 def _patch_embed_infer(x: torch.Tensor, k: dict[str, Any], lowp: torch.dtype | None) -> torch.Tensor:
     if onednn.usable(x, lowp):
-        y = onednn.conv(x, k, "w", "b", stride=k["stride"])
+        y = onednn.conv(_lowp(x, lowp), k, "w", "b", stride=k["stride"]).to(k["ln_w"].dtype)
     else:
         y = F.conv2d(_lowp(x, lowp), k["w"], k["b"], stride=k["stride"]).to(k["ln_w"].dtype)
     # LayerNorm over channels on the contiguous (B, H, W, C) view: no permute copies.

@@ -1,5 +1,6 @@
-"""oneDNN primitives for the fp32 inference path on CPU: weights reordered once into oneDNN's blocked layout
-(cached beside the folded constants) and the elementwise work fused into the GEMMs as post-ops.
+"""oneDNN primitives for the inference path on CPU (fp32, and bf16 autocast where the CPU has native bf16):
+weights reordered once into oneDNN's blocked layout (cached beside the folded constants) and the
+elementwise work fused into the GEMMs as post-ops.
 
 `F.conv2d` and `addmm` on plain weights reorder (or pack) every weight on every call: at batch 1 that is a
 large part of a 1x1 conv's time when the tokens are few (49 tokens x 512 channels reads each weight
@@ -7,25 +8,37 @@ element twice per call, once to pack it). ONNX Runtime and OpenVINO prepack once
 PyTorch's own prepacked oneDNN operators (`torch.ops.mkldnn`, those Inductor's CPU freezing passes emit),
 called eagerly. Fusions: GELU into fc1 (no pass over the hidden activations), and each residual add
 into the conv that produces it (in place on the channels_last stream, or a GEMM's binary post-op on
-its token view).
+its token view). Under bf16 autocast the GEMMs take bf16 inputs and packed bf16 weights while the
+residual stream stays fp32 as in the reference; oneDNN's post-op adds need one dtype for both operands,
+so there the residual adds run as separate in-place adds.
 
-Used only in fp32 on CPU and outside torch.compile (the packed weights are opaque oneDNN tensors that a
+Used only on CPU and outside torch.compile (the packed weights are opaque oneDNN tensors that a
 compiled graph does not take); everything else runs the plain path of container.fast.infer.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
+
+from container.fast.precision import native_low_precision
 
 _mkldnn = torch.ops.mkldnn
 _AVAILABLE = torch.backends.mkldnn.is_available()
 
 
 def usable(x: torch.Tensor, lowp: torch.dtype | None) -> bool:
-    """Whether the inference path runs on these primitives for input `x` (see the module docstring)."""
-    return (not torch.compiler.is_compiling() and _AVAILABLE and x.device.type == "cpu" and lowp is None
-            and x.dtype == torch.float32)
+    """Whether the inference path runs on these primitives for input `x` with GEMMs in `lowp` (None: x's
+    dtype): fp32 on CPU, with fp32 GEMMs or bf16 ones on a CPU with native bf16 (see the module docstring)."""
+    return (not torch.compiler.is_compiling() and _AVAILABLE and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and (lowp is None or (lowp == torch.bfloat16 and _native_bf16())))
+
+
+@functools.cache
+def _native_bf16() -> bool:
+    return native_low_precision(torch.device("cpu"), torch.bfloat16)
 
 
 def _packed(k: dict[str, Any], name: str, layout: str, shape: tuple[int, ...], padding: int, stride: int,
