@@ -30,13 +30,14 @@ Three paths, picked per call:
   pos_embed's residual as its kernel's centre tap, beta folded into the static kernel.
 * under autocast, the inference path follows `autocast_policy` (see `optimize`): with "follow"
   the GEMMs run in the autocast dtype on folded weights cast once and cached, and attention too
-  where its kernel is faster so (`attention_dtype`), while the residual stream, norms and
-  depthwise convs stay in fp32, like the reference's under autocast.
+  where its kernel is faster so (`attention_dtype`), and the static depthwise conv that reads conv1's
+  output, while the residual stream, norms and pos_embed's depthwise conv (it carries the residual)
+  stay in fp32, like the reference's under autocast.
 
-In fp32 on a CPU (outside torch.compile) the inference path calls PyTorch's prepacked oneDNN
-operators instead of F.conv2d / addmm: weights reordered once and cached with the folded constants,
-GELU fused into fc1 and the residual adds into conv2 and fc2 (onednn; issue 17: at batch 1 this cut
-the 512@7 blocks' time by a third).
+On a CPU (outside torch.compile), in fp32 and in bf16 autocast where the CPU has native bf16, the
+inference path calls PyTorch's prepacked oneDNN operators instead of F.conv2d / addmm: weights
+reordered once and cached with the folded constants, GELU fused into fc1 and, in fp32, the residual
+adds into conv2 and fc2 (onednn; issue 17: at batch 1 this cut the 512@7 blocks' time by a third).
 
 Modules: fold (the inference constants and their cache), infer (the inference path), onednn (its
 prepacked, fused primitives), lean (the training path), precision (autocast policies,

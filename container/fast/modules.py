@@ -194,8 +194,9 @@ def optimize(model: nn.Module, *, channels_last: bool = True, training: bool | N
     compile: run the paths through torch.compile (`compile_options` go to torch.compile).
     share_parameters: reuse `model`'s tensors (and submodules) instead of deep-copying them.
     autocast_policy: what the inference path does inside torch.autocast. "follow": GEMMs (1x1
-        convs, attention where `attention_dtype` says so, dense token mixing, patch embedding,
-        head) in the autocast dtype, the residual stream, norms and depthwise convs in fp32.
+        convs, attention where `attention_dtype` says so, dense token mixing, the static depthwise
+        conv, patch embedding, head) in the autocast dtype; the residual stream, norms and
+        pos_embed's depthwise conv in fp32.
         "fp32": ignore autocast. "auto" (default): "follow" where the device has fast
         low-precision GEMMs (CUDA, CPUs with AVX512-BF16/AMX), else "fp32" (on an AVX2-only CPU
         bf16 GEMMs run 10-100x slower).
