@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import bench.cli
-from container.fast import precision as fast_precision
 from bench.op_profile import (ATTENTION, CATEGORIES, COLUMNS, DEPTHWISE, GEMM, OpProfile, _onnxruntime_trace_times,
                               categorize, compare, profile_ops)
 from bench.options import Options
 from bench.targets import BlockTarget
+from container.fast import precision as fast_precision
 
 TINY = BlockTarget("mix", 32, 7)
 RUNS = 3
@@ -176,13 +176,16 @@ def test_ops_command_writes_its_four_files(tiny_network, tmp_path, capsys):
 @pytest.mark.skipif(not fast_precision.native_low_precision(torch.device("cpu"), torch.bfloat16),
                     reason="this CPU has no native bf16")
 def test_ops_profiles_bf16_autocast(tiny_network, tmp_path):
-    out = tmp_path / "ops"
-    argv = ["ops", "--networks", str(tiny_network), "--runtime", "fast", "--dtype", "bf16", "--runs", "2",
-            "--threads", "1", "--out", str(out), "--no-progress"]
-    assert bench.cli.main(argv) == 0
-    rows = pd.read_csv(out / "ops.csv")
-    assert "aten::_to_copy" in set(rows["op"]), set(rows["op"])  # the casts to bf16 before the GEMMs
-    assert "; bf16;" in (out / "report.md").read_text()
+    casts = {}
+    for dtype in ("fp32", "bf16"):
+        out = tmp_path / dtype
+        argv = ["ops", "--networks", str(tiny_network), "--runtime", "fast", "--dtype", dtype, "--runs", "2",
+                "--threads", "1", "--out", str(out), "--no-progress"]
+        assert bench.cli.main(argv) == 0
+        rows = pd.read_csv(out / "ops.csv")
+        casts[dtype] = rows.loc[rows["op"] == "aten::_to_copy", "calls_per_run"].sum()
+        assert f"; {dtype};" in (out / "report.md").read_text()
+    assert casts["bf16"] > casts["fp32"], casts  # the casts to bf16 before the GEMMs: autocast reached the call
 
 
 @pytest.mark.parametrize("argv,flag", [

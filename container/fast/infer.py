@@ -13,8 +13,8 @@ from container.fast.layout import nchw, nhwc
 
 # Below this many tokens dense token mixing runs all its groups as one batched GEMM over a (G, N, B*d) copy of
 # v, where per-group ops cost more than the copy (16 groups at dim 512); above it, one GEMM per group reads v
-# in place (A/B at batch 1 on this project's AVX512 EPYC, 2 threads: 0.62-0.96x at 7x7 and 14x14 tokens,
-# 0.95-1.5x at 28x28 and 56x56).
+# in place (A/B at batch 1 on this project's AVX512 EPYC, 2 threads, fp32 and bf16: 0.62-0.96x at 7x7 and
+# 14x14 tokens; 0.84-1.50x, mostly slower, at 28x28 and 56x56).
 DENSE_BATCHED_BELOW_TOKENS = 256
 
 

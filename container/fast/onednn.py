@@ -17,7 +17,6 @@ compiled graph does not take); everything else runs the plain path of container.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
@@ -33,12 +32,7 @@ def usable(x: torch.Tensor, lowp: torch.dtype | None) -> bool:
     dtype): fp32 on CPU, with fp32 GEMMs or bf16 ones on a CPU with native bf16 (see the module docstring)."""
     return (not torch.compiler.is_compiling() and _AVAILABLE and x.device.type == "cpu"
             and x.dtype == torch.float32
-            and (lowp is None or (lowp == torch.bfloat16 and _native_bf16())))
-
-
-@functools.cache
-def _native_bf16() -> bool:
-    return native_low_precision(torch.device("cpu"), torch.bfloat16)
+            and (lowp is None or (lowp == torch.bfloat16 and native_low_precision(x.device, lowp))))
 
 
 def _packed(k: dict[str, Any], name: str, layout: str, shape: tuple[int, ...], padding: int, stride: int,

@@ -2,11 +2,14 @@
 the dtype fused attention runs in (`attention_dtype`), from what the device computes fast."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 AUTOCAST_POLICIES = ("auto", "follow", "fp32")
 
 
+@functools.cache  # asked on every inference call under autocast; the hardware does not change
 def native_low_precision(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether this device has fast `dtype` GEMMs (CUDA; CPUs with AVX512-BF16/AMX/AVX512-FP16)."""
     if device.type == "cuda":
