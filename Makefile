@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test bench bench-fast bench-runtimes clean
+.PHONY: install test bench bench-fast bench-runtimes repeat clean
 
 install: $(STAMP)
 
@@ -39,6 +39,16 @@ bench-fast: install
 # report.md ends with the runtime table (ratios to the reference and to the fastest runtime of each workload).
 bench-runtimes: install
 	$(PY) -m bench --suite runtimes --runtime reference,fast,onnxruntime,openvino
+
+# Is this machine's timing reproducible? The same measurement twice, 10 s apart (python -m bench repeat, its
+# options are the run's plus --times N and --pause-s S), then how well the runs agree, row by row: the spread
+# max / min - 1 of each median, as measured and normalised to the machine's reference speed, against 5%, and
+# fast / best with its goal verdict per workload. The default: the conv and mix blocks at the four stage
+# shapes (and the 320@14x14 batch sweep) and Container-Light, on fast and onnxruntime, no isolated RSS;
+# results in results/repeat/<time>-<commit>/ (report.md). REPEAT_ARGS="--times 3 --pause-s 60 ..." for more.
+REPEAT_ARGS ?= --kinds conv,mix --networks container_light --runtime fast,onnxruntime --no-rss
+repeat: install
+	$(PY) -m bench repeat $(REPEAT_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .benchmarks

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import shlex
 import sys
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import torch
 from rich.console import Console
 
 import container
@@ -21,16 +23,18 @@ from bench.cli_kit import (EXIT_BAD_INPUT, Parser, argument_type, choice_list, c
                            non_negative_int, positive_int, positive_ints, program_name, writable_dir, writable_file)
 from bench.fast_goal import earlier_run
 from bench.io import results_root
+from bench.machine import reference_path, reference_speed, speed_now
 from bench.op_profile_report import OpJob, run_ops
+from bench.repeat import check_repeat, repeat_check
 from bench.runtimes import RUNTIMES
-from bench.suite import QUICK_STOP, SUITES, new_run_dir, resolve_devices, run_suite, suite_jobs
+from bench.suite import QUICK_STOP, SUITES, Job, new_run_dir, resolve_devices, run_suite, suite_jobs
 from bench.targets import STAGE_SHAPES, BenchInputError, BlockTarget, ModuleTarget, network_target, parse_shape
 from bench.workload import Options
 
 EXIT_INTERRUPTED = 130
 
 
-def configure_run(p: argparse.ArgumentParser) -> None:
+def configure_run(p: argparse.ArgumentParser, out_help: str | None = None) -> None:
     p.add_argument("--suite", choices=SUITES, default="default",
                    help="default: every kind at the four stage shapes plus a batch sweep, and the networks at "
                         "batch 1 (each of --batch-sizes when given); runtimes: the runtime table (make "
@@ -71,14 +75,15 @@ def configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: torch's)")
     p.add_argument("--no-rss", action="store_true", help="skip the isolated-process peak RSS")
     p.add_argument("--out", type=writable_dir, default=None,
-                   help=f"run directory (default {results_root() / 'runs'}/<time>-<commit>)")
+                   help=out_help or f"run directory (default {results_root() / 'runs'}/<time>-<commit>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--before", type=argument_type(earlier_run), default=None, metavar="RUN",
                    help="an earlier run (its directory or results.csv): the report's fast-against-best table "
                         "shows its ratios beside this run's")
 
 
-def run(args: argparse.Namespace) -> int:
+def run_jobs(args: argparse.Namespace) -> list[Job]:
+    """The jobs that `run`'s options (configure_run) describe: `run` and `repeat` measure these."""
     layouts = {"off": [False], "on": [True], "both": [False, True]}[args.channels_last]
     runtimes = args.runtime or (list(RUNTIMES) if args.suite == "runtimes" else ["reference"])
     options = [Options(device=device, dtype=dtype, channels_last=cl, compile=args.compile, mode=args.mode,
@@ -91,11 +96,32 @@ def run(args: argparse.Namespace) -> int:
     kinds, networks = args.kinds, args.networks
     if any(named is not None for named in (kinds, networks, args.model)):
         kinds, networks = kinds or [], networks or []
-    jobs = suite_jobs(args.suite, options, kinds=kinds, networks=networks, quick=args.quick,
+    return suite_jobs(args.suite, options, kinds=kinds, networks=networks, quick=args.quick,
                       batch_sizes=args.batch_sizes, models=models)
-    run_suite(jobs, args.out or new_run_dir(), rss=not (args.no_rss or args.quick),
-              progress=not args.no_progress, calibration_stop=QUICK_STOP if args.quick else None,
-              before=args.before)
+
+
+def run_settings(args: argparse.Namespace) -> dict:
+    """run_suite's options from `run`'s command line."""
+    return dict(rss=not (args.no_rss or args.quick), progress=not args.no_progress,
+                calibration_stop=QUICK_STOP if args.quick else None, before=args.before)
+
+
+def run(args: argparse.Namespace) -> int:
+    run_suite(run_jobs(args), args.out or new_run_dir(), **run_settings(args))
+    return 0
+
+
+def configure_repeat(p: argparse.ArgumentParser) -> None:
+    configure_run(p, out_help=f"directory of run-1/, run-2/, ... and the repeat report "
+                              f"(default {results_root() / 'repeat'}/<time>-<commit>)")
+    p.add_argument("--times", type=int, default=2, help="how many runs, >= 2")
+    p.add_argument("--pause-s", type=float, default=10.0, help="seconds between runs, >= 0")
+
+
+def repeat(args: argparse.Namespace) -> int:
+    check_repeat(args.times, args.pause_s)
+    repeat_check(run_jobs(args), args.out or new_run_dir(results_root() / "repeat"), args.times, args.pause_s,
+                 command=getattr(args, "command_line", ""), **run_settings(args))
     return 0
 
 
@@ -180,6 +206,30 @@ def ops(args: argparse.Namespace) -> int:
     return 0
 
 
+def configure_machine(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: torch's)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--refresh", action="store_true",
+                   help="measure the reference speed again and store it (run it with nothing else busy)")
+
+
+def machine(args: argparse.Namespace) -> int:
+    """This machine's stored reference speed (made now on first use, or with --refresh), and its speed now."""
+    options = Options(device=args.device, threads=args.threads)
+    options.validate()
+    threads = args.threads or torch.get_num_threads()
+    reference = reference_speed(args.device, threads, refresh=args.refresh)
+    speed = speed_now(reference)
+    console = Console()
+    console.print(f"machine {reference.fingerprint}: {reference.machine}, {reference.device}, {threads} thread(s)\n"
+                  f"reference speed: calibration workload {reference.calibration_ms:.3f} ms per call, measured "
+                  f"{reference.created_utc} ({reference.method})\n"
+                  f"stored in {reference_path(args.device, threads)}\n"
+                  f"now: machine speed {speed:.3f} of the reference (latency_norm_ms = latency_median_ms x machine "
+                  f"speed)", highlight=False)
+    return 0
+
+
 @dataclass(frozen=True)
 class Command:
     configure: Callable[[argparse.ArgumentParser], None]
@@ -193,6 +243,9 @@ COMMANDS = {
     "ops": Command(configure_ops, ops, "where the time goes: op-by-op profiles per runtime, by category"),
     "regress": Command(regress.configure_parser, regress.main, "the throughput regression gate"),
     "history": Command(history.configure_parser, history.main, "plot regression-gate history over commits"),
+    "machine": Command(configure_machine, machine, "this machine's reference speed (what latency_norm_ms is "
+                                                   "normalised to); --refresh measures it again"),
+    "repeat": Command(configure_repeat, repeat, "run the same measurement N times and report how well the runs agree"),
 }
 
 
@@ -213,8 +266,10 @@ def build_parser(command: str = "run") -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    command_line = f"{program_name('bench')} {shlex.join(argv)}".strip()
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
     args = build_parser(command).parse_args(argv)
+    args.command_line = command_line
     try:
         return COMMANDS[command].main(args)
     except BenchInputError as e:

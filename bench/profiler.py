@@ -3,19 +3,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 
 from bench.flops import AttentionCall, count_flops, count_training_flops
 from bench.isolated import RssWorker
+from bench.machine import machine_calibration
 from bench.memory import cpu_allocator_peak, cuda_allocator_peak
 from bench.options import Options
 from bench.result import Bounds, FlopFigures, KernelBound, MemoryFigures, Profile, RooflinePosition, Status
 from bench.roofline import Roofline, attention_kernel_ms
 from bench.runtimes import ExportFailed, is_out_of_memory, tolerance
 from bench.targets import Target, as_target
-from bench.timing import LatencyStats, measure_latency
+from bench.timing import LatencyStats, StopRule, measure_rounds
 from bench.workload import Workload, build_reference, convert_workload
 
 
@@ -26,7 +27,9 @@ def profile(target: Any, batch_size: int = 1, options: Options = Options(), *,
 
     `target` is a BlockTarget, a NetworkTarget, a network name, a NetworkConfig (or its dict),
     or an nn.Module with its `sample_shape`. The row's runtime (options.runtime) is converted once,
-    and its output checked against the reference module's on the same input before it is timed.
+    and its output checked against the reference module's on the same input before it is timed,
+    with the machine's calibration workload between its timed blocks (bench.machine): the latency
+    comes as measured and at the machine's reference speed.
     What goes wrong with one measurement is its status rather than an exception, so a sweep goes
     on: "oom" (the batch did not fit in memory; the parts measured before are kept), "export_failed"
     (the runtime could not convert the network) and "mismatch" (its output is off the reference's by
@@ -34,45 +37,122 @@ def profile(target: Any, batch_size: int = 1, options: Options = Options(), *,
     The environment (machine, commit, time) is not part of it: it is the same for a whole run, and
     bench.suite adds it once.
     """
-    options.validate()
-    target = as_target(target, sample_shape)
-    threads = options.threads or torch.get_num_threads()
-    device = torch.device(options.device)
-    # The parts measured so far: a part measured before the batch ran out of memory is kept.
-    params: int | None = None
-    flop_figures: FlopFigures | None = None
-    latency: LatencyStats | None = None
-    memory_figures: MemoryFigures | None = None
-    convert_s, error, reason = math.nan, None, ""
-    status: Status = "ok"
+    return profile_variants(as_target(target, sample_shape), batch_size, [options], rooflines=[roofline],
+                            rss_worker=rss_worker, flops=flops, memory=memory)[0]
+
+
+def profile_variants(target: Target, batch_size: int, variants: Sequence[Options], *,
+                     rooflines: Sequence[Roofline | None] | None = None, rss_worker: RssWorker | None = None,
+                     rss: Sequence[bool] | None = None, flops: bool = True, memory: bool = True) -> list[Profile]:
+    """`profile` of several variants of one workload (runtimes, dtypes, layouts of `target` at `batch_size`,
+    all on one device and thread count), timed together in randomized interleaved rounds
+    (bench.timing.measure_rounds, with variants[0]'s stop rule), so that every ratio between them is
+    measured under the same conditions. `rss[i]` says whether variant i gets the isolated-process RSS."""
+    variants = list(variants)
+    for options in variants:
+        options.validate()
+    if len({(torch.device(o.device), o.threads) for o in variants}) > 1:
+        raise ValueError("profile_variants: every variant runs on one device and thread count")
+    rooflines = list(rooflines or [None] * len(variants))
+    rss = list(rss if rss is not None else [True] * len(variants))
+    threads = variants[0].threads or torch.get_num_threads()
+    device = torch.device(variants[0].device)
+    parts = [_Parts(options) for options in variants]
+    for part in parts:
+        part.prepare(target, batch_size, threads, flops)
+    timed = [part for part in parts if part.status == "ok"]
+    if timed:
+        stats = _time_variants(timed, device, threads, target.name, variants[0].stop)
+        for part, latency in zip(timed, stats):
+            part.latency = latency
+    results = []
+    for part, roofline, with_rss in zip(parts, rooflines, rss):
+        if part.latency is not None and (memory or (rss_worker is not None and with_rss)):
+            part.guard(device, part.measure_memory, target, batch_size, threads, memory,
+                       rss_worker if with_rss else None)
+        result = part.result(target, batch_size, threads)
+        results.append(result if roofline is None else replace(result, bounds=_bounds(result, roofline)))
+    return results
+
+
+def _time_variants(parts: list["_Parts"], device: torch.device, threads: int, label: str,
+                   stop: StopRule) -> list[LatencyStats | None]:
+    """Every variant's latency from one measure_rounds; out of memory while timing: each variant alone."""
+    calibration = machine_calibration(str(device), threads)
     try:
-        reference, x = build_reference(target, batch_size, options)
-        params = sum(p.numel() for p in reference.parameters())
-        workload = convert_workload(reference, x, options.replace(threads=threads))
-        convert_s, error = workload.convert_s, workload.max_rel_error
-        if flops:
-            flop_figures = _count(workload, options)
-        allowed = tolerance(options.dtype)
-        if error is not None and not error <= allowed:
-            status, reason = "mismatch", f"max relative error {error:.2e} > {allowed:.0e} ({options.dtype} tolerance)"
-        else:
-            # Timing comes before memory: its cold call is the runtime's first timed call (lazy initialisation:
-            # folding constants, picking kernels), so the memory measured after it is of a steady call.
-            latency = measure_latency(workload.step, device=device, threads=threads, stop=options.stop,
-                                      label=target.name)
-            if memory or (rss_worker is not None and device.type == "cpu"):
-                memory_figures = _memory(workload, target, batch_size, options, threads, memory, rss_worker)
-    except ExportFailed as failure:
-        status, reason = "export_failed", failure.reason
+        return measure_rounds([p.workload.step for p in parts], device=device, threads=threads, stop=stop,
+                              labels=[label] * len(parts), calibration=calibration)
     except Exception as failure:
         if not is_out_of_memory(failure):
             raise
-        status, reason = "oom", f"{type(failure).__name__}: out of memory"
+        if len(parts) == 1:
+            parts[0].out_of_memory(device, failure)
+            return [None]
+    stats: list[LatencyStats | None] = []
+    for part in parts:
+        alone = part.guard(device, measure_rounds, [part.workload.step], device=device, threads=threads, stop=stop,
+                           labels=[label], calibration=calibration)
+        stats.append(alone[0] if alone else None)
+    return stats
+
+
+class _Parts:
+    """One variant's parts, measured so far: a part measured before the batch ran out of memory is kept."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.params: int | None = None
+        self.flops: FlopFigures | None = None
+        self.latency: LatencyStats | None = None
+        self.memory: MemoryFigures | None = None
+        self.workload: Workload | None = None
+        self.convert_s, self.error, self.reason = math.nan, None, ""
+        self.status: Status = "ok"
+
+    def guard(self, device: torch.device, measure: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """`measure(*args, **kwargs)`, with a conversion failure or out of memory turned into this variant's
+        status (None returned then)."""
+        try:
+            return measure(*args, **kwargs)
+        except ExportFailed as failure:
+            self.status, self.reason = "export_failed", failure.reason
+        except Exception as failure:
+            if not is_out_of_memory(failure):
+                raise
+            self.out_of_memory(device, failure)
+        return None
+
+    def out_of_memory(self, device: torch.device, failure: BaseException) -> None:
+        self.status, self.reason = "oom", f"{type(failure).__name__}: out of memory"
+        self.latency = None
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    result = Profile(target, options, batch_size, threads, status, params=params, flops=flop_figures,
-                     latency=latency, memory=memory_figures, convert_s=convert_s, max_rel_error=error, reason=reason)
-    return result if roofline is None else replace(result, bounds=_bounds(result, roofline))
+
+    def prepare(self, target: Target, batch_size: int, threads: int, flops: bool) -> None:
+        self.guard(torch.device(self.options.device), self._prepare, target, batch_size, threads, flops)
+
+    def _prepare(self, target: Target, batch_size: int, threads: int, flops: bool) -> None:
+        reference, x = build_reference(target, batch_size, self.options)
+        self.params = sum(p.numel() for p in reference.parameters())
+        self.workload = convert_workload(reference, x, self.options.replace(threads=threads))
+        self.convert_s, self.error = self.workload.convert_s, self.workload.max_rel_error
+        if flops:
+            self.flops = _count(self.workload, self.options)
+        allowed = tolerance(self.options.dtype)
+        if self.error is not None and not self.error <= allowed:
+            self.status = "mismatch"
+            self.reason = f"max relative error {self.error:.2e} > {allowed:.0e} ({self.options.dtype} tolerance)"
+
+    def measure_memory(self, target: Target, batch_size: int, threads: int, allocator: bool,
+                       rss_worker: RssWorker | None) -> None:
+        # After timing: the cold call was the runtime's first timed call (lazy initialisation: folding
+        # constants, picking kernels), so the memory measured now is of a steady call.
+        self.memory = _memory(self.workload, target, batch_size, self.options, threads, allocator, rss_worker)
+
+    def result(self, target: Target, batch_size: int, threads: int) -> Profile:
+        return Profile(target, self.options, batch_size, threads, self.status, params=self.params, flops=self.flops,
+                       latency=self.latency if self.status == "ok" else None, memory=self.memory,
+                       convert_s=self.convert_s, max_rel_error=self.error, reason=self.reason)
 
 
 def _count(workload: Workload, options: Options) -> FlopFigures:

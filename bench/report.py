@@ -15,8 +15,9 @@ from rich.table import Table
 from bench.env import machine_summary
 from bench.fast_goal import DEPLOYED, GOAL_KERNEL_FRACTION, fast_against_best, goal_summary
 from bench.formatting import MISSING, is_missing, markdown_table
+from bench.intervals import interval_text, ratio_interval
 from bench.io import save_figure, write_text
-from bench.result import SAME_WORKLOAD, ok_medians
+from bench.result import SAME_WORKLOAD, ok_medians, rounds_of
 from bench.roofline import Roofline
 from bench.runtimes import RUNTIMES
 
@@ -89,7 +90,7 @@ def runtime_comparison(frame: pd.DataFrame) -> pd.DataFrame:
     workload = SAME_WORKLOAD + ["dtype"]
     frame = frame.reset_index(drop=True)
     frame = frame.assign(
-        median=ok_medians(frame),
+        median=ok_medians(frame), rounds=rounds_of(frame),
         order=frame.groupby(workload, sort=False, dropna=False).ngroup(),
         rank=frame["runtime"].map({r: i for i, r in enumerate(RUNTIMES)}).fillna(len(RUNTIMES)))
     ref = frame[frame["runtime"] == "reference"].drop_duplicates(workload)
@@ -98,12 +99,23 @@ def runtime_comparison(frame: pd.DataFrame) -> pd.DataFrame:
               .merge(ref[ref["dtype"] == "fp32"][SAME_WORKLOAD + ["median"]], on=SAME_WORKLOAD, how="left",
                      suffixes=("", "_ref_fp32"))
               .sort_values(["order", "rank"], kind="stable"))
+    merged = merged.reset_index(drop=True)
     fastest = merged.groupby(workload, sort=False, dropna=False)["median"].transform("min")
+    fastest_at = merged.groupby(workload, sort=False, dropna=False)["median"].transform(
+        lambda m: m.idxmin() if m.notna().any() else -1)
+    vs_fastest = [ratio_interval(rounds, merged.at[at, "rounds"]) if at >= 0 else (np.nan, np.nan)
+                  for rounds, at in zip(merged["rounds"], fastest_at)]
+    measured = _column(merged, "latency_median_ms").where(merged["median"].notna())
+    norm_interval = [interval_text(lo, hi) for lo, hi in zip(_column(merged, "latency_norm_low_ms"),
+                                                                 _column(merged, "latency_norm_high_ms"))]
     convert = _column(merged, "convert_s").fillna(_column(merged, "compile_s"))
     table = pd.DataFrame({
         "target": merged["target"], "name": merged["name"], "batch": merged["batch_size"], "device": merged["device"],
         "dtype": merged["dtype"], "runtime": merged["runtime"], "median (ms)": merged["median"],
+        "95% CI (ms)": np.where(merged["median"].notna(), norm_interval, MISSING),
+        "measured (ms)": measured,
         "speedup": merged["median_ref"] / merged["median"], "time / fastest": merged["median"] / fastest,
+        "time / fastest 95% CI": [interval_text(lo, hi) for lo, hi in vs_fastest],
         "vs ref fp32": merged["median_ref_fp32"] / merged["median"],
         "% peak": 100 * _column(merged, "fraction_of_peak").where(merged["median"].notna()),
         "GEMM-roof bound": merged["median_ref_fp32"] / _column(merged, "gemm_bound_ms"),
@@ -130,7 +142,7 @@ def runtime_comparison(frame: pd.DataFrame) -> pd.DataFrame:
                                          "status": ""} | geomean.to_dict()]))
     out = pd.concat(groups, ignore_index=True).drop(columns="target")
     keep = ["name", "runtime", "median (ms)", "status"]
-    out = out[[c for c in out if c in keep or out[c].notna().any()]]
+    out = out[[c for c in out if c in keep or (out[c].notna() & (out[c] != MISSING)).any()]]
     rounded = [c for c in out if c not in ("max rel error", "batch") and pd.api.types.is_float_dtype(out[c])]
     out[rounded] = out[rounded].round(3)
     out["batch"] = out["batch"].astype("Int64")

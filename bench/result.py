@@ -168,17 +168,32 @@ class Profile:
         row |= {"status": self.status, "status_reason": self.reason}
         if self.bounds is not None:
             row |= self.bounds.row()
-        row["latency_samples_ms"] = list(self.latency.times_ms) if self.ok and self.latency is not None else []
+        timed = self.ok and self.latency is not None
+        row["latency_samples_ms"] = list(self.latency.times_ms) if timed else []
+        row["latency_rounds_norm_ms"] = list(self.latency.rounds_norm_ms) if timed else []
         return row
 
+
+# List columns of a results row (per block): latency_samples.json holds them, results.csv does not.
+SAMPLE_COLUMNS = ("latency_samples_ms", "latency_rounds_norm_ms")
 
 # Columns of results rows that make two rows the same workload (runtime and dtype aside).
 SAME_WORKLOAD = ["name", "batch_size", "device", "channels_last", "compile", "mode"]
 
 
+def rounds_of(frame: pd.DataFrame) -> pd.Series:
+    """Each row's normalised per-round times (a list; empty where the run did not keep them)."""
+    if "latency_rounds_norm_ms" not in frame:
+        return pd.Series([[] for _ in range(len(frame))], index=frame.index, dtype=object)
+    return frame["latency_rounds_norm_ms"].map(lambda v: list(v) if isinstance(v, (list, tuple)) else [])
+
+
 def ok_medians(frame: pd.DataFrame) -> pd.Series:
-    """Each results row's median latency, NaN where the row has no valid figure (status other than ok)."""
+    """Each results row's median latency at the machine's reference speed (`latency_norm_ms`; as measured in a
+    run from before normalisation), NaN where the row has no valid figure (status other than ok)."""
     median = frame["latency_median_ms"] if "latency_median_ms" in frame else pd.Series(np.nan, index=frame.index)
+    if "latency_norm_ms" in frame:
+        median = frame["latency_norm_ms"].fillna(median)
     status = frame["status"].fillna("ok") if "status" in frame else pd.Series("ok", index=frame.index)
     return median.where(status == "ok")
 

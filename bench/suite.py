@@ -16,8 +16,9 @@ import container
 from bench.env import environment, git_commit
 from bench.io import results_root, write_json, write_table
 from bench.isolated import RssWorker
-from bench.profiler import profile
+from bench.profiler import profile_variants
 from bench.report import print_summary, table_console, write_report
+from bench.result import SAMPLE_COLUMNS
 from bench.roofline import Roofline, calibrate
 from bench.targets import (STAGE_SHAPES, BenchInputError, BlockTarget, ModuleTarget, NetworkTarget, Target,
                            network_target)
@@ -156,6 +157,20 @@ def grouped_by_workload(jobs: list[Job]) -> list[Job]:
     return sorted(jobs, key=lambda job: first[(job.target.name, job.batch_size)])
 
 
+def workload_groups(jobs: list[Job]) -> list[list[Job]]:
+    """The jobs in groups that bench.profile_variants measures together: the variants (runtime, dtype, layout,
+    compile) of one target at one batch size, device, mode and thread count, in the jobs' order."""
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        o = job.options
+        groups.setdefault((job.target.name, job.batch_size, o.device, o.mode, o.threads), []).append(job)
+    return list(groups.values())
+
+
+def _variant_name(options: Options) -> str:
+    return " ".join([options.runtime, options.dtype] + ["cl"] * options.channels_last + ["compiled"] * options.compile)
+
+
 def new_run_dir(root: str | Path | None = None) -> Path:
     """A fresh run directory, <root>/<time>-<commit>; root defaults to the results root's runs/."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -186,20 +201,24 @@ def run_suite(jobs: list[Job], out_dir: str | Path, *, rss: bool = True, console
     with Progress(*columns, console=console, disable=not progress, transient=False) as bar, \
             (RssWorker() if rss else contextlib.nullcontext()) as worker:
         task = bar.add_task("calibrating roofline", total=len(jobs))
-        for job in jobs:
-            key = (job.options.device, job.options.dtype)
-            if key not in rooflines:
-                bar.update(task, description=f"calibrating {key[0]} {key[1]} roofline")
-                rooflines[key] = calibrate(*key, threads=job.options.threads,
-                                           **({"stop": calibration_stop} if calibration_stop else {}))
-            bar.update(task, description=f"{job.target.name} b{job.batch_size} {job.options.runtime} "
-                                         f"{job.options.device} {job.options.dtype}"
-                                         f"{' cl' if job.options.channels_last else ''}")
-            result = profile(job.target, job.batch_size, job.options, roofline=rooflines[key],
-                             rss_worker=worker if (rss and job.rss) else None)
-            rows.append(result.row() | environment_of(result.options.device, result.threads) | {"group": job.group})
+        for group in workload_groups(jobs):
+            for job in group:
+                key = (job.options.device, job.options.dtype)
+                if key not in rooflines:
+                    bar.update(task, description=f"calibrating {key[0]} {key[1]} roofline")
+                    rooflines[key] = calibrate(*key, threads=job.options.threads,
+                                               **({"stop": calibration_stop} if calibration_stop else {}))
+            first = group[0]
+            bar.update(task, description=f"{first.target.name} b{first.batch_size} {first.options.device}: "
+                                         f"{', '.join(_variant_name(job.options) for job in group)}")
+            results = profile_variants(first.target, first.batch_size, [job.options for job in group],
+                                       rooflines=[rooflines[job.options.device, job.options.dtype] for job in group],
+                                       rss_worker=worker if rss else None, rss=[job.rss for job in group])
+            for job, result in zip(group, results):
+                rows.append(result.row() | environment_of(result.options.device, result.threads)
+                            | {"group": job.group})
             _write_rows(rows, out_dir)
-            bar.advance(task)
+            bar.advance(task, len(group))
         bar.update(task, description="done")
     frame = _write_rows(rows, out_dir)
     threads = (jobs[0].options.threads if jobs else None) or torch.get_num_threads()
@@ -212,13 +231,16 @@ def run_suite(jobs: list[Job], out_dir: str | Path, *, rss: bool = True, console
 
 
 def _write_rows(rows: list[dict], out_dir: Path) -> pd.DataFrame:
+    """results.csv / results.json without the per-block samples, which go to latency_samples.json; the frame
+    returned keeps them (the report's intervals of ratios are computed from the rounds)."""
     frame = pd.DataFrame(rows)
-    samples = frame.pop("latency_samples_ms") if "latency_samples_ms" in frame else None
-    write_table(frame, out_dir / "results.csv", out_dir / "results.json")
-    if samples is not None:
+    samples = [c for c in SAMPLE_COLUMNS if c in frame]
+    write_table(frame.drop(columns=samples), out_dir / "results.csv", out_dir / "results.json")
+    if samples:
         write_json(out_dir / "latency_samples.json",
                    [{"name": r["name"], "batch_size": r["batch_size"], "device": r["device"], "dtype": r["dtype"],
-                     "samples_ms": s} for r, s in zip(rows, samples)])
+                     "runtime": r.get("runtime"), **{c.removeprefix("latency_"): r.get(c, []) for c in samples}}
+                    for r in rows])
     return frame
 
 

@@ -1,9 +1,12 @@
 """The project's one timing path: an explicit loop around perf_counter, torch.utils.benchmark's statistics.
 
-bench.profile, the search and the regression gate all time through this module: `measure_latency`
-for a workload's latency, `measure_interleaved` for the gate's call-by-call comparison of two
-workloads. Both time through `time_calls`, one block of calls with the device synchronised at its
-edges, and no untimed calls between blocks: every call after the warm-up is a timed call.
+bench.profile, the search and the regression gate all time through this module: `measure_rounds`
+for the variants of one workload (runtimes, dtypes, layouts) in randomized interleaved rounds,
+`measure_latency` for one, `measure_interleaved` for the gate's call-by-call comparison of two
+workloads. All time through `time_calls`, one block of calls with the device synchronised at its
+edges. With a `Calibration` (bench.machine), the calibration workload is timed between blocks and
+every figure is also given at the machine's reference speed, so that a drift of the machine's
+speed between two runs leaves the figures alone.
 
 (torch's own `Timer.timeit(number)` runs max(number // 100, 2) untimed calls before every block,
 so a workload slower than the block target cost three calls per timed call; hence the loop here.)
@@ -19,12 +22,15 @@ import ctypes.util
 import functools
 import gc
 import math
+import random
 import time
-from dataclasses import asdict, dataclass
-from typing import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from scipy import stats as scipy_stats
 from torch.utils.benchmark import Measurement
 from torch.utils.benchmark.utils.common import TaskSpec
 
@@ -33,16 +39,30 @@ from torch.utils.benchmark.utils.common import TaskSpec
 # first trial of a search, the first entry of a predictor table) is timed like the later ones.
 FIRST_WARMUP_S = 0.5
 _warmed_up: set[tuple[str, int]] = set()  # (device, threads) already measured in this process
+CALIBRATION_WARMUP_S = 0.05
+# A call shorter than this gets one untimed call before each of its blocks in a calibrated measurement:
+# the calibration workload (~14 MB) pushes the call's data out of the caches, and a short call's first
+# call after it would be slow. A longer call re-reads its data many times; the cost is under 1% there.
+WARM_CALL_BELOW_S = 0.025
 
 
 @dataclass(frozen=True)
 class StopRule:
-    """Keep timing until IQR / median < `rel_iqr` (after `min_runs` and `min_time_s`), or `max_time_s`."""
+    """Keep timing until IQR / median < `rel_iqr` (after `min_runs` and `min_time_s`), or `max_time_s`.
+
+    In a calibrated measurement the rule reads the normalised times, and a figure is `noisy` when the
+    95% interval of its normalised median is wider than +-`rel_interval`. With `decide_ms` (the
+    search's budget) timing goes on, for up to `decide_extra_s` more, while that interval contains it:
+    a figure near a threshold is measured until it is clear which side it is on.
+    """
 
     rel_iqr: float = 0.05
     min_runs: int = 5
     min_time_s: float = 0.5
     max_time_s: float = 5.0
+    rel_interval: float = 0.05
+    decide_ms: float | None = None
+    decide_extra_s: float = 0.0
 
     def done(self, times: list[float], elapsed_s: float) -> bool:
         if elapsed_s >= self.max_time_s:
@@ -61,7 +81,8 @@ def relative_iqr(times: list[float]) -> float:
 
 
 # Columns of LatencyStats.row() that keep their own name; every other field is prefixed "latency_".
-_UNPREFIXED = ("runs", "number_per_run", "noisy", "warmup_calls", "timed_calls")
+_UNPREFIXED = ("runs", "number_per_run", "noisy", "warmup_calls", "timed_calls", "machine_speed", "calibration_ms",
+               "reference_calibration_ms", "untimed_calls")
 
 
 @dataclass(frozen=True)
@@ -78,8 +99,17 @@ class LatencyStats:
     number_per_run: int  # calls per block
     noisy: bool  # the stop rule ran out of time before IQR / median fell under its threshold
     times_ms: tuple[float, ...]
-    warmup_calls: int = 0  # untimed calls after the cold call, all in the one warm-up phase
-    timed_calls: int = 0  # runs x number_per_run: every call after the warm-up
+    warmup_calls: int = 0  # untimed calls after the cold call, in the warm-up phase
+    timed_calls: int = 0  # runs x number_per_run
+    # Calibrated (measure_rounds with a Calibration): the figures at the machine's reference speed.
+    norm_ms: float = math.nan  # median over the blocks of the normalised per-call time
+    norm_low_ms: float = math.nan  # 95% interval of that median (median_interval)
+    norm_high_ms: float = math.nan
+    machine_speed: float = math.nan  # norm_ms / median_ms: below 1 the machine ran slower than its reference
+    calibration_ms: float = math.nan  # the calibration workload's median time around the blocks
+    reference_calibration_ms: float = math.nan  # ... at the machine's reference speed (bench.machine)
+    untimed_calls: int = 0  # untimed calls before blocks (WARM_CALL_BELOW_S)
+    rounds_norm_ms: tuple[float, ...] = ()  # the normalised per-call time of each block (round)
 
     @classmethod
     def from_measurement(cls, m: Measurement, number_per_run: int, cold_s: float, noisy: bool,
@@ -95,7 +125,37 @@ class LatencyStats:
         """The flat columns of a result row (the raw sample list stays out of tables)."""
         d = asdict(self)
         d.pop("times_ms")
+        d.pop("rounds_norm_ms")
         return {(k if k in _UNPREFIXED else "latency_" + k): v for k, v in d.items()}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The calibration workload and its per-call time at the machine's reference speed (bench.machine)."""
+
+    step: Callable[[], object]
+    reference_ms: float
+
+
+def calibration_workload(device: str | torch.device = "cpu") -> Callable[[], torch.Tensor]:
+    """The fixed calibration workload: one GEMM (compute-bound) and one depthwise conv (memory-bound).
+
+    Timed between the blocks of every measurement, so a uniformly faster or slower machine of the
+    same kind, or a busier moment, changes both alike and leaves their ratio alone. It is the
+    regression gate's since its first version, so gate baselines stay comparable.
+    """
+    g = torch.Generator().manual_seed(1234)
+    a = torch.randn(768, 768, generator=g).to(device)
+    b = torch.randn(768, 768, generator=g).to(device)
+    x = torch.randn(1, 128, 112, 112, generator=g).to(device)
+    w = torch.randn(128, 1, 5, 5, generator=g).to(device)
+
+    def step():
+        with torch.inference_mode():
+            torch.mm(a, b)
+            return F.conv2d(x, w, padding=2, groups=128)
+
+    return step
 
 
 # glibc's mallopt parameters, and the largest mmap threshold it accepts on 64-bit.
@@ -163,40 +223,142 @@ def intra_op_threads(threads: int | None) -> Iterator[int]:
 
 def measure_latency(fn: Callable[[], object], *, device: str | torch.device = "cpu", threads: int | None = None,
                     stop: StopRule = StopRule(), warmup_s: float = 0.2, min_block_s: float = 0.01,
-                    label: str = "") -> LatencyStats:
-    """Time `fn()` the way every figure in this project is timed.
+                    label: str = "", calibration: Calibration | None = None) -> LatencyStats:
+    """Time `fn()` the way every figure in this project is timed: `measure_rounds` with one variant."""
+    return measure_rounds([fn], device=device, threads=threads, stop=stop, warmup_s=warmup_s,
+                          min_block_s=min_block_s, labels=[label], calibration=calibration)[0]
 
-    One cold call (timed on its own), one warm-up phase (at least two calls and `warmup_s`;
-    FIRST_WARMUP_S for the first measurement on a device and thread count in this process), then
-    timed blocks of `number` calls, `number` making a block last about `min_block_s`, until `stop`
-    says done. Nothing runs between the blocks: after the warm-up, every call is timed.
+
+def measure_rounds(fns: Sequence[Callable[[], object]], *, device: str | torch.device = "cpu",
+                   threads: int | None = None, stop: StopRule = StopRule(), warmup_s: float = 0.2,
+                   min_block_s: float = 0.01, labels: Sequence[str] = (), calibration: Calibration | None = None,
+                   seed: int = 0) -> list[LatencyStats]:
+    """Time the variants `fns` of one workload in randomized multiple interleaved rounds.
+
+    Each variant first gets one cold call (timed on its own) and one warm-up phase (at least two calls
+    and `warmup_s`; FIRST_WARMUP_S for the first measurement on a device and thread count in this
+    process); `number` calls make its block last about `min_block_s`. Then rounds: in each, every
+    variant's block in a shuffled order (seeded: the same order on every run), until `stop` says
+    every variant is done (Abedi and Brecht, ICPE 2017: a drift of the machine's speed lands on all
+    variants alike instead of on whichever ran during it).
+
+    With a `calibration`, its workload is timed before the first block and after every block, and each
+    block's per-call time is divided by the geometric mean of the calibration calls either side and
+    multiplied by the calibration's reference time: the figure the block would have given at the
+    machine's reference speed (`norm_*`). A call shorter than WARM_CALL_BELOW_S gets one untimed call
+    before each block, to bring its data back into the caches the calibration used. Without a
+    calibration, nothing runs between blocks: after the warm-up, every call is timed.
     """
     keep_freed_memory()
     device = torch.device(device)
+    fns = list(fns)
+    labels = list(labels) + [""] * (len(fns) - len(labels))
     with intra_op_threads(threads) as threads:
-        cold_s = time_calls(fn, 1, device)
+        variants = [_warmed_up_variant(fn, device, threads, warmup_s, min_block_s, calibration) for fn in fns]
+        if calibration is not None:
+            _warm_up(calibration.step, device, CALIBRATION_WARMUP_S)
+        order = random.Random(seed)
+        calibration_ms: list[float] = []
 
-        first = (str(device), threads) not in _warmed_up
-        warmup_s = max(warmup_s, FIRST_WARMUP_S) if first else warmup_s
-        warm_start, warmup_calls = time.perf_counter(), 0
-        while warmup_calls < 2 or time.perf_counter() - warm_start < warmup_s:
-            fn()
-            warmup_calls += 1
-        _synchronize(device)
-        per_call = max((time.perf_counter() - warm_start) / warmup_calls, 1e-9)
-        _warmed_up.add((str(device), threads))
-        number = max(1, math.ceil(min_block_s / per_call))
+        def calibrate() -> float:
+            calibration_ms.append(time_calls(calibration.step, 1, device) * 1e3)
+            return calibration_ms[-1]
 
-        blocks: list[float] = []  # seconds per block of `number` calls
-        times: list[float] = []  # seconds per call, block by block
+        before = calibrate() if calibration is not None else math.nan
         began = time.perf_counter()
-        while not blocks or not stop.done(times, time.perf_counter() - began):  # at least one block
-            blocks.append(time_calls(fn, number, device))
-            times.append(blocks[-1] / number)
-    measurement = Measurement(number_per_run=number, raw_times=blocks,
-                              task_spec=TaskSpec(stmt="fn()", setup="pass", label=label or None, num_threads=threads))
-    return LatencyStats.from_measurement(measurement, number, cold_s, noisy=not stop.converged(times),
-                                         warmup_calls=warmup_calls)
+        while True:
+            for i in order.sample(range(len(variants)), len(variants)):
+                v = variants[i]
+                for _ in range(v.warm_calls):
+                    v.fn()
+                v.blocks.append(time_calls(v.fn, v.number, device))
+                if calibration is not None:
+                    after = calibrate()
+                    v.normalised.append(v.blocks[-1] / v.number * 1e3 / math.sqrt(before * after)
+                                        * calibration.reference_ms)
+                    v.calibration_ms.append(math.sqrt(before * after))
+                    before = after
+            elapsed = (time.perf_counter() - began) / len(variants)
+            if all(v.done(stop, elapsed) for v in variants):
+                break
+    return [v.stats(stop, label, threads, calibration) for v, label in zip(variants, labels)]
+
+
+@dataclass
+class _Variant:
+    """One variant's state during measure_rounds."""
+
+    fn: Callable[[], object]
+    cold_s: float
+    warmup_calls: int
+    number: int
+    warm_calls: int  # untimed calls before each block (calibrated runs, short calls only)
+    blocks: list[float] = field(default_factory=list)  # seconds per block of `number` calls
+    normalised: list[float] = field(default_factory=list)  # ms per call at the reference speed, per block
+    calibration_ms: list[float] = field(default_factory=list)  # calibration around each block (geometric mean)
+
+    @property
+    def times(self) -> list[float]:
+        return [b / self.number for b in self.blocks]
+
+    def done(self, stop: StopRule, elapsed_s: float) -> bool:
+        """The stop rule on the normalised times when calibrated (the machine's drift is not the workload's
+        spread); with `stop.decide_ms`, also until the median's interval is on one side of it."""
+        series = self.normalised or self.times
+        if not stop.done(series, elapsed_s):
+            return False
+        if stop.decide_ms is None or not self.normalised or elapsed_s >= stop.max_time_s + stop.decide_extra_s:
+            return True
+        low, high = median_interval(self.normalised)
+        return not low <= stop.decide_ms <= high
+
+    def stats(self, stop: StopRule, label: str, threads: int, calibration: Calibration | None) -> LatencyStats:
+        measurement = Measurement(number_per_run=self.number, raw_times=self.blocks,
+                                  task_spec=TaskSpec(stmt="fn()", setup="pass", label=label or None,
+                                                     num_threads=threads))
+        stats = LatencyStats.from_measurement(measurement, self.number, self.cold_s,
+                                              noisy=not stop.converged(self.times), warmup_calls=self.warmup_calls)
+        if calibration is None:
+            return stats
+        norm = float(np.median(self.normalised))
+        low, high = median_interval(self.normalised)
+        return replace(stats, norm_ms=norm, norm_low_ms=low, norm_high_ms=high, machine_speed=norm / stats.median_ms,
+                       calibration_ms=float(np.median(self.calibration_ms)),
+                       reference_calibration_ms=calibration.reference_ms,
+                       noisy=(high - low) / (2 * norm) > stop.rel_interval,
+                       rounds_norm_ms=tuple(self.normalised),
+                       untimed_calls=self.warm_calls * len(self.blocks))
+
+
+def _warm_up(fn: Callable[[], object], device: torch.device, seconds: float) -> tuple[int, float]:
+    """At least two calls and `seconds`: returns the calls and the seconds per call."""
+    start, calls = time.perf_counter(), 0
+    while calls < 2 or time.perf_counter() - start < seconds:
+        fn()
+        calls += 1
+    _synchronize(device)
+    return calls, max((time.perf_counter() - start) / calls, 1e-9)
+
+
+def _warmed_up_variant(fn: Callable[[], object], device: torch.device, threads: int, warmup_s: float,
+                       min_block_s: float, calibration: Calibration | None) -> _Variant:
+    cold_s = time_calls(fn, 1, device)
+    first = (str(device), threads) not in _warmed_up
+    warmup_calls, per_call = _warm_up(fn, device, max(warmup_s, FIRST_WARMUP_S) if first else warmup_s)
+    _warmed_up.add((str(device), threads))
+    warm_calls = 1 if calibration is not None and per_call < WARM_CALL_BELOW_S else 0
+    return _Variant(fn, cold_s, warmup_calls, max(1, math.ceil(min_block_s / per_call)), warm_calls)
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free interval of the median: the order statistics that bracket it with at least
+    `confidence` (binomial; (min, max) below 6 values). Deterministic, no resampling."""
+    x = np.sort(np.asarray(values, dtype=float))
+    n = len(x)
+    if n == 0:
+        return math.nan, math.nan
+    k = max(1, int(scipy_stats.binom.ppf((1 - confidence) / 2, n, 0.5)))
+    return float(x[k - 1]), float(x[n - k])
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import sys
 import threading
@@ -99,7 +100,12 @@ class Deployment:
 
 @dataclass(frozen=True)
 class Latency:
-    """One latency figure for one config, in milliseconds per call of `batch_size` images."""
+    """One latency figure for one config, in milliseconds per call of `batch_size` images.
+
+    `median_ms` is as measured; `norm_ms` the same at the machine's reference speed (bench.machine), with
+    its 95% interval. The search decides on `deciding_ms`: the normalised figure where there is one (a
+    custom source or a prediction may give only `median_ms`), so that the budget means the same
+    milliseconds whether the machine runs fast or slow at the moment."""
 
     median_ms: float
     p90_ms: float
@@ -109,11 +115,22 @@ class Latency:
     source: str = "bench"  # who gave the figure: "bench", "predicted", or a custom source's name
     cached: bool = False  # served from the latency cache rather than measured for this request
     predicted_ms: float | None = None  # the predictor gate's figure, when a gate screened this config
+    norm_ms: float | None = None
+    norm_low_ms: float | None = None
+    norm_high_ms: float | None = None
+    machine_speed: float | None = None  # norm_ms / median_ms: below 1 the machine ran slower than its reference
+
+    @property
+    def deciding_ms(self) -> float:
+        return self.norm_ms if self.norm_ms is not None and math.isfinite(self.norm_ms) else self.median_ms
 
     @classmethod
     def from_stats(cls, stats: bench.LatencyStats, source: str = "bench") -> "Latency":
+        calibrated = math.isfinite(stats.norm_ms)
         return cls(median_ms=stats.median_ms, p90_ms=stats.p90_ms, iqr_ms=stats.iqr_ms, runs=stats.runs,
-                   noisy=stats.noisy, source=source)
+                   noisy=stats.noisy, source=source,
+                   **({"norm_ms": stats.norm_ms, "norm_low_ms": stats.norm_low_ms, "norm_high_ms": stats.norm_high_ms,
+                       "machine_speed": stats.machine_speed} if calibrated else {}))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -188,6 +205,13 @@ class BenchLatency:
         self.deployment = deployment
         self.stop = stop
         self.lock = lock or MachineLock()
+
+    def deciding(self, threshold_ms: float) -> "BenchLatency":
+        """The same source, timing on while a figure's interval contains `threshold_ms` (for up to twice the
+        stop rule's time again): a candidate near the budget is measured until it is clear which side it is
+        on, instead of being decided by one noisy median."""
+        stop = replace(self.stop, decide_ms=threshold_ms, decide_extra_s=2 * self.stop.max_time_s)
+        return BenchLatency(self.deployment, stop, self.lock)
 
     def measure(self, config: NetworkConfig) -> Latency:
         return measure_target(bench.NetworkTarget(config, "search"), self.deployment, self.stop, self.lock)
@@ -274,11 +298,12 @@ class CachedLatency:
             self._save()
         return latency
 
-    def remeasure(self, config: NetworkConfig) -> Latency:
-        """A fresh measurement, bypassing the cache (kept beside the cached one)."""
+    def remeasure(self, config: NetworkConfig, source: LatencySource | None = None) -> Latency:
+        """A fresh measurement by `source` (default: this cache's), bypassing the cache (kept beside the
+        cached one)."""
         key = self.key(config)
         with self.lock:
-            latency = self.source.measure(config)
+            latency = (source or self.source).measure(config)
             self._load()
             entry = self.entries.setdefault(key, {"config": config.to_dict(), **self.context,
                                                   "latency": latency.to_dict(), "measured_at": time.time()})

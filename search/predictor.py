@@ -24,6 +24,7 @@ in `search.parts`.
 `python -m search predictor-report` publishes the predictor's accuracy on a fresh sample of
 architectures that were never used for fitting; `python -m search predictor-bench` compares trials
 per minute with and without the gate at the same budget.
+Every figure in the table and the fit is at the machine's reference speed (search.latency.Latency.deciding_ms).
 """
 from __future__ import annotations
 
@@ -192,10 +193,10 @@ class LatencyPredictor:
                     done += 1
             for part in todo:
                 runs = samples[part.key(d)]
-                best = min(runs, key=lambda lat: lat.median_ms)
+                best = min(runs, key=lambda lat: lat.deciding_ms)
                 self.entries[part.key(d)] = {
-                    "part": asdict(part), "median_ms": best.median_ms, "p90_ms": best.p90_ms, "iqr_ms": best.iqr_ms,
-                    "runs": best.runs, "noisy": best.noisy, "sweeps_ms": [lat.median_ms for lat in runs],
+                    "part": asdict(part), "median_ms": best.deciding_ms, "p90_ms": best.p90_ms, "iqr_ms": best.iqr_ms,
+                    "runs": best.runs, "noisy": best.noisy, "sweeps_ms": [lat.deciding_ms for lat in runs],
                     "measured_at": time.time()}
                 self.measured_parts += 1
             if self.on_measure:
@@ -249,9 +250,9 @@ class LatencyPredictor:
             on_progress(total, total)
         out = []
         for runs in per:
-            best = min(runs, key=lambda lat: lat.median_ms)
-            out.append({"median_ms": best.median_ms, "p90_ms": best.p90_ms, "iqr_ms": best.iqr_ms, "noisy": best.noisy,
-                        "rounds_ms": [lat.median_ms for lat in runs]})
+            best = min(runs, key=lambda lat: lat.deciding_ms)
+            out.append({"median_ms": best.deciding_ms, "p90_ms": best.p90_ms, "iqr_ms": best.iqr_ms,
+                        "noisy": best.noisy, "rounds_ms": [lat.deciding_ms for lat in runs]})
         return out
 
     def calibrate(self, configs: Sequence[NetworkConfig], measured_ms: Sequence[float] | None = None) -> Calibration:
@@ -292,7 +293,7 @@ class LatencyPredictor:
 
 
 def _spread(runs: list[Latency]) -> float:
-    values = [lat.median_ms for lat in runs]
+    values = [lat.deciding_ms for lat in runs]
     return max(values) / min(values) if values and min(values) > 0 else math.inf
 
 

@@ -9,7 +9,7 @@ from optuna.trial import FrozenTrial
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from search.trials import counts_toward_target, feasible
+from search.trials import counts_toward_target, deciding_ms, feasible
 
 
 class TrialSource(Protocol):
@@ -62,7 +62,7 @@ class SearchProgress:
         score = t.user_attrs.get("score")
         if score is None or not math.isfinite(score):
             return
-        candidate = (score, -t.user_attrs.get("latency_median_ms", math.inf), -t.number)
+        candidate = (score, -deciding_ms(t.user_attrs), -t.number)
         if self.best is None or candidate > self.best:
             self.best = candidate
 

@@ -29,11 +29,12 @@ from container import as_config
 from search.accuracy import ACCURACY, curve_of
 from search.settings import VALIDATION_DIR, SearchSettings
 from search.training import adapt_config
-from search.trials import SearchResult, feasible
+from search.trials import SearchResult, deciding_ms, feasible
 
 RANKING_COLUMNS = ["rank", "trial", "score", "score_spread", "accuracy", "epochs_trained", "train_s", "params", "flops",
-                   "latency_median_ms", "latency_p90_ms",
-                   "latency_iqr_ms", "runtime", "rechecked", "recheck_median_ms", "recheck_p90_ms", "pareto",
+                   "latency_norm_ms", "latency_median_ms", "machine_speed", "latency_p90_ms",
+                   "latency_iqr_ms", "runtime", "rechecked", "recheck_norm_ms", "recheck_median_ms", "recheck_p90_ms",
+                   "pareto",
                    "duplicate_of", "architecture", "config"]
 TOP_N = 10
 
@@ -59,7 +60,7 @@ def ranking(trials: pd.DataFrame) -> pd.DataFrame:
     if keep.empty:
         return pd.DataFrame(columns=RANKING_COLUMNS)
     keep["_score"] = pd.to_numeric(keep["score"], errors="coerce").fillna(-math.inf)
-    keep = keep.sort_values(["_score", "latency_median_ms", "trial"], ascending=[False, True, True])
+    keep = keep.sort_values(["_score", "latency_norm_ms", "trial"], ascending=[False, True, True])
     keep = keep.drop(columns="_score").reset_index(drop=True)
     keep.insert(0, "rank", np.arange(1, len(keep) + 1))
     first = {}
@@ -71,7 +72,7 @@ def ranking(trials: pd.DataFrame) -> pd.DataFrame:
     unique = keep["duplicate_of"].isna().to_numpy()
     score = pd.to_numeric(keep["score"], errors="coerce").fillna(-math.inf).to_numpy()
     mask = np.zeros(len(keep), dtype=bool)
-    mask[unique] = pareto_mask(score[unique], keep["latency_median_ms"].to_numpy(dtype=float)[unique])
+    mask[unique] = pareto_mask(score[unique], keep["latency_norm_ms"].to_numpy(dtype=float)[unique])
     keep["pareto"] = mask
     keep["architecture"] = [as_config(c).describe() for c in keep["config"]]
     return keep[RANKING_COLUMNS]
@@ -83,9 +84,9 @@ def _markdown_table(frame: pd.DataFrame, objective: str, runtime: str) -> str:
         **({"epochs": frame["epochs_trained"].map(lambda v: number(v, 3)), "training (s)": frame["train_s"].map(fixed)}
            if objective == ACCURACY else {}),
         "params": frame["params"].map(si), "FLOPs": frame["flops"].map(si),
-        f"latency median on {runtime} (ms)": frame["latency_median_ms"].map(fixed),
-        "p90 (ms)": frame["latency_p90_ms"].map(fixed),
-        "re-measured (ms)": frame["recheck_median_ms"].map(fixed),
+        f"latency on {runtime} (ms, reference speed)": frame["latency_norm_ms"].map(fixed),
+        "as measured (ms)": frame["latency_median_ms"].map(fixed),
+        "re-measured (ms, reference speed)": frame["recheck_norm_ms"].map(fixed),
         "architecture (depth x dim / heads, kind, kernel, MLP ratio per stage)": frame["architecture"]}
     table = pd.DataFrame(columns)
     table.columns = [("validation accuracy" if objective == ACCURACY else objective) if name == "score" else name
@@ -100,7 +101,7 @@ def plot_score_vs_latency(trials: pd.DataFrame, rank: pd.DataFrame, budget_ms: f
     fig, ax = plt.subplots(figsize=(7, 4.5))
     done = trials[trials["state"] == "COMPLETE"]
     score = pd.to_numeric(done["score"], errors="coerce")
-    lat = pd.to_numeric(done["latency_median_ms"], errors="coerce")
+    lat = pd.to_numeric(done["latency_norm_ms"], errors="coerce")
     feas = done["feasible"].astype(bool) & ~done["dropped"].astype(bool)
     dropped = done["dropped"].astype(bool)
     over = ~done["feasible"].astype(bool)
@@ -115,12 +116,12 @@ def plot_score_vs_latency(trials: pd.DataFrame, rank: pd.DataFrame, budget_ms: f
     if unscored.any():
         ax.plot(lat[unscored], np.zeros(int(unscored.sum())), "|", color="tab:gray", markersize=12,
                 transform=ax.get_xaxis_transform(), label="over budget (not scored)")
-    front = rank[rank["pareto"].astype(bool)].sort_values("latency_median_ms")
+    front = rank[rank["pareto"].astype(bool)].sort_values("latency_norm_ms")
     if len(front):
-        ax.step(front["latency_median_ms"], pd.to_numeric(front["score"]), where="post", color="tab:green",
+        ax.step(front["latency_norm_ms"], pd.to_numeric(front["score"]), where="post", color="tab:green",
                 lw=1.5, label="Pareto front (feasible)", zorder=2)
     ax.axvline(budget_ms, color="black", ls="--", lw=1, label=f"budget {budget_ms:g} ms")
-    ax.set_xlabel("latency, median (ms)")
+    ax.set_xlabel("latency, median at the machine's reference speed (ms)")
     ax.set_ylabel(f"score ({objective})")
     ax.set_title("score against latency")
     ax.grid(alpha=0.3)
@@ -227,6 +228,7 @@ def write_report(result: SearchResult, study: optuna.Study, settings: SearchSett
         "budget_ms": settings.budget_ms, "objective": settings.objective, "pareto": settings.pareto,
         "deployment": settings.deployment.to_dict(), "fingerprint": settings.deployment.fingerprint(),
         "environment": study.user_attrs.get("environment"), "space": settings.space.to_dict(),
+        "reference_speed": study.user_attrs.get("reference_speed"),
         "stop_rule": vars(settings.stop) if hasattr(settings.stop, "__dict__") else str(settings.stop),
         "proxy": {"inits": settings.proxy_inits, "batch": settings.proxy_batch},
         **({"training": {"data": settings.dataset.identity(), "source": settings.dataset.source,
@@ -257,7 +259,7 @@ def write_report(result: SearchResult, study: optuna.Study, settings: SearchSett
         dropped = set(trials.loc[trials["dropped"].astype(bool), "trial"])
         score_imp = importances(study, [t for t in complete if feasible(t) and t.number not in dropped],
                                 lambda t: t.user_attrs.get("score"))
-        latency_imp = importances(study, complete, lambda t: t.user_attrs.get("latency_median_ms"))
+        latency_imp = importances(study, complete, lambda t: deciding_ms(t.user_attrs))
         fig = plot_importances(score_imp, latency_imp)
         if fig is not None:
             plots["importances"] = save_figure(fig, out / "importances.png", dpi=120)
@@ -329,9 +331,15 @@ def markdown(result: SearchResult, settings: SearchSettings, study: optuna.Study
         lines += ["> **Interrupted.** This report covers the trials so far"
                   + ("" if rank.empty or rank["rechecked"].all() else "; some candidates are not re-measured yet")
                   + f". Resume: run the same command again with `--study {result.study_name}`.", ""]
+    reference = study.user_attrs.get("reference_speed") or {}
     lines += [
         f"- budget: **{settings.budget_ms:g} ms** per call (median) on the **{d.runtime}** runtime, "
-        f"batch {d.batch_size}, {d.image_size}x{d.image_size}, {d.dtype}, device {d.device}, {d.threads} threads",
+        f"batch {d.batch_size}, {d.image_size}x{d.image_size}, {d.dtype}, device {d.device}, {d.threads} threads, "
+        "at the machine's reference speed: every latency here is the measured one rescaled by the calibration "
+        "workload timed between its blocks (`latency_norm_ms`; as measured: `latency_median_ms`; their ratio: "
+        "`machine_speed`)"
+        + (f"; reference: calibration {reference['calibration_ms']:.3f} ms per call, {reference['created_utc']} "
+           f"(results/machines/{reference['fingerprint']}.json)" if reference else ""),
         f"- hardware: {machine_summary(env)}, "
         f"torch {env.get('torch_version', '?')}; fingerprint `{settings.deployment.fingerprint()}`",
         f"- objective: `{settings.objective}` (higher is better"
@@ -341,7 +349,8 @@ def markdown(result: SearchResult, settings: SearchSettings, study: optuna.Study
         + (f"{n(trials['state'] == 'PRUNED')} pruned, " if settings.objective == ACCURACY and len(trials) else "")
         + f"{n(trials['state'] == 'FAIL') if len(trials) else 0} failed); {len(dropped)} dropped on re-measurement",
         f"- latency: measured with bench.profile on the {d.runtime} runtime (`runtime` in trials.csv), "
-        f"stop rule {settings.stop}; cache hits this run: {result.cache_hits}, "
+        f"stop rule {settings.stop}, timed on while a candidate's interval contains the budget; cache hits this "
+        f"run: {result.cache_hits}, "
         f"new measurements: {result.cache_misses}",
     ]
     if settings.objective == ACCURACY and settings.dataset is not None:
@@ -382,22 +391,23 @@ def markdown(result: SearchResult, settings: SearchSettings, study: optuna.Study
         lines += [f"## Winner: trial {int(best['trial'])}", "",
                   f"{'validation accuracy' if settings.objective == ACCURACY else settings.objective} "
                   f"{number(best['score'])}{trained}, {si(best['params'])} params, "
-                  f"{si(best['flops'])} FLOPs, {fixed(best['latency_median_ms'])} ms median on {d.runtime} "
-                  f"(p90 {fixed(best['latency_p90_ms'])} ms; re-measured {fixed(best['recheck_median_ms'])} ms).", "",
+                  f"{si(best['flops'])} FLOPs, {fixed(best['latency_norm_ms'])} ms median on {d.runtime} at the "
+                  f"machine's reference speed ({fixed(best['latency_median_ms'])} ms as measured; re-measured "
+                  f"{fixed(best['recheck_norm_ms'])} ms).", "",
                   "`best.json` holds its config: `container.build(json.load(open('best.json')))`.", "",
                   "```json", json.dumps(result.best_config, indent=2), "```", "",
                   f"## Top {min(TOP_N, len(unique))} feasible architectures", "",
                   _markdown_table(unique.head(TOP_N), settings.objective, d.runtime), ""]
         if settings.pareto:
-            front = unique[unique["pareto"].astype(bool)].sort_values("latency_median_ms")
+            front = unique[unique["pareto"].astype(bool)].sort_values("latency_norm_ms")
             lines += ["## Pareto front (score up, latency down)", "",
                       _markdown_table(front, settings.objective, d.runtime), ""]
         lines += [f"`ranking.csv` lists all {len(rank)} feasible trials ({len(unique)} distinct architectures) with "
                   "their configs as JSON.", ""]
     if len(dropped):
         table = pd.DataFrame({"trial": dropped["trial"].astype(int),
-                              "first median (ms)": dropped["latency_median_ms"].map(fixed),
-                              "re-measured median (ms)": dropped["recheck_median_ms"].map(fixed)})
+                              "first median (ms)": dropped["latency_norm_ms"].map(fixed),
+                              "re-measured median (ms)": dropped["recheck_norm_ms"].map(fixed)})
         lines += ["## Dropped on re-measurement", "", markdown_table(table, align="rrr"), ""]
     lines += evidence(settings.objective)
     titles = {"score_vs_latency": "Score against latency", "history": "Best feasible score against trial number",
@@ -416,13 +426,13 @@ def print_summary(result: SearchResult, objective: str, console: Console | None 
         return
     unique = rank[rank["duplicate_of"].isna()].head(top)
     table = Table(title=f"{result.study_name}: best feasible under {result.budget_ms:g} ms on {result.runtime}")
-    for name in ("#", "trial", objective, "params", "FLOPs", "ms", "p90", "again", "depth / width / kind"):
+    for name in ("#", "trial", objective, "params", "FLOPs", "ms", "measured", "again", "depth / width / kind"):
         table.add_column(name, justify="left" if name.startswith("depth") else "right",
                          no_wrap=not name.startswith("depth"))
     for _, r in unique.iterrows():
         table.add_row(str(int(r["rank"])), str(int(r["trial"])), number(r["score"]), si(r["params"]),
-                      si(r["flops"]), fixed(r["latency_median_ms"]), fixed(r["latency_p90_ms"]),
-                      fixed(r["recheck_median_ms"]), as_config(r["config"]).describe_short())
+                      si(r["flops"]), fixed(r["latency_norm_ms"]), fixed(r["latency_median_ms"]),
+                      fixed(r["recheck_norm_ms"]), as_config(r["config"]).describe_short())
     console.print(table)
 
 

@@ -7,6 +7,8 @@ measures on the same hardware, deployment setting (runtime included), budget, ob
 """
 from __future__ import annotations
 
+import dataclasses
+
 import datetime as dt
 import os
 import random
@@ -23,6 +25,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 import bench
+import bench.machine
 
 from search.latency import Deployment
 from search.settings import WorkerMismatchError
@@ -81,6 +84,17 @@ def join_study(study: optuna.Study, identity: dict[str, Any], deployment: Deploy
             study.set_user_attr(key, value)
         attrs = study.user_attrs  # re-read: another worker may have recorded its identity first
     check_identity(study.study_name, attrs, identity)
+
+
+def share_reference_speed(study: optuna.Study, deployment: Deployment) -> None:
+    """Every worker of a study normalises to one reference speed: the first worker records its machine's
+    (bench.machine), a joining worker adopts the study's (its fingerprint matches, check_identity says)."""
+    recorded = study.user_attrs.get("reference_speed")
+    if recorded is None:
+        reference = bench.machine.reference_speed(deployment.device, deployment.threads)
+        study.set_user_attr("reference_speed", dataclasses.asdict(reference))
+        recorded = study.user_attrs["reference_speed"]  # another worker may have recorded its own first
+    bench.machine.adopt(bench.machine.ReferenceSpeed(**recorded))
 
 
 def check_identity(study_name: str, theirs: dict[str, Any], mine: dict[str, Any]) -> None:

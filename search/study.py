@@ -34,7 +34,8 @@ from search.progress import SearchProgress
 from search.proxies import ProxyScorer, Scorer, Scores, count_flops, count_params
 from search.report import ranking, write_report
 from search.settings import NoFeasibleNetworkError, SearchSettings
-from search.storage import join_study, make_storage, recover_lost_trials, this_worker, worker_ordinal
+from search.storage import (join_study, make_storage, recover_lost_trials, share_reference_speed, this_worker,
+                            worker_ordinal)
 from search.trials import CONSTRAINT, SearchResult, counts_toward_target, feasible, rank_key, trials_frame
 
 if not hasattr(optuna.trial.Trial, "set_constraint"):  # pragma: no cover - depends on the installed Optuna
@@ -48,7 +49,11 @@ class SearchStudy:
                  scorer: Scorer | None = None):
         self.settings = s = settings
         self.lock = MachineLock(s.lock_file)
-        source = latency_source if latency_source is not None else BenchLatency(s.deployment, s.stop, self.lock)
+        # On this machine: a candidate whose interval contains the budget (or, re-checked, the re-check's limit)
+        # is timed until it is clear which side it is on.
+        bench_source = BenchLatency(s.deployment, s.stop, self.lock) if latency_source is None else None
+        source = latency_source if bench_source is None else bench_source.deciding(s.budget_ms)
+        self.recheck_source = bench_source.deciding(s.recheck_limit_ms) if bench_source is not None else None
         self.identity = s.identity()
         context = {"fingerprint": self.identity["fingerprint"], "deployment": self.identity["deployment"]}
         self.cache = CachedLatency(source, s.study_dir / "latency_cache.json", context, lock=self.lock)
@@ -94,6 +99,8 @@ class SearchStudy:
         self.study = optuna.create_study(study_name=s.name, storage=self.storage, sampler=sampler, pruner=pruner,
                                          directions=directions, load_if_exists=True)
         join_study(self.study, self.identity, s.deployment)
+        if self.recheck_source is not None:  # measured here: every worker of the study uses one reference speed
+            share_reference_speed(self.study, s.deployment)
         ordinal = worker_ordinal(self.study)
         if ordinal and seed is not None:
             # Workers started together by the same command would otherwise all propose the same
@@ -123,10 +130,11 @@ class SearchStudy:
         config = s.space.smallest(s.deployment.image_size)
         latency = self.cache.measure(config)
         self.smallest_latency = latency
-        if latency.median_ms > s.budget_ms:
+        if latency.deciding_ms > s.budget_ms:
             raise NoFeasibleNetworkError(
                 f"--budget-ms {s.budget_ms:g}: below the smallest network in the space, which measures "
-                f"{latency.median_ms:.2f} ms (median; p90 {latency.p90_ms:.2f} ms) at batch {s.deployment.batch_size}, "
+                f"{latency.deciding_ms:.2f} ms (median at the machine's reference speed; {latency.median_ms:.2f} ms "
+                f"as measured) at batch {s.deployment.batch_size}, "
                 f"{s.deployment.image_size}px on {s.deployment.device} with runtime {s.deployment.runtime}; "
                 f"raise the budget or shrink the space")
         return latency
@@ -145,18 +153,21 @@ class SearchStudy:
             trial.set_user_attr("config_key", config_key(config, self.cache.context))
             trial.set_user_attr("runtime", s.deployment.runtime)
             latency = self.latency.measure(config)
-            trial.set_constraint(CONSTRAINT, latency.median_ms - s.budget_ms)
+            trial.set_constraint(CONSTRAINT, latency.deciding_ms - s.budget_ms)
             # optuna-dashboard (0.21) reads only the list that Optuna < 5 kept under "constraints", not
             # set_constraint's "constraints:<name>", and would draw every over-budget trial as feasible. Optuna 5
             # reads both (the copy as constraint "0"): feasibility and TPE's order of violations are unchanged.
-            trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [latency.median_ms - s.budget_ms])
-            for k, v in (("latency_median_ms", latency.median_ms), ("latency_p90_ms", latency.p90_ms),
+            trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [latency.deciding_ms - s.budget_ms])
+            for k, v in (("latency_norm_ms", latency.deciding_ms), ("latency_median_ms", latency.median_ms),
+                         ("latency_norm_low_ms", latency.norm_low_ms), ("latency_norm_high_ms", latency.norm_high_ms),
+                         ("machine_speed", latency.machine_speed), ("latency_runs", latency.runs),
+                         ("latency_p90_ms", latency.p90_ms),
                          ("latency_iqr_ms", latency.iqr_ms), ("latency_noisy", latency.noisy),
                          ("latency_cached", latency.cached), ("latency_source", latency.source)):
                 trial.set_user_attr(k, v)
             if latency.predicted_ms is not None:
                 trial.set_user_attr("latency_predicted_ms", latency.predicted_ms)
-            fits = latency.median_ms <= s.budget_ms
+            fits = latency.deciding_ms <= s.budget_ms
             if is_training_scorer(self.scorer):  # an over-budget candidate is never trained
                 scores = (train_trial(trial, self.scorer, config, report=not s.pareto) if fits
                           else _size_only(self.scorer, config))
@@ -177,7 +188,7 @@ class SearchStudy:
         except (MeasurementError, RuntimeError) as e:
             trial.set_user_attr("error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             raise
-        return (score, latency.median_ms) if s.pareto else score
+        return (score, latency.deciding_ms) if s.pareto else score
 
     # --- running --------------------------------------------------------------------------------------
 
@@ -230,12 +241,13 @@ class SearchStudy:
                 on_progress(i, len(todo))
             config = NetworkConfig.from_dict(t.user_attrs["config"])
             try:
-                latency = self.cache.remeasure(config)
-                entry = {"median_ms": latency.median_ms, "p90_ms": latency.p90_ms, "iqr_ms": latency.iqr_ms,
-                         "fits": latency.median_ms <= s.recheck_limit_ms, "trial": t.number}
+                latency = self.cache.remeasure(config, self.recheck_source)
+                entry = {"norm_ms": latency.deciding_ms, "median_ms": latency.median_ms, "p90_ms": latency.p90_ms,
+                         "iqr_ms": latency.iqr_ms, "fits": latency.deciding_ms <= s.recheck_limit_ms,
+                         "trial": t.number}
             except MeasurementError as e:
-                entry = {"median_ms": None, "p90_ms": None, "iqr_ms": None, "fits": False, "trial": t.number,
-                         "error": str(e)}
+                entry = {"norm_ms": None, "median_ms": None, "p90_ms": None, "iqr_ms": None, "fits": False,
+                         "trial": t.number, "error": str(e)}
             key = t.user_attrs["config_key"]
             self.study.set_user_attr(f"recheck:{key}", entry)
             done[key] = entry
@@ -335,7 +347,7 @@ def run_search(settings: SearchSettings, *, latency_source: LatencySource | None
                           runtime=settings.deployment.runtime, trials=frame, ranking=ranking(frame), best_config=None,
                           interrupted=interrupted,
                           elapsed_s=time.perf_counter() - start,
-                          smallest_latency_ms=runner.smallest_latency.median_ms if runner.smallest_latency else None,
+                          smallest_latency_ms=runner.smallest_latency.deciding_ms if runner.smallest_latency else None,
                           cache_hits=runner.cache.hits, cache_misses=runner.cache.misses,
                           predictor_rejected=runner.gate.rejected if runner.gate is not None else 0)
     if not result.ranking.empty:

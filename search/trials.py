@@ -15,11 +15,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 CONSTRAINT = "latency_ms"  # latency median - budget; feasible when <= 0
 
-TRIAL_COLUMNS = ["trial", "state", "score", "score_spread", "params", "flops", "latency_median_ms", "latency_p90_ms",
+TRIAL_COLUMNS = ["trial", "state", "score", "score_spread", "params", "flops", "latency_norm_ms", "latency_median_ms",
+                 "machine_speed", "latency_norm_low_ms", "latency_norm_high_ms", "latency_p90_ms",
                  "latency_iqr_ms", "latency_cached", "latency_source", "latency_predicted_ms", "runtime", "accuracy",
                  "epochs_trained", "train_s", "feasible",
-                 "rechecked", "recheck_median_ms", "recheck_p90_ms", "dropped", "error", "interrupted", "retry_of",
-                 "duration_s", "config_key", "config"]
+                 "rechecked", "recheck_norm_ms", "recheck_median_ms", "recheck_p90_ms", "dropped", "error",
+                 "interrupted", "retry_of", "duration_s", "config_key", "config"]
 
 
 def feasible(trial: FrozenTrial) -> bool:
@@ -41,7 +42,14 @@ def counts_toward_target(trial: FrozenTrial) -> bool:
 def rank_key(t: FrozenTrial) -> tuple[float, float, int]:
     """Best score first, then faster, then earlier."""
     score = t.user_attrs.get("score")
-    return (-(score if score is not None else -math.inf), t.user_attrs.get("latency_median_ms", math.inf), t.number)
+    return (-(score if score is not None else -math.inf), deciding_ms(t.user_attrs), t.number)
+
+
+def deciding_ms(attrs: dict[str, Any]) -> float:
+    """The latency a trial was decided on: at the machine's reference speed (`latency_norm_ms`), or as measured
+    in a study from before normalisation."""
+    value = attrs.get("latency_norm_ms", attrs.get("latency_median_ms"))
+    return math.inf if value is None else float(value)
 
 
 def trials_frame(trials: list[FrozenTrial], recheck_limit_ms: float,
@@ -59,7 +67,10 @@ def trials_frame(trials: list[FrozenTrial], recheck_limit_ms: float,
         rows.append({
             "trial": t.number, "state": t.state.name, "score": a.get("score"), "score_spread": a.get("score_spread"),
             "params": a.get("params"), "flops": a.get("flops"),
-            "latency_median_ms": a.get("latency_median_ms"), "latency_p90_ms": a.get("latency_p90_ms"),
+            "latency_norm_ms": deciding_ms(a) if a.get("latency_median_ms") is not None else None,
+            "latency_median_ms": a.get("latency_median_ms"), "machine_speed": a.get("machine_speed"),
+            "latency_norm_low_ms": a.get("latency_norm_low_ms"), "latency_norm_high_ms": a.get("latency_norm_high_ms"),
+            "latency_p90_ms": a.get("latency_p90_ms"),
             "latency_iqr_ms": a.get("latency_iqr_ms"), "latency_cached": a.get("latency_cached"),
             "latency_source": a.get("latency_source"), "latency_predicted_ms": a.get("latency_predicted_ms"),
             "runtime": a.get("runtime"),
@@ -67,10 +78,12 @@ def trials_frame(trials: list[FrozenTrial], recheck_limit_ms: float,
             "accuracy": a.get("accuracy"), "epochs_trained": a.get("epochs_trained"), "train_s": a.get("train_s"),
             "feasible": is_feasible,
             "rechecked": rc is not None,
+            "recheck_norm_ms": rc.get("norm_ms", rc.get("median_ms")) if rc else None,
             "recheck_median_ms": rc.get("median_ms") if rc else None,
             "recheck_p90_ms": rc.get("p90_ms") if rc else None,
             "dropped": bool(is_feasible and rc is not None
-                            and (rc.get("median_ms") is None or rc["median_ms"] > recheck_limit_ms)),
+                            and (rc.get("norm_ms", rc.get("median_ms")) is None
+                                 or rc.get("norm_ms", rc.get("median_ms")) > recheck_limit_ms)),
             "error": a.get("error"), "interrupted": bool(a.get("interrupted") or a.get("lost")),
             "retry_of": a.get("retry_of"),
             "duration_s": t.duration.total_seconds() if t.duration else None,

@@ -36,3 +36,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _machine_reference_in_a_temporary_directory(tmp_path_factory):
+    """The machine's reference speed (bench.machine) of this test session: in a temporary directory and
+    (in this process) from a short measurement, so that tests neither spend seconds on it nor leave a rough
+    reference in the checkout's results/machines/ for real runs to normalise with. tests/test_machine_speed.py
+    checks the real file's life cycle in its own directory."""
+    import bench.machine
+    from bench.timing import StopRule
+
+    directory = tmp_path_factory.mktemp("machines")
+    patch = pytest.MonkeyPatch()
+    patch.setenv(bench.machine.MACHINES_ENV, str(directory))  # processes the tests start look there too
+    patch.setattr(bench.machine, "REFERENCE_STOP", StopRule(rel_iqr=0.0, min_runs=3, min_time_s=0.2, max_time_s=0.2))
+    patch.setattr(bench.machine, "REFERENCE_WARMUP_S", 0.05)
+    yield directory
+    patch.undo()

@@ -11,7 +11,10 @@ import pytest
 import torch
 
 import bench
+import bench.machine
 from bench.io import write_text
+from bench.profiler import profile_variants
+from bench.result import SAMPLE_COLUMNS
 from bench.suite import Job, run_suite
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +46,7 @@ def test_profile_leaves_the_environment_to_the_suite(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("bench.profile took the environment (git subprocesses) itself")
 
+    bench.machine.reference_speed("cpu", torch.get_num_threads())  # made on first use, with its environment
     monkeypatch.setattr(bench.env, "environment", forbidden)
     monkeypatch.setattr(bench.env, "_git", forbidden)
     result = bench.profile(bench.BlockTarget("conv", 32, 4), 1, bench.Options(stop=FAST_STOP),
@@ -169,15 +173,15 @@ def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path):
 def test_run_suite_writes_the_same_rows_to_csv_and_json_and_a_report(tmp_path, monkeypatch):
     results, settings = [], []
 
-    def recording_profile(*args, **kwargs):
-        results.append(bench.profile(*args, **kwargs))
-        return results[-1]
+    def recording_profile_variants(*args, **kwargs):
+        results.extend(profile_variants(*args, **kwargs))
+        return results[-len(args[2]):]
 
     def recording_environment(*setting):
         settings.append(setting)
         return bench.environment(*setting)
 
-    monkeypatch.setattr(bench.suite, "profile", recording_profile)
+    monkeypatch.setattr(bench.suite, "profile_variants", recording_profile_variants)
     monkeypatch.setattr(bench.suite, "environment", recording_environment)
     options = bench.Options(stop=FAST_STOP)
     jobs = [Job(bench.BlockTarget("conv", 64, 7), b, options, "stage" if b == 1 else "batch-sweep", rss=False)
@@ -192,7 +196,7 @@ def test_run_suite_writes_the_same_rows_to_csv_and_json_and_a_report(tmp_path, m
     # The typed result's row is the written row, less the samples (their own file) and plus the
     # environment, taken once for the run's one (device, threads) setting, and the job's group.
     environment = list(bench.environment("cpu", results[0].threads))
-    written = [c for c in results[0].row() if c != "latency_samples_ms"]
+    written = [c for c in results[0].row() if c not in SAMPLE_COLUMNS]
     assert list(csv.columns) == written + [c for c in environment if c not in written] + ["group"]
     assert settings == [("cpu", results[0].threads)] and csv["git_commit"].notna().all()
     assert csv["latency_median_ms"].tolist() == pytest.approx([r.latency.median_ms for r in results])

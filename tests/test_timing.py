@@ -50,7 +50,9 @@ def test_a_result_row_keeps_its_column_names():
     m = Measurement(number_per_run=2, raw_times=[0.004, 0.006], task_spec=TaskSpec(stmt="pass", setup="pass"))
     row = LatencyStats.from_measurement(m, number_per_run=2, cold_s=0.01, noisy=True, warmup_calls=3).row()
     assert list(row) == ["latency_cold_ms", "latency_median_ms", "latency_iqr_ms", "latency_p90_ms", "latency_min_ms",
-                         "latency_mean_ms", "runs", "number_per_run", "noisy", "warmup_calls", "timed_calls"]
+                         "latency_mean_ms", "runs", "number_per_run", "noisy", "warmup_calls", "timed_calls",
+                         "latency_norm_ms", "latency_norm_low_ms", "latency_norm_high_ms", "machine_speed",
+                         "calibration_ms", "reference_calibration_ms", "untimed_calls"]
     assert (row["runs"], row["warmup_calls"], row["timed_calls"], row["noisy"]) == (2, 3, 4, True)
 
 

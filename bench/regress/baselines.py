@@ -8,8 +8,11 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from bench.env import environment, fingerprint
 from bench.io import results_root
+from bench.machine import reference_speed
 from bench.regress.statistics import checked_sample
 from bench.regress.suite import DEFAULT_PAIRS, METHOD, Row, definition, repo_relative
 from bench.regress.suite_file import Suite
@@ -28,8 +31,30 @@ def baseline_path(suite: Suite) -> Path:
     return BASELINE_DIR / suite.name / f"{fingerprint('cpu', suite.threads)}.json"
 
 
+# The calibration workload cancels a machine's drift within one state of the machine, not across states: on
+# the 2-core EPYC VM the stored default baseline of 2026-12-02 13:49 was measured with the calibration at
+# 15.3 ms (median; the machine 1.3x slower than at 17:08, 11.9 ms), where the reference rows had slowed with
+# it (1.29-1.34x) but the fast path's oneDNN rows only 1.21x, so their normalised figures were 10-12% low and
+# conv@320x14 b4 fast read as +11-14% slower in every later run. A baseline is therefore compared only with a
+# run whose calibration is within this fraction of the baseline's; otherwise the gate measures the previous
+# revision interleaved in the same job (--fallback-against), which shares the state whatever it is.
+MACHINE_STATE_TOLERANCE = 0.10
+
+
+def machine_state_gap(doc: dict[str, Any], current: Side) -> float:
+    """The current run's calibration time over the baseline's, less 1 (+0.3: the machine runs 1.3x slower now);
+    nan where either has no calibration times."""
+    stored = [c for row in doc["rows"].values() for c in (row.get("calibration_ms") or [])]
+    now = current.calibration_times_ms()
+    if not stored or not now:
+        return math.nan
+    return float(np.median(now) / np.median(stored)) - 1.0
+
+
 def baseline_document(side: Side, suite: Suite, rows: Sequence[Row], rounds: int) -> dict[str, Any]:
     threads = suite.threads
+    reference = reference_speed("cpu", threads)
+    calibration = side.calibration_times_ms()
     return {
         "schema": SCHEMA,
         "suite_name": suite.name,
@@ -41,6 +66,9 @@ def baseline_document(side: Side, suite: Suite, rows: Sequence[Row], rounds: int
         "rounds": rounds,
         "pairs": DEFAULT_PAIRS,
         "method": METHOD,
+        # The machine's state while it was measured: its calibration against the stored reference speed.
+        "reference_calibration_ms": reference.calibration_ms,
+        "machine_speed": reference.calibration_ms / float(np.median(calibration)) if calibration else None,
         "suite": [r.spec() for r in rows],
         "rows": {r.name: side.deterministic[r.name] | {
             "normalised": side.normalised(r.name),

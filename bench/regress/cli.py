@@ -12,7 +12,8 @@ from rich.console import Console
 from bench.cli_kit import choice_list, positive_int, writable_file
 from bench.env import REPO_ROOT, fingerprint, git_commit
 from bench.io import write_json
-from bench.regress.baselines import baseline_document, baseline_path, baseline_side, changed_rows, load_baseline
+from bench.regress.baselines import (MACHINE_STATE_TOLERANCE, baseline_document, baseline_path, baseline_side,
+                                    changed_rows, load_baseline, machine_state_gap)
 from bench.regress.report import HISTORY_PATH, Report, append_history, compare, render
 from bench.regress.statistics import DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, check_power
 from bench.regress.suite import (DEFAULT_ROUNDS, DEFAULT_SUITE_FILE, DEFAULT_UPDATE_ROUNDS, Row, on_runtimes,
@@ -43,12 +44,15 @@ def gate_against(current: tuple[Path, str], reference: tuple[Path, str], referen
 
 def run_gate(*, against: str | None = None, baseline: Path | None = None, suite: Suite | None = None,
              rows: Sequence[Row] | None = None, rounds: int = DEFAULT_ROUNDS, min_effect: float = DEFAULT_MIN_EFFECT,
-             alpha: float = DEFAULT_ALPHA, history: Path | None = HISTORY_PATH, console=None) -> Report:
+             alpha: float = DEFAULT_ALPHA, history: Path | None = HISTORY_PATH, console=None,
+             fallback_against: str | None = None) -> Report:
     """Measure the suite (default: the project's, bench/regress/suites/default.yaml) and compare it with its
     baseline for this machine, a baseline file, or revision `against`.
 
     A row the baseline lacks (added to the suite since), or holds with another definition, does not fail:
-    it is measured and reported as new."""
+    it is measured and reported as new. A baseline made while the machine ran at another speed (its
+    calibration more than MACHINE_STATE_TOLERANCE off this run's) is not compared: with `fallback_against`
+    the gate measures that revision interleaved instead; without, it says so and compares all the same."""
     suite = suite or load_suite()
     rows = list(rows or suite.rows)
     here = (REPO_ROOT, git_commit())
@@ -76,6 +80,17 @@ def run_gate(*, against: str | None = None, baseline: Path | None = None, suite:
     if known:
         check_power(rounds, min(known), alpha)
     current = measure_sides({"current": here}, rows, rounds, threads, console)["current"]
+    gap = machine_state_gap(doc, current)
+    if abs(gap) > MACHINE_STATE_TOLERANCE:
+        state = (f"the machine runs {1 + gap:.2f}x as slow as when {repo_relative(path)} was measured (calibration "
+                 f"workload), beyond the {MACHINE_STATE_TOLERANCE:.0%} within which the calibration cancels a drift")
+        if fallback_against is not None:
+            say(console, f"[yellow]note: {state}; comparing with --against {fallback_against} instead, measured "
+                         f"interleaved[/]")
+            return run_gate(against=fallback_against, suite=suite, rows=rows, rounds=rounds, min_effect=min_effect,
+                            alpha=alpha, history=history, console=console)
+        say(console, f"[yellow]warning: {state}; compared all the same (use --against REV for a comparison "
+                     f"in one machine state)[/]")
     return _report("baseline", reference, current, f"baseline {repo_relative(path)}", rows, min_effect, alpha,
                    history, suite, [current])
 
@@ -188,7 +203,8 @@ def main(args: argparse.Namespace) -> int:
             return 0
         report = run_gate(against=args.against, baseline=Path(args.baseline) if args.baseline else None,
                           suite=suite, rows=rows, rounds=args.rounds, min_effect=args.min_effect, alpha=args.alpha,
-                          history=history, console=console)
+                          history=history, console=console,
+                          fallback_against=None if args.against else args.fallback_against)
         render(report, out)
         if args.json:
             write_json(args.json, report.to_json())

@@ -43,7 +43,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import bench  # the tree under test's (its tree is first on sys.path), not necessarily the gate's
 import container
@@ -88,24 +87,11 @@ def _tree_check(tree: Path) -> dict[str, str]:
 
 
 def calibration_step() -> Callable[[], torch.Tensor]:
-    """The fixed calibration workload: one GEMM (compute-bound) and one depthwise conv (memory-bound).
-
-    It runs interleaved with every row, so a uniformly faster or slower machine of the same kind,
-    or a busier moment, changes both alike and leaves their ratio alone. It takes about half as
-    long as a block row, so that time slicing by other processes hits both alike.
-    """
-    g = torch.Generator().manual_seed(1234)
-    a = torch.randn(768, 768, generator=g)
-    b = torch.randn(768, 768, generator=g)
-    x = torch.randn(1, 128, 112, 112, generator=g)
-    w = torch.randn(128, 1, 5, 5, generator=g)
-
-    def step():
-        with torch.inference_mode():
-            torch.mm(a, b)
-            return F.conv2d(x, w, padding=2, groups=128)
-
-    return step
+    """The calibration workload of every measurement in the project (bench.timing.calibration_workload,
+    from the gate's own timing module, so that both sides interleave the same one). It runs between the
+    calls of every row, so a uniformly faster or slower machine of the same kind, or a busier moment,
+    changes both alike and leaves their ratio alone."""
+    return timing.calibration_workload("cpu")
 
 
 def build_target(spec: dict):

@@ -125,6 +125,10 @@ class Side:
     def median_calibration_ms(self, row: str) -> float:
         return _median([r.calibration_ms for r in self.rounds.get(row, [])])
 
+    def calibration_times_ms(self) -> list[float]:
+        """Every round's calibration median, all rows (finite ones)."""
+        return [r.calibration_ms for rounds in self.rounds.values() for r in rounds if math.isfinite(r.calibration_ms)]
+
 
 def _median(values: list[float]) -> float:
     return float(np.median(values)) if values else math.nan
