@@ -27,7 +27,7 @@ from bench.machine import reference_path, reference_speed, speed_now
 from bench.op_profile_report import OpJob, run_ops
 from bench.repeat import check_repeat, repeat_check
 from bench.runtimes import RUNTIMES
-from bench.suite import QUICK_STOP, SUITES, Job, new_run_dir, resolve_devices, run_suite, suite_jobs
+from bench.suite import QUICK_STOP, SUITE_STOP, SUITES, Job, new_run_dir, resolve_devices, run_suite, suite_jobs
 from bench.targets import STAGE_SHAPES, BenchInputError, BlockTarget, ModuleTarget, network_target, parse_shape
 from bench.workload import Options
 
@@ -87,7 +87,7 @@ def run_jobs(args: argparse.Namespace) -> list[Job]:
     layouts = {"off": [False], "on": [True], "both": [False, True]}[args.channels_last]
     runtimes = args.runtime or (list(RUNTIMES) if args.suite == "runtimes" else ["reference"])
     options = [Options(device=device, dtype=dtype, channels_last=cl, compile=args.compile, mode=args.mode,
-                       runtime=runtime, threads=args.threads)
+                       runtime=runtime, threads=args.threads, stop=SUITE_STOP)
                for device, dtype, cl, runtime in itertools.product(resolve_devices(args.device), args.dtype, layouts,
                                                                    dict.fromkeys(runtimes))]
     for o in options:

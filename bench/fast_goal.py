@@ -1,12 +1,11 @@
 """container.optimize (`fast`) against the best deployment runtime, workload by workload.
 
 The goal the fast path is held to: on every workload a run measured with `fast` and at least one of the
-other deployment runtimes (onnxruntime, openvino), fast's median latency is at most the fastest of those
-runtimes' in the same run (or 1 lies inside the 95% interval of their ratio: as fast as far as the run can
-tell), and fast reaches GOAL_KERNEL_FRACTION of the harness's kernel bound
-(bench.profiler.kernel_bound). A row either meets both or the table says which it misses. Given an earlier
-run (`before`, its results.csv), each row also shows fast's ratio to the best runtime there: ratios measured
-within one run each, since absolute times do not carry between runs on a VM whose speed drifts.
+other deployment runtimes (onnxruntime, openvino), fast's median latency (at the machine's reference speed) is
+at most the fastest of those runtimes' in the same run (the table gives the ratio's 95% interval beside it),
+and fast reaches GOAL_KERNEL_FRACTION of the harness's kernel bound (bench.profiler.kernel_bound). A row
+either meets both or the table says which it misses. Given an earlier run (`before`, its results.csv), each
+row also shows fast's ratio to the best runtime there.
 """
 from __future__ import annotations
 
@@ -45,10 +44,6 @@ def _ratios(frame: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def _as_fast(table: pd.DataFrame) -> pd.Series:
-    """fast / best <= 1, or 1 inside its interval (as fast as the best, within what the run can tell apart)."""
-    return (table["fast / best"] <= 1.0) | (table["low"] <= 1.0)
-
 
 def fast_against_best(frame: pd.DataFrame, before: pd.DataFrame | None = None) -> pd.DataFrame:
     """The goal table of a run (its results rows), with `before`'s ratios beside it when given. Empty when the
@@ -64,7 +59,7 @@ def fast_against_best(frame: pd.DataFrame, before: pd.DataFrame | None = None) -
         table = table.merge(previous[keys + ["fast / best"]].rename(columns={"fast / best": "fast / best before"}),
                             on=keys, how="left")
         table.insert(table.columns.get_loc("fast / best"), "fast / best before", table.pop("fast / best before"))
-    faster = _as_fast(table)
+    faster = table["fast / best"] <= 1.0
     near = table["% of kernel bound"] >= 100 * GOAL_KERNEL_FRACTION
     table["goal"] = np.select([faster & near, faster, near], ["met", "under 90% of bound", "slower than best"],
                               "slower, under 90% of bound")

@@ -81,7 +81,8 @@ def _time_variants(parts: list["_Parts"], device: torch.device, threads: int, la
     calibration = machine_calibration(str(device), threads)
     try:
         return measure_rounds([p.workload.step for p in parts], device=device, threads=threads, stop=stop,
-                              labels=[label] * len(parts), calibration=calibration)
+                              labels=[label] * len(parts), calibration=calibration,
+                              settle_s=[p.workload.settle_s for p in parts])
     except Exception as failure:
         if not is_out_of_memory(failure):
             raise
@@ -91,7 +92,7 @@ def _time_variants(parts: list["_Parts"], device: torch.device, threads: int, la
     stats: list[LatencyStats | None] = []
     for part in parts:
         alone = part.guard(device, measure_rounds, [part.workload.step], device=device, threads=threads, stop=stop,
-                           labels=[label], calibration=calibration)
+                           labels=[label], calibration=calibration, settle_s=[part.workload.settle_s])
         stats.append(alone[0] if alone else None)
     return stats
 

@@ -25,7 +25,10 @@ from bench.targets import (STAGE_SHAPES, BenchInputError, BlockTarget, ModuleTar
 from bench.timing import StopRule
 from bench.workload import Options
 
-SUITE_STOP = StopRule(rel_iqr=0.05, min_runs=5, min_time_s=0.3, max_time_s=2.0)
+# A suite's rows: every variant timed until its normalised median is known to +-2% (95% interval), for
+# 0.3 s to 2.2 s of the group's rounds each (calibration and settling included), so that a run of the runtimes
+# table costs at most 1.5x what it did before its figures were normalised and interleaved.
+SUITE_STOP = StopRule(rel_iqr=0.05, min_runs=5, min_time_s=0.3, max_time_s=2.2, rel_interval=0.02)
 QUICK_STOP = StopRule(rel_iqr=0.10, min_runs=3, min_time_s=0.05, max_time_s=0.5)
 SWEEP_STAGE = 2  # the 320 @ 14x14 stage: every kind is cheap enough there to sweep the batch size
 SWEEP_BATCHES = (1, 8)

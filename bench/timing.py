@@ -39,7 +39,8 @@ from torch.utils.benchmark.utils.common import TaskSpec
 # first trial of a search, the first entry of a predictor table) is timed like the later ones.
 FIRST_WARMUP_S = 0.5
 _warmed_up: set[tuple[str, int]] = set()  # (device, threads) already measured in this process
-CALIBRATION_WARMUP_S = 0.05
+CALIBRATION_WARMUP_S = 0.2
+CALIBRATION_WINDOW = 2  # rounds either side whose calibration a round's is the median of (round_calibration)
 # A call shorter than this gets one untimed call before each of its blocks in a calibrated measurement:
 # the calibration workload (~14 MB) pushes the call's data out of the caches, and a short call's first
 # call after it would be slow. A longer call re-reads its data many times; the cost is under 1% there.
@@ -48,19 +49,20 @@ WARM_CALL_BELOW_S = 0.025
 
 @dataclass(frozen=True)
 class StopRule:
-    """Keep timing until IQR / median < `rel_iqr` (after `min_runs` and `min_time_s`), or `max_time_s`.
+    """When to stop timing, after `min_runs` blocks and `min_time_s`, at the latest at `max_time_s`.
 
-    In a calibrated measurement the rule reads the normalised times, and a figure is `noisy` when the
-    95% interval of its normalised median is wider than +-`rel_interval`. With `decide_ms` (the
-    search's budget) timing goes on, for up to `decide_extra_s` more, while that interval contains it:
-    a figure near a threshold is measured until it is clear which side it is on.
+    Uncalibrated, timing stops once IQR / median of the per-call times < `rel_iqr`. Calibrated (the
+    normalised per-block times of bench.timing.measure_rounds), once the 95% interval of their median
+    lies within +-`rel_interval` of it; a figure whose interval is wider at `max_time_s` is `noisy`.
+    With `decide_ms` (the search's budget) timing goes on, for up to `decide_extra_s` more, while that
+    interval contains it: a figure near a threshold is measured until it is clear which side it is on.
     """
 
     rel_iqr: float = 0.05
     min_runs: int = 5
     min_time_s: float = 0.5
     max_time_s: float = 5.0
-    rel_interval: float = 0.05
+    rel_interval: float = 0.02
     decide_ms: float | None = None
     decide_extra_s: float = 0.0
 
@@ -73,6 +75,16 @@ class StopRule:
 
     def converged(self, times: list[float]) -> bool:
         return len(times) >= self.min_runs and relative_iqr(times) < self.rel_iqr
+
+    def precise(self, normalised: list[float]) -> bool:
+        """The median's 95% interval within +-rel_interval of it (calibrated measurements)."""
+        low, high = median_interval(normalised)
+        return len(normalised) >= self.min_runs and (high - low) / 2 <= self.rel_interval * float(np.median(normalised))
+
+    def done_calibrated(self, normalised: list[float], elapsed_s: float) -> bool:
+        if elapsed_s >= self.max_time_s:
+            return True
+        return elapsed_s >= self.min_time_s and self.precise(normalised)
 
 
 def relative_iqr(times: list[float]) -> float:
@@ -231,8 +243,8 @@ def measure_latency(fn: Callable[[], object], *, device: str | torch.device = "c
 
 def measure_rounds(fns: Sequence[Callable[[], object]], *, device: str | torch.device = "cpu",
                    threads: int | None = None, stop: StopRule = StopRule(), warmup_s: float = 0.2,
-                   min_block_s: float = 0.01, labels: Sequence[str] = (), calibration: Calibration | None = None,
-                   seed: int = 0) -> list[LatencyStats]:
+                   min_block_s: float = 0.05, labels: Sequence[str] = (), calibration: Calibration | None = None,
+                   seed: int = 0, settle_s: Sequence[float] = ()) -> list[LatencyStats]:
     """Time the variants `fns` of one workload in randomized multiple interleaved rounds.
 
     Each variant first gets one cold call (timed on its own) and one warm-up phase (at least two calls
@@ -242,29 +254,39 @@ def measure_rounds(fns: Sequence[Callable[[], object]], *, device: str | torch.d
     every variant is done (Abedi and Brecht, ICPE 2017: a drift of the machine's speed lands on all
     variants alike instead of on whichever ran during it).
 
-    With a `calibration`, its workload is timed before the first block and after every block, and each
-    block's per-call time is divided by the geometric mean of the calibration calls either side and
-    multiplied by the calibration's reference time: the figure the block would have given at the
-    machine's reference speed (`norm_*`). A call shorter than WARM_CALL_BELOW_S gets one untimed call
-    before each block, to bring its data back into the caches the calibration used. Without a
-    calibration, nothing runs between blocks: after the warm-up, every call is timed.
+    With a `calibration`, its workload is timed before the first round and after every round, and each
+    block's per-call time is divided by its round's calibration time (round_calibration) and multiplied
+    by the calibration's reference time: the figure the block would have given at the machine's
+    reference speed (`norm_*`). Each timed calibration call follows one untimed one (its data back in
+    the caches, as when the reference was measured), and after a block of variant i untimed
+    calibration calls run for `settle_s[i]` (a runtime whose worker threads stay busy after a call,
+    which would slow whatever runs next). A call shorter than WARM_CALL_BELOW_S gets one untimed call
+    before each block, to bring its data back into the caches. Without a calibration, nothing runs
+    between blocks: after the warm-up, every call is timed.
     """
     keep_freed_memory()
     device = torch.device(device)
     fns = list(fns)
     labels = list(labels) + [""] * (len(fns) - len(labels))
+    settles = list(settle_s) + [0.0] * (len(fns) - len(settle_s))
     with intra_op_threads(threads) as threads:
         variants = [_warmed_up_variant(fn, device, threads, warmup_s, min_block_s, calibration) for fn in fns]
         if calibration is not None:
             _warm_up(calibration.step, device, CALIBRATION_WARMUP_S)
         order = random.Random(seed)
-        calibration_ms: list[float] = []
+        calibration_ms: list[float] = []  # at the edges of the rounds: before the first, after each
 
-        def calibrate() -> float:
+        def calibrate() -> None:
+            calibration.step()  # untimed: its data back in the caches, as when the reference was measured
             calibration_ms.append(time_calls(calibration.step, 1, device) * 1e3)
-            return calibration_ms[-1]
 
-        before = calibrate() if calibration is not None else math.nan
+        def settle(seconds: float) -> None:
+            start = time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                calibration.step()
+
+        if calibration is not None:
+            calibrate()
         began = time.perf_counter()
         while True:
             for i in order.sample(range(len(variants)), len(variants)):
@@ -272,12 +294,13 @@ def measure_rounds(fns: Sequence[Callable[[], object]], *, device: str | torch.d
                 for _ in range(v.warm_calls):
                     v.fn()
                 v.blocks.append(time_calls(v.fn, v.number, device))
-                if calibration is not None:
-                    after = calibrate()
-                    v.normalised.append(v.blocks[-1] / v.number * 1e3 / math.sqrt(before * after)
-                                        * calibration.reference_ms)
-                    v.calibration_ms.append(math.sqrt(before * after))
-                    before = after
+                if calibration is not None and settles[i] > 0:
+                    settle(settles[i])
+            if calibration is not None:
+                calibrate()
+                around = round_calibration(calibration_ms)
+                for v in variants:
+                    v.normalise(around, calibration.reference_ms)
             elapsed = (time.perf_counter() - began) / len(variants)
             if all(v.done(stop, elapsed) for v in variants):
                 break
@@ -295,17 +318,23 @@ class _Variant:
     warm_calls: int  # untimed calls before each block (calibrated runs, short calls only)
     blocks: list[float] = field(default_factory=list)  # seconds per block of `number` calls
     normalised: list[float] = field(default_factory=list)  # ms per call at the reference speed, per block
-    calibration_ms: list[float] = field(default_factory=list)  # calibration around each block (geometric mean)
+    calibration_ms: list[float] = field(default_factory=list)  # the calibration of each block's round
 
     @property
     def times(self) -> list[float]:
         return [b / self.number for b in self.blocks]
 
+    def normalise(self, around: list[float], reference_ms: float) -> None:
+        """Block r (of round r) at the reference speed: its per-call ms x reference / the round's calibration."""
+        self.calibration_ms = around[:len(self.blocks)]
+        self.normalised = [b / self.number * 1e3 * reference_ms / c for b, c in zip(self.blocks, self.calibration_ms)]
+
     def done(self, stop: StopRule, elapsed_s: float) -> bool:
-        """The stop rule on the normalised times when calibrated (the machine's drift is not the workload's
-        spread); with `stop.decide_ms`, also until the median's interval is on one side of it."""
-        series = self.normalised or self.times
-        if not stop.done(series, elapsed_s):
+        """The stop rule on the interval of the normalised median when calibrated (the machine's drift is not
+        the workload's spread); with `stop.decide_ms`, also until that interval is on one side of it."""
+        if not self.normalised:
+            return stop.done(self.times, elapsed_s)
+        if not stop.done_calibrated(self.normalised, elapsed_s):
             return False
         if stop.decide_ms is None or not self.normalised or elapsed_s >= stop.max_time_s + stop.decide_extra_s:
             return True
@@ -325,9 +354,18 @@ class _Variant:
         return replace(stats, norm_ms=norm, norm_low_ms=low, norm_high_ms=high, machine_speed=norm / stats.median_ms,
                        calibration_ms=float(np.median(self.calibration_ms)),
                        reference_calibration_ms=calibration.reference_ms,
-                       noisy=(high - low) / (2 * norm) > stop.rel_interval,
+                       noisy=not stop.precise(self.normalised),
                        rounds_norm_ms=tuple(self.normalised),
                        untimed_calls=self.warm_calls * len(self.blocks))
+
+
+def round_calibration(edges_ms: Sequence[float], window: int = CALIBRATION_WINDOW) -> list[float]:
+    """The calibration time of each round: the geometric mean of the calibration calls at its two edges, then the
+    median over the round and `window` rounds either side. One call's own noise (a few %) is larger than the
+    machine's drift over a few rounds (seconds); the median of several keeps the drift and drops the noise."""
+    edges = np.asarray(edges_ms, dtype=float)
+    rounds = np.sqrt(edges[:-1] * edges[1:])
+    return [float(np.median(rounds[max(0, r - window):r + window + 1])) for r in range(len(rounds))]
 
 
 def _warm_up(fn: Callable[[], object], device: torch.device, seconds: float) -> tuple[int, float]:

@@ -25,6 +25,7 @@ class Workload:
     convert_s: float  # converting (export + compile; torch.compile's compiling first call); nan: nothing to convert
     torch_allocates: bool  # torch's allocator holds the call's memory (the torch runtimes), so its peak means something
     max_rel_error: float | None = None  # max |out - ref| / max |ref| against the reference on x; None: not checked
+    settle_s: float = 0.0  # the runtime's worker threads stay busy this long after a call (Converted.settle_s)
 
 
 def build_workload(target: Target, batch_size: int, options: Options, seed: int = 0, *,
@@ -55,4 +56,4 @@ def convert_workload(reference: nn.Module, x: torch.Tensor, options: Options, *,
     converted = convert(options.runtime, reference, x, options)
     error = max_rel_error(converted.output(), expected) if expected is not None else None
     return Workload(reference, x, converted.run, converted.module, options.runtime, converted.convert_s,
-                    converted.torch_allocates, error)
+                    converted.torch_allocates, error, converted.settle_s)

@@ -12,7 +12,7 @@ from bench.cli_kit import (fraction, non_negative_float, non_negative_int, posit
                            writable_dir, writable_file)
 
 from search.accuracy import PRUNERS
-from search.latency import Deployment, default_stop
+from search.latency import DEFAULT_STOP, Deployment, default_stop
 from search.settings import (DEFAULT_OBJECTIVE, DEFAULT_RESULTS_DIR, SAMPLERS, SearchSettings, add_runtime_argument,
                              list_objectives)
 from search.space import SearchSpace
@@ -75,11 +75,16 @@ def add_search_arguments(p: argparse.ArgumentParser, *, single_run: bool = True)
     g.add_argument("--train-threads", type=positive_int, default=None, metavar="N",
                    help="intra-op threads while training (default: torch's)")
     g = p.add_argument_group("latency measurement (bench.StopRule)")
-    g.add_argument("--stop-rel-iqr", type=positive_float, default=0.05)
-    g.add_argument("--stop-min-runs", type=positive_int, default=5)
-    g.add_argument("--stop-min-s", type=non_negative_float, default=0.2)
+    g.add_argument("--stop-rel-interval", type=positive_float, default=DEFAULT_STOP.rel_interval,
+                   help="time until the 95%% interval of the median at the reference speed is within +- this "
+                        "fraction of it")
+    g.add_argument("--stop-rel-iqr", type=positive_float, default=DEFAULT_STOP.rel_iqr,
+                   help="the same for an uncalibrated measurement: IQR / median")
+    g.add_argument("--stop-min-runs", type=positive_int, default=DEFAULT_STOP.min_runs)
+    g.add_argument("--stop-min-s", type=non_negative_float, default=DEFAULT_STOP.min_time_s)
     g.add_argument("--stop-max-s", type=positive_float, default=None,
-                   help="time limit per measurement (default: 1.5 s, or 12 x the budget if longer)")
+                   help=f"time limit per measurement (default: {DEFAULT_STOP.max_time_s:g} s, or 12 x the budget if "
+                        f"longer)")
     g.add_argument("--lock-file", type=writable_file, default=None,
                    help="machine-wide lock so that two workers never measure at once "
                         "(default: $CONTAINER_BENCH_SEARCH_LOCK or /tmp/container-bench-search-measure.lock)")
@@ -115,7 +120,8 @@ def settings_from_args(args: argparse.Namespace, budget_ms: float, space: Search
     settings the flags do not give (study_name, storage, results_dir). Raises SearchInputError or BenchInputError
     naming the flag."""
     stop = bench.StopRule(rel_iqr=args.stop_rel_iqr, min_runs=args.stop_min_runs, min_time_s=args.stop_min_s,
-                          max_time_s=args.stop_max_s or default_stop(budget_ms).max_time_s)
+                          max_time_s=args.stop_max_s or default_stop(budget_ms).max_time_s,
+                          rel_interval=args.stop_rel_interval)
     deployment = Deployment(device=args.device, batch_size=args.batch_size, image_size=args.image_size,
                             threads=args.threads, dtype=args.dtype, runtime=args.runtime)
     return SearchSettings(

@@ -12,9 +12,14 @@ import bench
 import bench.machine as machine
 from bench.intervals import ratio_interval
 from bench.profiler import profile_variants
-from bench.timing import Calibration, StopRule, measure_latency, measure_rounds, median_interval
+from bench.timing import Calibration, StopRule, measure_latency, measure_rounds, median_interval, round_calibration
 
-ROUNDS = StopRule(rel_iqr=math.inf, min_runs=7, min_time_s=0.0, max_time_s=60.0)
+def rounds(n: int) -> StopRule:
+    """Exactly `n` rounds, however noisy the machine."""
+    return StopRule(rel_iqr=math.inf, rel_interval=math.inf, min_runs=n, min_time_s=0.0, max_time_s=60.0)
+
+
+ROUNDS = rounds(7)
 
 
 class Machine:
@@ -45,17 +50,16 @@ def test_a_slower_machine_gives_slower_measured_figures_and_the_same_normalised_
         assert stats.reference_calibration_ms == 4.0
 
 
-def test_a_drift_during_the_measurement_is_cancelled_block_by_block():
+def test_a_drift_during_the_measurement_is_cancelled_round_by_round():
     m = Machine()
     calls = []
 
-    def calibration_step():
+    def calibration_step():  # two calls a round (one untimed, one timed); the machine changes speed every 8 rounds
         calls.append(1)
-        m.slowness = 1.0 if (len(calls) // 3) % 2 == 0 else 3.0  # the machine changes speed every few blocks
+        m.slowness = 1.0 if (len(calls) // 16) % 2 == 0 else 3.0
         time.sleep(0.004 * m.slowness)
 
-    stats = measure_latency(m.workload(5.0), stop=StopRule(rel_iqr=math.inf, min_runs=12, min_time_s=0.0,
-                                                            max_time_s=60.0), warmup_s=0.0, min_block_s=0.0,
+    stats = measure_latency(m.workload(5.0), stop=rounds(40), warmup_s=0.0, min_block_s=0.0,
                             calibration=Calibration(calibration_step, reference_ms=4.0))
     measured = np.asarray(stats.times_ms)
     assert measured.max() / measured.min() > 2  # as measured, the figure moved with the machine
@@ -66,13 +70,12 @@ def test_rounds_time_every_variant_once_per_round_in_a_seeded_shuffled_order():
     def order_of(seed):
         log = []
         fns = [lambda name=name: log.append(name) for name in "abc"]
-        stats = measure_rounds(fns, stop=StopRule(rel_iqr=math.inf, min_runs=6, min_time_s=0.0, max_time_s=60.0),
-                               warmup_s=0.0, min_block_s=0.0, seed=seed)
+        stats = measure_rounds(fns, stop=rounds(6), warmup_s=0.0, min_block_s=0.0, seed=seed)
         assert [s.runs for s in stats] == [6, 6, 6]
         timed = log[-18:]  # every call after the warm-ups: 6 rounds of 3 single-call blocks
-        rounds = ["".join(timed[i:i + 3]) for i in range(0, 18, 3)]
-        assert all(sorted(r) == ["a", "b", "c"] for r in rounds)
-        return rounds
+        orders = ["".join(timed[i:i + 3]) for i in range(0, 18, 3)]
+        assert all(sorted(r) == ["a", "b", "c"] for r in orders)
+        return orders
 
     first = order_of(0)
     assert len(set(first)) > 1  # shuffled, not one fixed order
@@ -86,7 +89,7 @@ def test_a_calibrated_block_of_a_short_call_gets_one_untimed_call_before_it():
     def fn():
         log.append("x")
 
-    stats = measure_latency(fn, stop=StopRule(rel_iqr=math.inf, min_runs=4, min_time_s=0.0, max_time_s=60.0),
+    stats = measure_latency(fn, stop=rounds(4),
                             warmup_s=0.0, min_block_s=0.0, calibration=Calibration(m.workload(1.0), 1.0))
     assert stats.untimed_calls == stats.runs == 4  # short call: one warm call before each block
     assert len(log) == 1 + stats.warmup_calls + stats.untimed_calls + stats.timed_calls
@@ -99,7 +102,7 @@ def test_a_figure_near_the_threshold_is_timed_until_its_interval_excludes_it_or_
         calls.append(1)
         time.sleep((1.5, 2.0, 2.5)[len(calls) % 3] / 1e3)
 
-    base = StopRule(rel_iqr=math.inf, min_runs=5, min_time_s=0.0, max_time_s=0.5)
+    base = StopRule(rel_iqr=math.inf, rel_interval=math.inf, min_runs=5, min_time_s=0.0, max_time_s=0.5)
     calibration = Calibration(lambda: time.sleep(0.001), reference_ms=1.0)
 
     def runs(decide_ms):
@@ -147,7 +150,7 @@ def test_the_reference_speed_is_made_on_first_use_stored_and_refreshed(tmp_path,
 
 
 def test_the_variants_of_a_workload_are_measured_in_the_same_calibrated_rounds():
-    quick = StopRule(rel_iqr=math.inf, min_runs=4, min_time_s=0.0, max_time_s=60.0)
+    quick = rounds(4)
     results = profile_variants(bench.BlockTarget("conv", 64, 7), 1,
                                [bench.Options(runtime="reference", stop=quick), bench.Options(runtime="fast",
                                                                                               stop=quick)],
@@ -160,3 +163,31 @@ def test_the_variants_of_a_workload_are_measured_in_the_same_calibrated_rounds()
         assert row["latency_norm_low_ms"] <= row["latency_norm_ms"] <= row["latency_norm_high_ms"]
         assert len(row["latency_rounds_norm_ms"]) == 4
         assert row["reference_calibration_ms"] == machine.reference_speed("cpu", row["threads"]).calibration_ms
+
+
+def test_a_round_s_calibration_is_the_median_over_its_neighbours():
+    edges = [4.0] * 5 + [8.0] + [4.0] * 5  # one slow calibration call among fast ones
+    around = round_calibration(edges, window=2)
+    assert len(around) == len(edges) - 1
+    assert around == pytest.approx([4.0] * 10)  # a single call's outlier does not move any round
+    slow = round_calibration([4.0] * 4 + [8.0] * 8, window=2)
+    assert slow[-1] == pytest.approx(8.0) and slow[0] == pytest.approx(4.0)  # a lasting change is followed
+
+
+def test_after_a_spinning_runtime_s_block_the_calibration_runs_untimed_to_let_it_settle():
+    calibration_calls = []
+    calibration = Calibration(lambda: calibration_calls.append(time.perf_counter()), reference_ms=1.0)
+    measure_rounds([lambda: None, lambda: None], stop=rounds(3), warmup_s=0.0, min_block_s=0.0,
+                   calibration=calibration, settle_s=[0.0, 0.05])
+    plain = len(calibration_calls)
+    calibration_calls.clear()
+    measure_rounds([lambda: None, lambda: None], stop=rounds(3), warmup_s=0.0, min_block_s=0.0,
+                   calibration=calibration, settle_s=[0.0, 0.0])
+    assert plain > len(calibration_calls) + 100  # 3 x 50 ms of untimed calibration calls more
+
+
+def test_onnxruntime_is_let_settle_after_its_calls():
+    pytest.importorskip("onnxruntime")
+    workload = bench.build_workload(bench.BlockTarget("conv", 64, 7), 1, bench.Options(runtime="onnxruntime"))
+    assert workload.settle_s > 0
+    assert bench.build_workload(bench.BlockTarget("conv", 64, 7), 1, bench.Options(runtime="fast")).settle_s == 0

@@ -2,6 +2,7 @@
 interleaved measurement (in-process, and as the process the gate starts, against a stand-in older tree).
 Its rows on the runtimes, and the gate on the fast path: tests/test_regress_runtimes.py."""
 import argparse
+import contextlib
 import json
 import textwrap
 
@@ -321,3 +322,33 @@ def test_a_worker_process_measures_another_tree_with_the_gate_s_timing(tmp_path,
         worker.close()
     assert len(reply["row_times_ms"]) == 3 and len(reply["calibration_times_ms"]) == 2
     assert len(reply["normalised"]) == 3 and all(r > 0 for r in reply["normalised"])
+
+
+def test_a_baseline_from_another_machine_state_is_not_compared(tmp_path, monkeypatch):
+    """The drift the calibration cannot cancel: a baseline measured while the calibration ran at 15.3 ms, a run
+    at 11.9 ms (the stored default baseline of 2026-12-02 against the CI run that read conv@320x14 b4 fast as
+    11-14% slower): the gate measures the fallback revision instead of comparing."""
+    rows = [regress.Row("a", "block", 4, kind="conv", dim=320, side=14)]
+    suite = regress.Suite("t", tuple(rows), 1)
+
+    def side_at(label, calibration_ms, seed):
+        side = Side(label, "abc")
+        side.deterministic = {"a": FIGURES}
+        side.rounds = {"a": [Round(normalised=v, row_ms=v * calibration_ms, calibration_ms=calibration_ms)
+                             for v in lognormal(8, seed=seed)]}
+        return side
+
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(regress.baseline_document(side_at("baseline", 15.3, 18), suite, rows, rounds=8),
+                               default=str))
+    current = side_at("current", 11.9, 19)
+    gap = regress.baselines.machine_state_gap(json.loads(path.read_text()), current)
+    assert gap == pytest.approx(11.9 / 15.3 - 1)
+    against = []
+    monkeypatch.setattr(regress.cli, "measure_sides", lambda *a, **k: {"current": current})
+    monkeypatch.setattr(regress.cli, "gate_against", lambda *a, **k: against.append(a[2]) or "interleaved")
+    monkeypatch.setattr(regress.cli, "revision_tree", lambda rev: contextlib.nullcontext((tmp_path, "abc")))
+    gate = dict(baseline=path, suite=suite, rows=rows, rounds=8, history=None, fallback_against="HEAD~1")
+    assert regress.run_gate(**gate) == "interleaved" and against == ["HEAD~1"]
+    current = side_at("current", 15.0, 19)  # the machine in the baseline's state: compared with it, as before
+    assert regress.run_gate(**gate).mode == "baseline" and against == ["HEAD~1"]

@@ -42,6 +42,10 @@ class Converted:
     convert_s: float  # converting (export + compile); with torch.compile the compiling first call; nan: none
     torch_allocates: bool  # True where torch's allocator holds the memory of a call (the torch runtimes)
     module: nn.Module | None = None  # the torch module that runs, uncompiled (torch runtimes); None: not torch
+    # How long the runtime's idle worker threads keep a core busy after a call (ONNX Runtime spins by default):
+    # a calibrated measurement lets them settle, running the calibration workload untimed, before it times
+    # anything else, which they would slow (bench.timing.measure_rounds).
+    settle_s: float = 0.0
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -18,6 +18,13 @@ if TYPE_CHECKING:  # annotations only: bench.options imports bench.runtimes.regi
     from bench.options import Options
 
 
+# ONNX Runtime's intra-op worker threads spin after a call (its default, session.intra_op.allow_spinning = 1, which
+# makes its batch-1 calls 20-40% faster here than with spinning off: kept, as deployed). For up to ~40 ms they take
+# a core from whatever runs next: the calibration workload ran 2.5-5x slower right after an ORT call on the 2-core
+# Xeon, at its usual speed 50 ms later.
+SPIN_SETTLE_S = 0.05
+
+
 def onnxruntime_session(module: nn.Module, x: torch.Tensor, options: Options, *, profile_prefix: str | None = None):
     """`module` exported by torch.onnx.export(..., dynamo=True) and loaded, in memory, into an
     onnxruntime.InferenceSession with the row's settings. With `profile_prefix` the session also profiles
@@ -73,7 +80,7 @@ def convert_onnxruntime(module: nn.Module, x: torch.Tensor, options: Options) ->
 
         def output() -> torch.Tensor:
             return torch.from_numpy(run().copy())
-    return Converted("onnxruntime", run, output, convert_s, torch_allocates=False)
+    return Converted("onnxruntime", run, output, convert_s, torch_allocates=False, settle_s=SPIN_SETTLE_S)
 
 
 def _numpy_dtype(x: torch.Tensor):
