@@ -373,8 +373,8 @@ def markdown(result: SearchResult, settings: SearchSettings, study: optuna.Study
     lines += [
         "- re-check: every ranked architecture"
         + ("" if settings.recheck is None else f" among the top {settings.recheck}")
-        + f" is measured again and stays only if that median is <= {settings.recheck_limit_ms:.4g} ms "
-        f"(budget - {settings.recheck_margin:.0%} headroom)",
+        + f" is measured again and stays only if the mean of its two medians (at the reference speed) is <= "
+        f"{settings.recheck_limit_ms:.4g} ms (budget - {settings.recheck_margin:.0%} headroom)",
     ]
     if result.smallest_latency_ms is not None:
         lines.append(f"- smallest network in the space: {result.smallest_latency_ms:.2f} ms")

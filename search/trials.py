@@ -45,6 +45,13 @@ def rank_key(t: FrozenTrial) -> tuple[float, float, int]:
     return (-(score if score is not None else -math.inf), deciding_ms(t.user_attrs), t.number)
 
 
+def _kept(recheck: dict[str, Any], limit_ms: float) -> bool:
+    """A re-checked trial stays when its decided figure (the mean of its first and re-checked figures; in a study
+    from before that, the re-checked one alone) is within the limit."""
+    figure = recheck.get("decided_ms", recheck.get("norm_ms", recheck.get("median_ms")))
+    return figure is not None and figure <= limit_ms
+
+
 def deciding_ms(attrs: dict[str, Any]) -> float:
     """The latency a trial was decided on: at the machine's reference speed (`latency_norm_ms`), or as measured
     in a study from before normalisation."""
@@ -81,9 +88,7 @@ def trials_frame(trials: list[FrozenTrial], recheck_limit_ms: float,
             "recheck_norm_ms": rc.get("norm_ms", rc.get("median_ms")) if rc else None,
             "recheck_median_ms": rc.get("median_ms") if rc else None,
             "recheck_p90_ms": rc.get("p90_ms") if rc else None,
-            "dropped": bool(is_feasible and rc is not None
-                            and (rc.get("norm_ms", rc.get("median_ms")) is None
-                                 or rc.get("norm_ms", rc.get("median_ms")) > recheck_limit_ms)),
+            "dropped": bool(is_feasible and rc is not None and not _kept(rc, recheck_limit_ms)),
             "error": a.get("error"), "interrupted": bool(a.get("interrupted") or a.get("lost")),
             "retry_of": a.get("retry_of"),
             "duration_s": t.duration.total_seconds() if t.duration else None,
