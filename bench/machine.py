@@ -108,14 +108,14 @@ def adopt(reference: ReferenceSpeed) -> None:
 
 
 def machine_calibration(device: str = "cpu", threads: int | None = None) -> Calibration:
-    """The calibration every measurement on `device` at `threads` interleaves (one workload per process)."""
-    key = (str(device), threads or torch.get_num_threads())
-    if key not in _calibrations or _calibrations[key].reference_ms != reference_speed(*key).calibration_ms:
-        _calibrations[key] = reference_speed(*key).calibration()
-    return _calibrations[key]
+    """The calibration every measurement on `device` at `threads` interleaves: one workload per reference."""
+    reference = reference_speed(device, threads or torch.get_num_threads())
+    if reference not in _calibrations:
+        _calibrations[reference] = reference.calibration()
+    return _calibrations[reference]
 
 
-_calibrations: dict[tuple[str, int], Calibration] = {}
+_calibrations: dict[ReferenceSpeed, Calibration] = {}
 
 
 __all__ = ["ReferenceSpeed", "adopt", "machine_calibration", "machines_dir", "measure_reference", "reference_path",
