@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import torch
 
 import container
-from bench.io import save_figure
+from bench.kit import save_figure
 from bench.targets import BenchInputError, BlockTarget
 
 

@@ -17,14 +17,14 @@ import torch
 from rich.console import Console
 
 import container
-from bench import history, regress
+from bench import regress
+from bench.regress import history
 from bench.affinity import block_and_input, draw_affinity
-from bench.cli_kit import (EXIT_BAD_INPUT, Parser, argument_type, choice_list, comma_list, fail, names,
-                           non_negative_int, positive_int, positive_ints, program_name, writable_dir, writable_file)
 from bench.fast_goal import earlier_run
-from bench.io import results_root
+from bench.kit import (EXIT_BAD_INPUT, Parser, argument_type, choice_list, comma_list, fail, names, non_negative_int,
+                       positive_int, positive_ints, program_name, results_root, writable_dir, writable_file)
 from bench.machine import reference_path, reference_speed, speed_now
-from bench.op_profile_report import OpJob, run_ops
+from bench.ops.report import OpJob, run_ops
 from bench.repeat import check_repeat, repeat_check
 from bench.runtimes import RUNTIMES
 from bench.suite import QUICK_STOP, SUITE_STOP, SUITES, Job, new_run_dir, resolve_devices, run_suite, suite_jobs

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from bench.env import environment, fingerprint, machine_summary
-from bench.io import results_root, write_json
+from bench.kit import results_root, write_json
 from bench.timing import Calibration, StopRule, calibration_workload, measure_latency
 
 SCHEMA = "container-bench-machine/1"

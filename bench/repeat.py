@@ -26,8 +26,8 @@ from rich.console import Console
 from bench.env import environment, machine_summary
 from bench.fast_goal import DEPLOYED, fast_against_best
 from bench.formatting import markdown_table, number
-from bench.io import write_json, write_table, write_text
-from bench.report import print_frame, split_constant_columns, table_console
+from bench.kit import print_frame, table_console, write_json, write_table, write_text
+from bench.report import split_constant_columns
 from bench.suite import Job, run_suite
 from bench.targets import BenchInputError
 from bench.timing import StopRule

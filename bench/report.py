@@ -10,13 +10,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from rich.console import Console
-from rich.table import Table
 
 from bench.env import machine_summary
 from bench.fast_goal import DEPLOYED, GOAL_KERNEL_FRACTION, fast_against_best, goal_summary
-from bench.formatting import MISSING, is_missing, markdown_table
+from bench.formatting import MISSING, markdown_table
 from bench.intervals import interval_text, ratio_interval
-from bench.io import save_figure, write_text
+from bench.kit import print_frame, save_figure, write_text
 from bench.result import SAME_WORKLOAD, ok_medians, rounds_of
 from bench.roofline import Roofline
 from bench.runtimes import RUNTIMES
@@ -157,13 +156,6 @@ def split_constant_columns(summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return summary.drop(columns=constant), caption
 
 
-def table_console(**kwargs) -> Console:
-    """A console for wide tables: the terminal's width, or 160 columns where output is piped (CI logs),
-    where rich would otherwise squeeze every table into 80."""
-    console = Console(**kwargs)
-    return console if console.is_terminal else Console(width=160, **kwargs)
-
-
 def print_summary(frame: pd.DataFrame, console: Console) -> None:
     """The run in the terminal: every row, then the runtime comparison (without the bounds; report.md has them)."""
     summary = summary_table(frame).drop(columns=["IQR (ms)", "params (M)"])
@@ -174,15 +166,6 @@ def print_summary(frame: pd.DataFrame, console: Console) -> None:
         comparison, caption = split_constant_columns(comparison.drop(columns=BOUND_COLUMNS, errors="ignore"))
         print_frame(comparison, "runtimes on the same workloads (median latency)" + (f": {caption}" if caption else ""),
                     console)
-
-
-def print_frame(frame: pd.DataFrame, title: str, console: Console) -> None:
-    table = Table(title=title)
-    for name in frame.columns:
-        table.add_column(str(name), justify="right" if pd.api.types.is_numeric_dtype(frame[name]) else "left")
-    for row in frame.itertuples(index=False):
-        table.add_row(*(MISSING if is_missing(v) else str(v) for v in row))
-    console.print(table)
 
 
 def plot_latency_vs_batch(frame: pd.DataFrame, path: Path) -> Path | None:

@@ -14,10 +14,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import container
 from bench.env import environment, git_commit
-from bench.io import results_root, write_json, write_table
+from bench.kit import results_root, table_console, write_json, write_table
 from bench.isolated import RssWorker
 from bench.profiler import profile_variants
-from bench.report import print_summary, table_console, write_report
+from bench.report import print_summary, write_report
 from bench.result import SAMPLE_COLUMNS
 from bench.roofline import Roofline, calibrate
 from bench.targets import (STAGE_SHAPES, BenchInputError, BlockTarget, ModuleTarget, NetworkTarget, Target,

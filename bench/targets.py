@@ -36,8 +36,8 @@ CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 
 def read_document(path: str | os.PathLike, what: str) -> Any:
     """The data in a JSON or YAML file; an unreadable or malformed file raises BenchInputError, one line
-    naming `what` (e.g. "--space") and the file. Exported as bench.io.read_document: it lives here, beside
-    the error it raises, because this module reads config files and bench.io importing it back would be
+    naming `what` (e.g. "--space") and the file. Exported as bench.kit.read_document: it lives here, beside
+    the error it raises, because this module reads config files and bench.kit importing it back would be
     an import cycle."""
     try:
         text = Path(path).read_text()

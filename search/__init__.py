@@ -9,9 +9,9 @@ results/search/<study>/.
     result = run_search(SearchSettings(budget_ms=25))
     container.build(result.best_config)
 """
-from search.latency import (DEFAULT_STOP, BenchLatency, CachedLatency, Deployment, Latency, LatencySource,
-                            MachineLock, MeasurementError, PredictedLatency, PredictorGate, default_stop)
-from search.proxies import PROXIES, ProxyScorer, Scorer, Scores, list_proxies, register_proxy
+from search.latency import (DEFAULT_STOP, BenchLatency, CachedLatency, Deployment, Latency, LatencySource, MachineLock,
+                            MeasurementError, PredictedLatency, PredictorGate, default_stop)
+from search.scoring.proxies import PROXIES, ProxyScorer, Scorer, Scores, list_proxies, register_proxy
 from search.report import print_summary, ranking, write_report
 from search.settings import NoFeasibleNetworkError, SearchSettings, WorkerMismatchError, parse_budget
 from search.space import SearchInputError, SearchSpace, SpaceError, StageSpace

@@ -24,10 +24,9 @@ from typing import Callable, Sequence
 import yaml
 
 import bench
-from bench.cli_kit import Parser, fail, program_name
-from bench.report import table_console
+from bench.kit import Parser, fail, program_name, table_console
 
-from search import compare_random, predictor_report, repeat_report, validate
+from search.experiments import compare_random, predictor_report, repeat_report, validate
 from search.arguments import add_search_arguments, settings_from_args, space_from_args
 from search.report import print_summary
 from search.settings import NoFeasibleNetworkError, parse_budget

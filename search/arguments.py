@@ -8,15 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import bench
-from bench.cli_kit import (fraction, non_negative_float, non_negative_int, positive_float, positive_int,
-                           writable_dir, writable_file)
+from bench.kit import (fraction, non_negative_float, non_negative_int, positive_float, positive_int, writable_dir,
+                       writable_file)
 
-from search.accuracy import PRUNERS
+from search.scoring.accuracy import PRUNERS
 from search.latency import DEFAULT_STOP, Deployment, default_stop
 from search.settings import (DEFAULT_OBJECTIVE, DEFAULT_RESULTS_DIR, SAMPLERS, SearchSettings, add_runtime_argument,
                              list_objectives)
 from search.space import SearchSpace
-from search.training import TrainingSettings
+from search.scoring.training import TrainingSettings
 
 
 def add_search_arguments(p: argparse.ArgumentParser, *, single_run: bool = True) -> None:
@@ -56,7 +56,7 @@ def add_search_arguments(p: argparse.ArgumentParser, *, single_run: bool = True)
                    help="headroom for the re-measurement: it must fit budget x (1 - F) to stay in the ranking")
     train = TrainingSettings()
     g = p.add_argument_group("training (--objective accuracy; the network is the candidate adapted to the data, "
-                             "see search/training.py)")
+                             "see search/scoring/training.py)")
     g.add_argument("--data", default=None, metavar="SPEC",
                    help="fashion-mnist (Debian's dataset-fashion-mnist, or a directory holding its IDX files), an .npz "
                         "with x_train, y_train, x_test, y_test, or a folder of class subfolders of images")

@@ -29,11 +29,10 @@ from typing import Any, Protocol
 import torch
 
 import bench
-from bench.io import write_json
+from bench.kit import write_json
 from container import NetworkConfig
 
-from search.sampling import config_id
-from search.space import SearchInputError
+from search.space import SearchInputError, config_id
 
 # A trial's measurement takes 0.2 s to 1.2 s after warm-up (its median known to +-3%, 95% interval), so 30 trials
 # fit in minutes; one whose interval contains the budget is timed for up to as long again (BenchLatency.deciding).

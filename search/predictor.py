@@ -39,14 +39,13 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 import bench
-from bench.io import write_json
+from bench.kit import write_json
 from container import NetworkConfig
 
 from search.latency import DEFAULT_STOP, Deployment, Latency, MachineLock, MeasurementError, measure_target
 from search.parts import Part, network_parts
-from search.sampling import config_id, sample_configs
+from search.space import SearchInputError, SearchSpace, config_id, sample_configs
 from search.settings import PREDICTOR_DIR
-from search.space import SearchInputError, SearchSpace
 
 FORMAT = 1
 # One table entry: a part runs in 0.05-10 ms at batch 1, so 0.1 s of timing is >= 10 calls.

@@ -1,6 +1,6 @@
 """The report of a study: ranking.csv, best.json, report.md with plots, and a terminal summary.
 
-Every file goes through bench.io's atomic writers, so a run killed while reporting leaves the
+Every file goes through bench.kit's atomic writers, so a run killed while reporting leaves the
 previous report intact.
 """
 from __future__ import annotations
@@ -23,12 +23,12 @@ from rich.table import Table
 
 from bench.env import machine_summary
 from bench.formatting import fixed, markdown_table, number, si
-from bench.io import save_figure, write_json, write_table, write_text
+from bench.kit import save_figure, write_json, write_table, write_text
 from container import as_config
 
-from search.accuracy import ACCURACY, curve_of
+from search.scoring.accuracy import ACCURACY, curve_of
 from search.settings import VALIDATION_DIR, SearchSettings
-from search.training import adapt_config
+from search.scoring.training import adapt_config
 from search.trials import SearchResult, deciding_ms, feasible
 
 RANKING_COLUMNS = ["rank", "trial", "score", "score_spread", "accuracy", "epochs_trained", "train_s", "params", "flops",
@@ -296,7 +296,7 @@ def evidence(objective: str, validation_dir: Path | None = None) -> list[str]:
     lines = ["## Evidence for this objective", ""]
     if objective == ACCURACY:
         lines.append("The score is measured accuracy itself: the validation accuracy of each architecture, adapted "
-                     "to the data and trained at the fidelity above (the rule in search/training.py). How well "
+                     "to the data and trained at the fidelity above (the rule in search/scoring/training.py). How well "
                      "accuracy at this low fidelity ranks architectures, and its seed-to-seed noise ceiling, is what "
                      f"{fashion} measures; " + ("see results/proxy_validation/report.md." if on_fashion else
                                               "that validation has not been run yet, so both are unmeasured."))
@@ -359,8 +359,8 @@ def markdown(result: SearchResult, settings: SearchSettings, study: optuna.Study
                                width=data.width, num_classes=data.num_classes)
         patches = "/".join(str(s.patch_size) for s in adapted.stages)
         lines.append(f"- training: {data.describe()} (`{data.source}`), as {data.channels}x{adapted.image_size}x"
-                     f"{adapted.image_size} inputs with patch sizes {patches} (the rule in search/training.py); "
-                     f"every feasible candidate (never an over-budget one) trained "
+                     f"{adapted.image_size} inputs with patch sizes {patches} (the rule in search/scoring/training.py);"
+                     f" every feasible candidate (never an over-budget one) trained "
                      f"for up to {settings.training.describe(len(data.y_train))}, seed {settings.seed or 0}; "
                      f"validation accuracy reported to the `{settings.pruner}` pruner after each epoch; "
                      f"{_training_seconds(trials):.1f} s of training in all (`train_s` in trials.csv)")

@@ -13,18 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import bench
-from bench.io import results_root
+from bench.kit import results_root
 from bench.runtimes import RUNTIMES
 
-from search.accuracy import ACCURACY, PRUNERS
-from search.data import USAGE as DATA_USAGE
-from search.data import Dataset, load_data
+from search.scoring.accuracy import ACCURACY, PRUNERS
+from search.scoring.data import USAGE as DATA_USAGE
+from search.scoring.data import Dataset, load_data
 from search.latency import DEFAULT_MARGIN, Deployment, default_stop
-from search.proxies import PROXIES, list_proxies
+from search.scoring.proxies import PROXIES, list_proxies
 from search.space import SearchInputError, SearchSpace
-from search.training import TrainingSettings
+from search.scoring.training import TrainingSettings
 
-# Under the one results root of bench and search (bench.io.results_root: $CONTAINER_BENCH_RESULTS, else
+# Under the one results root of bench and search (bench.kit.results_root: $CONTAINER_BENCH_RESULTS, else
 # results/ of this checkout), whatever the working directory; resolved once, at import.
 DEFAULT_RESULTS_DIR = results_root() / "search"
 PREDICTOR_DIR = results_root() / "predictor"  # the predictor's table and calibration, one file per machine

@@ -7,7 +7,7 @@ API, which TPE and `study.best_trials` read); the trials and their table (search
 trial's latency comes from one `LatencySource` (search.latency: bench, behind a persistent cache,
 behind the predictor gate with `--predictor`); scores come from a `Scorer` (a training-free proxy
 by default; with `--objective accuracy` each feasible candidate is trained and may be pruned, see
-search.accuracy).
+search.scoring.accuracy).
 """
 from __future__ import annotations
 
@@ -26,12 +26,12 @@ from optuna.trial import FrozenTrial
 import container
 from container import NetworkConfig
 
-from search.accuracy import ACCURACY, AccuracyScorer, is_training_scorer, make_pruner, train_trial
+from search.scoring.accuracy import ACCURACY, AccuracyScorer, is_training_scorer, make_pruner, train_trial
 from search.latency import (BenchLatency, CachedLatency, Latency, LatencySource, MachineLock, MeasurementError,
                             PredictorGate, config_key)
 from search.predictor import LatencyPredictor
 from search.progress import SearchProgress
-from search.proxies import ProxyScorer, Scorer, Scores, count_flops, count_params
+from search.scoring.proxies import ProxyScorer, Scorer, Scores, count_flops, count_params
 from search.report import ranking, write_report
 from search.settings import NoFeasibleNetworkError, SearchSettings
 from search.storage import (join_study, make_storage, recover_lost_trials, share_reference_speed, this_worker,

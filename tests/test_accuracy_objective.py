@@ -16,9 +16,9 @@ import container
 from container import NetworkConfig
 from search import Scores, SearchSpace, WorkerMismatchError, run_search
 from search.__main__ import main
-from search.accuracy import AccuracyScorer
-from search.data import Dataset, load_data
-from search.training import TrainingSettings, adapt_config, adapted_patches, prepare, train
+from search.scoring.accuracy import AccuracyScorer
+from search.scoring.data import Dataset, load_data
+from search.scoring.training import TrainingSettings, adapt_config, adapted_patches, prepare, train
 
 from tests.search_helpers import TINY_SPACE, FakeLatency, settings, tiny_space
 

@@ -133,11 +133,11 @@ def describe(graph: dict[str, dict[str, int]], modules: dict[str, Path], cycle: 
 
 
 def test_the_import_collector_sees_every_kind_of_import():
-    known = {"container", "container.fast", "container.fast.infer", "bench", "bench.io", "search.study"}
+    known = {"container", "container.fast", "container.fast.infer", "bench", "bench.kit", "search.study"}
     source = """
 import bench
 from container.fast import infer, attention_dtype
-from . import io
+from . import kit
 def lazy():
     from search.study import feasible
 if TYPE_CHECKING:
@@ -145,7 +145,7 @@ if TYPE_CHECKING:
 import torch
 """
     found = {name for name, _ in imports_of(source, "bench.report", False, known)}
-    assert found == {"bench", "container.fast.infer", "container.fast", "bench.io", "search.study", "container"}
+    assert found == {"bench", "container.fast.infer", "container.fast", "bench.kit", "search.study", "container"}
 
 
 def test_no_import_cycle():

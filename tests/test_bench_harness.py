@@ -12,7 +12,7 @@ import torch
 
 import bench
 import bench.machine
-from bench.io import write_text
+from bench.kit import write_text
 from bench.profiler import profile_variants
 from bench.result import SAMPLE_COLUMNS
 from bench.suite import Job, run_suite
@@ -163,7 +163,7 @@ def test_cli_help_lists_every_option():
 def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path):
     path = write_text(tmp_path / "results.csv", "old\n")
     with pytest.raises(KeyboardInterrupt):
-        with bench.io.atomic_path(path) as tmp:
+        with bench.kit.atomic_path(path) as tmp:
             tmp.write_text("half of the new")
             raise KeyboardInterrupt
     assert path.read_text() == "old\n"

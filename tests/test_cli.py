@@ -17,9 +17,9 @@ import pytest
 
 import bench.cli
 import search.__main__
-from bench import cli_kit
+from bench import kit
 from bench.formatting import fixed, markdown_table, number, si
-from bench.io import RESULTS_ENV, results_root
+from bench.kit import RESULTS_ENV, results_root
 from bench.runtimes import RUNTIMES
 from container import NetworkConfig, StageConfig
 
@@ -146,18 +146,18 @@ def test_an_unwritable_output_directory_from_the_shell(argv, tmp_path):
 
 
 @pytest.mark.parametrize("parse,text,value", [
-    (cli_kit.positive_int, "3", 3), (cli_kit.non_negative_int, "0", 0), (cli_kit.positive_float, "0.5", 0.5),
-    (cli_kit.non_negative_float, "0", 0.0), (cli_kit.fraction, "0.25", 0.25), (cli_kit.positive_ints, "1, 8,", [1, 8]),
-    (cli_kit.names, "fp32,bf16", ["fp32", "bf16"]),
+    (kit.positive_int, "3", 3), (kit.non_negative_int, "0", 0), (kit.positive_float, "0.5", 0.5),
+    (kit.non_negative_float, "0", 0.0), (kit.fraction, "0.25", 0.25), (kit.positive_ints, "1, 8,", [1, 8]),
+    (kit.names, "fp32,bf16", ["fp32", "bf16"]),
 ])
 def test_checked_types_accept_good_values(parse, text, value):
     assert parse(text) == value
 
 
 @pytest.mark.parametrize("parse,text", [
-    (cli_kit.positive_int, "0"), (cli_kit.positive_int, "1.5"), (cli_kit.non_negative_int, "-1"),
-    (cli_kit.positive_float, "inf"), (cli_kit.positive_float, "nan"), (cli_kit.non_negative_float, "-0.1"),
-    (cli_kit.fraction, "1"), (cli_kit.positive_ints, "1,0"), (cli_kit.positive_ints, ""), (cli_kit.names, ", ,"),
+    (kit.positive_int, "0"), (kit.positive_int, "1.5"), (kit.non_negative_int, "-1"),
+    (kit.positive_float, "inf"), (kit.positive_float, "nan"), (kit.non_negative_float, "-0.1"),
+    (kit.fraction, "1"), (kit.positive_ints, "1,0"), (kit.positive_ints, ""), (kit.names, ", ,"),
 ])
 def test_checked_types_reject_bad_values(parse, text):
     with pytest.raises(argparse.ArgumentTypeError):
@@ -165,14 +165,14 @@ def test_checked_types_reject_bad_values(parse, text):
 
 
 def test_writable_dir_accepts_a_new_nested_directory_and_leaves_nothing_behind(tmp_path):
-    assert cli_kit.writable_dir(str(tmp_path / "a" / "b")) == tmp_path / "a" / "b"
-    assert cli_kit.writable_file(str(tmp_path / "c" / "figure.png")) == tmp_path / "c" / "figure.png"
+    assert kit.writable_dir(str(tmp_path / "a" / "b")) == tmp_path / "a" / "b"
+    assert kit.writable_file(str(tmp_path / "c" / "figure.png")) == tmp_path / "c" / "figure.png"
     assert not list(tmp_path.iterdir())
 
 
 def test_writable_file_refuses_a_directory(tmp_path):
     with pytest.raises(argparse.ArgumentTypeError, match="is a directory"):
-        cli_kit.writable_file(str(tmp_path))
+        kit.writable_file(str(tmp_path))
 
 
 # --- help and entry points ----------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from container import NetworkConfig
-from search.compare_random import CompareSettings, compare_random, main, verdict
-from search.evidence import Trained
+from search.experiments.compare_random import CompareSettings, compare_random, main, verdict
+from search.experiments.evidence import Trained
 from search.latency import Deployment
 from search.settings import WorkerMismatchError
 from search.study import SearchStudy
@@ -47,7 +47,7 @@ class FakeProtocol:
 
     @property
     def settings(self):
-        from search.evidence import VALIDATION_TRAINING
+        from search.experiments.evidence import VALIDATION_TRAINING
         return VALIDATION_TRAINING
 
 

@@ -1,4 +1,4 @@
-"""search.data: the three formats (.npz, class folders, Fashion-MNIST's IDX files), channels and sizes,
+"""search.scoring.data: the three formats (.npz, class folders, Fashion-MNIST's IDX files), channels and sizes,
 normalisation, and every bad input of issue 16 as one line naming it (exit 2 through the CLI)."""
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-import search.data as data_module
+import search.scoring.data as data_module
 from search.__main__ import main
-from search.data import FASHION_MNIST_CLASSES, load_data
+from search.scoring.data import FASHION_MNIST_CLASSES, load_data
 from search.space import SearchInputError
 
 

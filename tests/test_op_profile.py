@@ -1,4 +1,4 @@
-"""bench.op_profile and `python -m bench ops`: op-by-op profiles per runtime, on tiny shapes (no timing asserted)."""
+"""bench.ops.profile and `python -m bench ops`: op-by-op profiles per runtime, on tiny shapes (no timing asserted)."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import bench.cli
-from bench.op_profile import (ATTENTION, CATEGORIES, COLUMNS, DEPTHWISE, GEMM, OpProfile, _onnxruntime_trace_times,
-                              categorize, compare, profile_ops)
+from bench.ops.profile import (ATTENTION, CATEGORIES, COLUMNS, DEPTHWISE, GEMM, OpProfile, _onnxruntime_trace_times,
+                               categorize, compare, profile_ops)
 from bench.options import Options
 from bench.targets import BlockTarget
 from container.fast import precision as fast_precision

@@ -15,8 +15,8 @@ import pytest
 from search import CachedLatency, Deployment, MachineLock, PredictedLatency, PredictorGate, SearchSpace
 from search.parts import Part, network_parts
 from search.predictor import LatencyPredictor, NotCalibratedError, fit_calibration
-from search.predictor_report import accuracy
-from search.sampling import config_id, sample_configs
+from search.experiments.predictor_report import accuracy
+from search.space import config_id, sample_configs
 from search.trials import feasible
 from tests.search_helpers import FAST_STOP, IMAGE, FakeLatency, tiny_space
 

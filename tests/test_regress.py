@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from bench import BenchInputError, history, regress
+from bench import BenchInputError, regress
+from bench.regress import history
 from bench.env import REPO_ROOT
 from bench.regress import FigureChange, Round, Side, compare, compare_deterministic, decide
 from bench.regress import worker as regress_worker

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from search.__main__ import main as search_main
-from search.repeat import compare_runs
-from search.repeat_report import differences_table, main, winners_table
+from search.experiments.repeat import compare_runs
+from search.experiments.repeat_report import differences_table, main, winners_table
 from search.study import run_search
 
 from tests.search_helpers import IMAGE, TINY_SPACE, FakeLatency, FakeScorer, cost, settings, tiny_space

@@ -16,7 +16,7 @@ import yaml
 import bench.cli
 import bench.suite
 import search.__main__
-from bench.io import read_document, write_json
+from bench.kit import read_document, write_json
 from bench.roofline import Roofline
 from bench.targets import BenchInputError, ModuleTarget, NetworkTarget, network_target, parse_shape
 from container import NetworkConfig, StageConfig

@@ -1,5 +1,6 @@
-"""validate-proxy on search.data + search.training: the evidence statistics on constructed inputs, the protocol's
-test accuracy and one-epoch score, a tiny end-to-end run, its resume, and bad input as one line with exit 2."""
+"""validate-proxy on search.scoring.data + search.scoring.training: the evidence statistics on constructed inputs,
+the protocol's test accuracy and one-epoch score, a tiny end-to-end run, its resume,
+and bad input as one line with exit 2."""
 from __future__ import annotations
 
 import json
@@ -10,13 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from search.data import FASHION_MNIST_DIR, load_data
-from search.evidence import (ValidationProtocol, bootstrap_mean, noise_ceiling, rank_correlations,
-                             supported_objective)
-from search.sampling import sample_configs
-from search.space import SearchInputError
-from search.training import TrainingSettings
-from search.validate import ValidationSettings, main, validate_proxy
+from search.scoring.data import FASHION_MNIST_DIR, load_data
+from search.experiments.evidence import (ValidationProtocol, bootstrap_mean, noise_ceiling, rank_correlations,
+                                         supported_objective)
+from search.space import SearchInputError, sample_configs
+from search.scoring.training import TrainingSettings
+from search.experiments.validate import ValidationSettings, main, validate_proxy
 
 from tests.search_helpers import IMAGE, tiny_space
 
@@ -144,7 +144,7 @@ def test_a_tiny_validation_end_to_end_and_its_resume(tmp_path, monkeypatch):
     assert json.loads((out / "report.json").read_text())["supported"] == summary["supported"]
 
     # a rerun with one more architecture trains only that one
-    import search.evidence as evidence
+    import search.experiments.evidence as evidence
     trained: list[int] = []
     original = evidence.ValidationProtocol.train
     monkeypatch.setattr(evidence.ValidationProtocol, "train",
@@ -198,7 +198,7 @@ def test_two_worker_processes_train_the_same_accuracies_as_one(tmp_path):
 
 
 def test_an_interrupted_architecture_keeps_its_finished_training(tmp_path, monkeypatch):
-    import search.evidence as evidence
+    import search.experiments.evidence as evidence
     data, out = tiny_npz(tmp_path), tmp_path / "out"
     calls: list[int] = []
     original = evidence.ValidationProtocol.train

@@ -35,14 +35,14 @@ revision) and workers (the parent side), baselines, report (verdicts, table, his
 from bench.regress.baselines import (BASELINE_DIR, SCHEMA, baseline_document, baseline_path, baseline_side,
                                      changed_rows, load_baseline)
 from bench.regress.cli import configure_parser, gate_against, main, run_gate, update_baseline
-from bench.regress.report import HISTORY_PATH, Report, RowResult, append_history, compare, render
+from bench.regress.outcome import HISTORY_PATH, Report, RowResult, append_history, compare, render
 from bench.regress.statistics import (DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, FigureChange, TimeVerdict,
                                       compare_deterministic, decide)
-from bench.regress.suite import (DEFAULT_PAIRS, DEFAULT_ROUNDS, DEFAULT_SUITE_FILE, DEFAULT_THREADS,
-                                 DEFAULT_UPDATE_ROUNDS, METHOD, Row, block_row, default_name, on_runtimes, select_rows)
+from bench.regress.rows import (DEFAULT_PAIRS, DEFAULT_ROUNDS, DEFAULT_SUITE_FILE, DEFAULT_THREADS,
+                                DEFAULT_UPDATE_ROUNDS, METHOD, Row, block_row, default_name, on_runtimes, select_rows)
 from bench.regress.suite_file import Suite, load_suite
 from bench.regress.worker import DETERMINISTIC, PASSES_ENV, SLOWDOWN_ENV
-from bench.regress.workers import MALLOC_ENV, Round, Side, WorkerProcess, measure_sides, revision_tree
+from bench.regress.sides import MALLOC_ENV, Round, Side, WorkerProcess, measure_sides, revision_tree
 
 __all__ = [
     "BASELINE_DIR", "DEFAULT_ALPHA", "DEFAULT_MIN_EFFECT", "DEFAULT_PAIRS", "DEFAULT_ROUNDS", "DEFAULT_SUITE_FILE",

@@ -1,5 +1,5 @@
 """`python -m bench.regress`: the same gate as `python -m bench regress`."""
-from bench.cli_kit import Parser
+from bench.kit import Parser
 from bench.regress.cli import configure_parser, main
 
 parser = Parser(prog="python -m bench.regress")

@@ -11,13 +11,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from bench.env import environment, fingerprint
-from bench.io import results_root
+from bench.kit import results_root
 from bench.machine import reference_speed
 from bench.regress.statistics import checked_sample
-from bench.regress.suite import DEFAULT_PAIRS, METHOD, Row, definition, repo_relative
+from bench.regress.rows import DEFAULT_PAIRS, METHOD, Row, definition, repo_relative
 from bench.regress.suite_file import Suite
 from bench.regress.worker import DETERMINISTIC
-from bench.regress.workers import Round, Side
+from bench.regress.sides import Round, Side
 from bench.targets import BenchInputError
 
 SCHEMA = "container-bench-regress/1"

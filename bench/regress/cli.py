@@ -9,19 +9,17 @@ from typing import Sequence
 
 from rich.console import Console
 
-from bench.cli_kit import choice_list, positive_int, writable_file
+from bench.kit import choice_list, positive_int, table_console, writable_file, write_json
 from bench.env import REPO_ROOT, fingerprint, git_commit
-from bench.io import write_json
 from bench.regress.baselines import (MACHINE_STATE_TOLERANCE, baseline_document, baseline_path, baseline_side,
-                                    changed_rows, load_baseline, machine_state_gap)
-from bench.regress.report import HISTORY_PATH, Report, append_history, compare, render
+                                     changed_rows, load_baseline, machine_state_gap)
+from bench.regress.outcome import HISTORY_PATH, Report, append_history, compare, render
 from bench.regress.statistics import DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, check_power
-from bench.regress.suite import (DEFAULT_ROUNDS, DEFAULT_SUITE_FILE, DEFAULT_UPDATE_ROUNDS, Row, on_runtimes,
-                                 repo_relative, select_rows)
+from bench.regress.rows import (DEFAULT_ROUNDS, DEFAULT_SUITE_FILE, DEFAULT_UPDATE_ROUNDS, Row, on_runtimes,
+                                repo_relative, select_rows)
 from bench.regress.suite_file import Suite, load_suite
 from bench.regress.worker import PASSES_ENV, SLOWDOWN_ENV
-from bench.regress.workers import Side, measure_sides, revision_tree, say
-from bench.report import table_console
+from bench.regress.sides import Side, measure_sides, revision_tree, say
 from bench.runtimes import RUNTIMES, check_runtime
 from bench.targets import BenchInputError
 

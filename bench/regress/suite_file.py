@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import container
-from bench.io import read_document
+from bench.kit import read_document
 from bench.options import DTYPES, Options
-from bench.regress.suite import DEFAULT_SUITE_FILE, DEFAULT_THREADS, Row, default_name
+from bench.regress.rows import DEFAULT_SUITE_FILE, DEFAULT_THREADS, Row, default_name
 from bench.runtimes import RUNTIMES
 from bench.targets import BenchInputError, ModuleTarget, NetworkTarget
 

@@ -1,6 +1,6 @@
 """One revision's side of the regression gate: a worker process that measures the suite on request.
 
-bench/regress/workers.py starts one worker per revision under test: the working tree (baseline
+bench/regress/sides.py starts one worker per revision under test: the working tree (baseline
 mode), or the working tree and a temporary worktree of another revision (`--against REV`). The
 parent runs this very file with the tree under test first on sys.path (cwd and PYTHONPATH), so
 `container` and `bench` are that revision's code, while this protocol and the timing instrument are
@@ -25,7 +25,7 @@ CONTAINER_BENCH_REGRESS_SLOWDOWN=0.15 in its environment the worker runs extra i
 elementwise passes over an input-sized buffer after every call of each row, as many as make the
 row about 15% slower (found at setup by measuring, as the gate does). The setup reply gives the
 counts; CONTAINER_BENCH_REGRESS_SLOWDOWN_PASSES='{"conv@320x14 b4": 123, ...}' injects exactly
-those, the same extra work in every run (bench/gate_eval.py does this). FLOPs, parameters and
+those, the same extra work in every run (bench/regress/evaluation.py does this). FLOPs, parameters and
 allocator peaks are not affected: only time is.
 """
 from __future__ import annotations

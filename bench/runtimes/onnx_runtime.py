@@ -28,7 +28,7 @@ SPIN_SETTLE_S = 0.05
 def onnxruntime_session(module: nn.Module, x: torch.Tensor, options: Options, *, profile_prefix: str | None = None):
     """`module` exported by torch.onnx.export(..., dynamo=True) and loaded, in memory, into an
     onnxruntime.InferenceSession with the row's settings. With `profile_prefix` the session also profiles
-    (SessionOptions.enable_profiling, its trace written at that prefix: what bench.op_profile reads), which
+    (SessionOptions.enable_profiling, its trace written at that prefix: what bench.ops.profile reads), which
     is the only difference from what bench times. Raises ExportFailed (one line)."""
     import onnxruntime as ort  # here: bench imports without it
 

@@ -30,7 +30,7 @@ def _core():
 
 def compile_openvino(module: nn.Module, x: torch.Tensor, options: Options, perf_count: bool = False):
     """`module` converted by openvino.convert_model and compiled for the CPU with the row's settings (an
-    openvino.CompiledModel); `perf_count` also asks for per-node timings (PERF_COUNT, what bench.op_profile
+    openvino.CompiledModel); `perf_count` also asks for per-node timings (PERF_COUNT, what bench.ops.profile
     reads), which is the only difference from what bench times. Raises ExportFailed (one line)."""
     import openvino as ov  # here: bench imports without it
 

@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 
 from bench.formatting import markdown_table
-from bench.io import save_figure
+from bench.kit import save_figure
 
 
 def _fmt(value: Any, spec: str) -> str:

@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.cli_kit import Parser, writable_file
-from bench.io import results_root, save_figure
+from bench.kit import Parser, results_root, save_figure, writable_file
 from bench.regress import HISTORY_PATH, METHOD
 from bench.targets import BenchInputError
 
@@ -129,6 +128,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    _parser = Parser(prog="python -m bench.history")
+    _parser = Parser(prog="python -m bench.regress.history")
     configure_parser(_parser)
     raise SystemExit(main(_parser.parse_args()))

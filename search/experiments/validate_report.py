@@ -7,9 +7,9 @@ from typing import Any
 import pandas as pd
 
 from bench.formatting import markdown_table
-from bench.io import save_figure
+from bench.kit import save_figure
 
-from search.evidence import finite_ranks
+from search.experiments.evidence import finite_ranks
 
 LABELS = {"one_epoch": "accuracy after 1 epoch (seed 0, validation split)"}
 
@@ -49,7 +49,7 @@ def markdown(s: dict[str, Any]) -> str:
         f"proxies computed on the deployed network ({st['image_size']}px) as the search computes them "
         f"({st['proxy_inits']} initialisations, batch {st['proxy_batch']})",
         f"- fidelity: {s['fidelity']}; seeds {', '.join(map(str, st['seeds']))}; each architecture adapted to the "
-        f"data by search.training's rule",
+        f"data by search.scoring.training's rule",
         f"- measured accuracy: test split after the last epoch, mean over seeds: {s['accuracy']['mean']:.3f} on "
         f"average, per architecture {s['accuracy']['min']:.3f} to {s['accuracy']['max']:.3f}",
         f"- intervals: percentile bootstrap over architectures, {s['bootstrap']} resamples",

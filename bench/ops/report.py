@@ -1,7 +1,7 @@
 """`python -m bench ops`: profile each (target, batch, runtime) op by op and write what was found.
 
 DIR/ops.csv      every row of every profile (torch: an op at its input shapes; openvino, onnxruntime: a node)
-DIR/categories.csv  bench.op_profile.compare: ms per call by category, one column per runtime
+DIR/categories.csv  bench.ops.profile.compare: ms per call by category, one column per runtime
 DIR/report.md    per target and batch: the category table, then each runtime's top ops
 DIR/ops.png      per target and batch: a bar per runtime, stacked by category
 """
@@ -21,8 +21,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench.env import environment, machine_summary
 from bench.formatting import fixed, markdown_table
-from bench.io import save_figure, write_table, write_text
-from bench.op_profile import CATEGORIES, COLUMNS, OpProfile, compare, profile_ops
+from bench.kit import save_figure, write_table, write_text
+from bench.ops.profile import CATEGORIES, COLUMNS, OpProfile, compare, profile_ops
 from bench.options import Options
 from bench.runtimes import ExportFailed
 from bench.targets import Target

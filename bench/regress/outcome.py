@@ -12,11 +12,11 @@ import numpy as np
 from rich.table import Table
 
 from bench.env import fingerprint
-from bench.io import results_root, write_text
+from bench.kit import results_root, write_text
 from bench.regress.statistics import FIGURE_LABELS, FigureChange, TimeVerdict, compare_deterministic, decide
-from bench.regress.suite import METHOD, Row
+from bench.regress.rows import METHOD, Row
 from bench.regress.worker import PASSES_ENV, SLOWDOWN_ENV
-from bench.regress.workers import Side
+from bench.regress.sides import Side
 
 HISTORY_PATH = results_root() / "runs" / "regress_history.jsonl"
 
@@ -132,7 +132,7 @@ def render(report: Report, console) -> None:
 def append_history(path: Path, sides: Sequence[Side], mode: str, threads: int,
                    regressed: Sequence[str] = (), rows: Sequence[Row] = (), suite: str | None = None) -> None:
     """One JSON line per row and side (with its runtime where `rows` names it, and its suite); the file is
-    rewritten atomically (bench.io)."""
+    rewritten atomically (bench.kit)."""
     path = Path(path)
     runtimes = {r.name: r.runtime for r in rows}
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

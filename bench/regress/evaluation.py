@@ -1,9 +1,9 @@
 """Measure the regression gate itself: false alarms on unchanged code, detection of a real slowdown.
 
-    python -m bench.gate_eval                       # 10 + 10 runs of conv, mix, Container-Light against a fresh
-                                                    # baseline, each on the reference and on the fast path
-    python -m bench.gate_eval --runtime openvino --rows mix --runs 3
-    python -m bench.gate_eval --mode against --against HEAD --runs 5
+    python -m bench.regress.evaluation       # 10 + 10 runs of conv, mix, Container-Light against a fresh
+                                             # baseline, each on the reference and on the fast path
+    python -m bench.regress.evaluation --runtime openvino --rows mix --runs 3
+    python -m bench.regress.evaluation --mode against --against HEAD --runs 5
 
 Baseline mode (the default, what `make regress` does): one baseline is measured first, as
 `make regress-update` would (to a temporary file, not the committed one), then `--runs` gate runs of
@@ -15,7 +15,7 @@ slowed run then does exactly that extra work (CONTAINER_BENCH_REGRESS_SLOWDOWN_P
 build with a real slowdown would. Against mode does the same with `--against REV` as the
 reference, measured interleaved in the same job.
 
-Writes results/gate_eval.md and results/gate_eval.json (bench.io, atomically).
+Writes results/gate_eval.md and results/gate_eval.json (bench.kit, atomically).
 """
 from __future__ import annotations
 
@@ -31,10 +31,10 @@ import numpy as np
 import pandas as pd
 
 from bench import regress
-from bench.cli_kit import Parser, choice_list, fraction, positive_float, positive_int, writable_file
+from bench.kit import (Parser, choice_list, fraction, positive_float, positive_int, results_root, writable_file,
+                       write_json, write_text)
 from bench.env import REPO_ROOT, environment, fingerprint, git_commit, machine_summary
 from bench.formatting import markdown_table
-from bench.io import results_root, write_json, write_text
 from bench.regress import PASSES_ENV, SLOWDOWN_ENV
 from bench.runtimes import RUNTIMES, check_runtime
 from bench.targets import BenchInputError
@@ -162,7 +162,7 @@ def markdown(doc: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
-    p = Parser(prog="python -m bench.gate_eval", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m bench.regress.evaluation", description=__doc__.split("\n\n")[0])
     p.add_argument("--mode", choices=("baseline", "against"), default="baseline")
     p.add_argument("--against", default="HEAD", help="revision for --mode against (default HEAD)")
     p.add_argument("--rows", default=DEFAULT_ROWS, help=f"rows of the suite (default {DEFAULT_ROWS})")

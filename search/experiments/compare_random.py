@@ -6,9 +6,9 @@ each `--seeds` seed, one study with the search's sampler (TPE, `--sampler tpe`) 
 winner is its best feasible architecture after the re-check (its best.json). Both samplers' studies go through
 the search's normal latency stack, and share one latency cache (this machine's, in `--out-dir`): an architecture
 both samplers propose is measured once. Each winner is then trained with validate-proxy's protocol
-(search.evidence: the same fidelity and training seeds; test accuracy, mean over training seeds), and the report
-gives each sampler's mean accuracy and the paired difference TPE - random over seeds, with bootstrap intervals, and
-one sentence stating the result whichever way it goes.
+(search.experiments.evidence: the same fidelity and training seeds; test accuracy, mean over training seeds), and the
+report gives each sampler's mean accuracy and the paired difference TPE - random over seeds, with bootstrap intervals,
+and one sentence stating the result whichever way it goes.
 
 Writes `--out-dir` (default results/search_vs_random/): report.md, accuracy.png, runs.csv (one row per seed and
 sampler), trainings.csv (one row per trained winner and training seed; a rerun reuses them), report.json, and the
@@ -29,22 +29,22 @@ import numpy as np
 import pandas as pd
 
 import bench
-from bench.cli_kit import Parser, fail, non_negative_float, non_negative_int, positive_float, positive_int, writable_dir
-from bench.io import results_root, write_json, write_table, write_text
+from bench.kit import (Parser, fail, non_negative_float, non_negative_int, positive_float, positive_int, results_root,
+                       writable_dir, write_json, write_table, write_text)
 from container import NetworkConfig
 
-from search.accuracy import ACCURACY
-from search.data import FASHION_MNIST, Dataset, load_data
-from search.evidence import (VALIDATION_SEEDS, VALIDATION_TRAINING, TrainingPool, ValidationProtocol,
-                             bootstrap_mean, training_progress)
-from search.compare_report import markdown, plot_accuracy, table
+from search.scoring.accuracy import ACCURACY
+from search.scoring.data import FASHION_MNIST, Dataset, load_data
+from search.experiments.evidence import (VALIDATION_SEEDS, VALIDATION_TRAINING, TrainingPool, ValidationProtocol,
+                                         bootstrap_mean, training_progress)
+from search.experiments.compare_report import markdown, plot_accuracy, table
 from search.latency import Deployment, LatencySource, default_stop
-from search.proxies import Scorer
-from search.settings import (DEFAULT_OBJECTIVE, SAMPLERS, NoFeasibleNetworkError, SearchSettings,
-                             add_runtime_argument, list_objectives, parse_budget)
+from search.scoring.proxies import Scorer
+from search.settings import (DEFAULT_OBJECTIVE, SAMPLERS, NoFeasibleNetworkError, SearchSettings, add_runtime_argument,
+                             list_objectives, parse_budget)
 from search.space import SearchInputError, SearchSpace
 from search.study import run_search
-from search.training import TrainingSettings
+from search.scoring.training import TrainingSettings
 
 COMPARE_DIR = results_root() / "search_vs_random"
 SHARED_CACHE = "latency_cache.json"

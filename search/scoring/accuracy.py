@@ -1,7 +1,7 @@
 """`--objective accuracy`: each feasible candidate is trained, and Optuna's pruner stops weak ones early.
 
 The study measures a candidate's latency first, at the deployment setting; an over-budget candidate is
-never trained. A feasible one is adapted to the data and trained (search.training) for up to `--epochs`;
+never trained. A feasible one is adapted to the data and trained (search.scoring.training) for up to `--epochs`;
 its validation accuracy after every epoch goes to Optuna (`trial.report(accuracy, epoch)`), and when
 the pruner (`--pruner`: Hyperband, successive halving, or none) says so the trial ends as PRUNED: it
 counts toward the trial target but is never ranked. A completed trial's score is its validation
@@ -21,9 +21,10 @@ import torch
 import container
 from container import NetworkConfig
 
-from search.data import Dataset
-from search.proxies import Scores, count_flops, count_params
-from search.training import EpochCallback, TrainingData, TrainingResult, TrainingSettings, adapt_config, prepare, train
+from search.scoring.data import Dataset
+from search.scoring.proxies import Scores, count_flops, count_params
+from search.scoring.training import (EpochCallback, TrainingData, TrainingResult, TrainingSettings, adapt_config,
+                                     prepare, train)
 
 ACCURACY = "accuracy"
 PRUNERS = ("hyperband", "halving", "none")

@@ -1,4 +1,4 @@
-"""The report of `python -m search repeat` (search.repeat): tables, repeat.md / repeat.json, the terminal
+"""The report of `python -m search repeat` (search.experiments.repeat): tables, repeat.md / repeat.json, the terminal
 summary, and the command line."""
 from __future__ import annotations
 
@@ -13,17 +13,16 @@ import pandas as pd
 from rich.console import Console
 
 import bench
-from bench.cli_kit import Parser, fail, non_negative_float, program_name, writable_dir
+from bench.kit import (Parser, fail, non_negative_float, print_frame, program_name, results_root, table_console,
+                       writable_dir, write_json, write_text)
 from bench.env import environment, machine_summary
 from bench.formatting import fixed, markdown_table, number, si
-from bench.io import results_root, write_json, write_text
-from bench.report import print_frame, table_console
 
 from search.arguments import add_search_arguments, settings_from_args, space_from_args
 from search.latency import LatencySource
-from search.proxies import Scorer
+from search.scoring.proxies import Scorer
 from search.settings import SearchSettings, parse_budget
-from search.repeat import LATENCY_LABELS, REPEAT_DIR, RepeatComparison, RepeatReport, run_repeat
+from search.experiments.repeat import LATENCY_LABELS, REPEAT_DIR, RepeatComparison, RepeatReport, run_repeat
 from search.space import SearchInputError
 
 # --- the report ---------------------------------------------------------------------------------------------------

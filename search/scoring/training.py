@@ -38,7 +38,7 @@ import container
 from bench.timing import intra_op_threads
 from container import NetworkConfig, StageConfig
 
-from search.data import Dataset
+from search.scoring.data import Dataset
 from search.space import SearchInputError
 
 MIN_LAST_TOKENS = 2

@@ -4,16 +4,17 @@ Training-free proxies are known to fail in some spaces and often do no better th
 al., NeurIPS 2021; White et al., 2022). So this command trains a seeded sample of architectures from the search
 space on real data and measures how well each score ranks them:
 
-* architectures: `--archs` networks drawn uniformly from the space (search.sampling, `--sample-seed`);
+* architectures: `--archs` networks drawn uniformly from the space (search.space.sample_configs, `--sample-seed`);
 * scores: every registered proxy (naswot, synflow, params, flops) computed exactly as the search computes them,
   on the deployed network (`--image-size`, default the search's 224), and the cheap low-fidelity baseline
   "accuracy after one epoch" (seed 0's validation accuracy after the first epoch of its run: no extra training);
-* training: search.training's adaptation rule and loop (as `--objective accuracy`), at the fidelity of
-  search.evidence.VALIDATION_TRAINING unless the flags change it, once per `--seeds` seed; the measured accuracy is
-  the mean over seeds of the test-split accuracy after the last epoch (the test split chooses nothing);
+* training: search.scoring.training's adaptation rule and loop (as `--objective accuracy`), at the fidelity of
+  search.experiments.evidence.VALIDATION_TRAINING unless the flags change it, once per `--seeds` seed; the measured
+  accuracy is the mean over seeds of the test-split accuracy after the last epoch (the test split chooses nothing);
 * statistics: Spearman's rho and Kendall's tau of each score against the mean accuracy, with percentile bootstrap
   95% intervals over architectures; the seed-to-seed noise ceiling (seed 0's accuracies against seed 1's), which
-  the report compares with 0.7; and which objective the evidence supports (search.evidence.supported_objective).
+  the report compares with 0.7; and which objective the evidence supports
+  (search.experiments.evidence.supported_objective).
 
 Resumable: results go to `--out-dir` after every architecture (atomically); a rerun with the same settings skips
 what accuracies.csv and scores.csv already hold, and one with other settings starts over. Files: report.md,
@@ -34,19 +35,19 @@ import numpy as np
 import pandas as pd
 
 import bench
-from bench.cli_kit import Parser, fail, non_negative_int, positive_float, positive_int, writable_dir
-from bench.io import write_json, write_table, write_text
+from bench.kit import (Parser, fail, non_negative_int, positive_float, positive_int, writable_dir, write_json,
+                       write_table, write_text)
 from container import NetworkConfig
 
-from search.data import FASHION_MNIST, load_data
-from search.evidence import (SIZE_SCORES, VALIDATION_SEEDS, VALIDATION_TRAINING, TrainingPool, ValidationProtocol,
-                             noise_ceiling, rank_correlations, supported_objective, training_progress)
-from search.proxies import ProxyScorer, list_proxies
-from search.sampling import sample_configs
+from search.scoring.data import FASHION_MNIST, load_data
+from search.experiments.evidence import (SIZE_SCORES, VALIDATION_SEEDS, VALIDATION_TRAINING, TrainingPool,
+                                         ValidationProtocol, noise_ceiling, rank_correlations, supported_objective,
+                                         training_progress)
+from search.scoring.proxies import ProxyScorer, list_proxies
+from search.space import SearchInputError, SearchSpace, sample_configs
 from search.settings import DEFAULT_OBJECTIVE, VALIDATION_DIR
-from search.space import SearchInputError, SearchSpace
-from search.training import TrainingSettings
-from search.validate_report import markdown, plot_scores, table
+from search.scoring.training import TrainingSettings
+from search.experiments.validate_report import markdown, plot_scores, table
 
 SAMPLE_SEED = 3000
 ONE_EPOCH = "one_epoch"  # the low-fidelity baseline's column
@@ -261,7 +262,7 @@ def parser(prog: str = "python -m search validate-proxy") -> argparse.ArgumentPa
                    help="fashion-mnist, an .npz with x_train, y_train, x_test, y_test, or a folder of class subfolders")
     p.add_argument("--archs", type=positive_int, default=d.archs, help="architectures to train (>= 40 for the table)")
     p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds), help="training seeds (>= 2)")
-    g = p.add_argument_group("fidelity (search.training.TrainingSettings; defaults sized by the pilot)")
+    g = p.add_argument_group("fidelity (search.scoring.training.TrainingSettings; defaults sized by the pilot)")
     g.add_argument("--epochs", type=positive_int, default=t.epochs, help="epochs per training (>= 2)")
     g.add_argument("--train-images", type=non_negative_int, default=t.train_images, metavar="N",
                    help="training subset, 0 for all")

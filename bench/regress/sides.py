@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from bench.env import REPO_ROOT
-from bench.regress.suite import DEFAULT_PAIRS, Row, repo_relative
+from bench.regress.rows import DEFAULT_PAIRS, Row, repo_relative
 from bench.regress.worker import PASSES_ENV, SLOWDOWN_ENV
 from bench.targets import BenchInputError
 

@@ -1,8 +1,8 @@
 """The evidence protocol shared by `validate-proxy` and `compare-random`: train an architecture at the validation's
 fidelity and measure its accuracy on the data's test split, and the rank statistics the reports publish.
 
-Training is search.training's (the same adaptation rule and loop as `--objective accuracy`). The validation split
-held out of the training set gives the per-epoch curve (its first point is the one-epoch, low-fidelity score); the
+Training is search.scoring.training's (the same adaptation rule and loop as `--objective accuracy`). The validation
+split held out of the training set gives the per-epoch curve (its first point is the one-epoch, low-fidelity score); the
 test split gives the measured accuracy after the last epoch and is never used to choose anything.
 """
 from __future__ import annotations
@@ -22,9 +22,9 @@ import torch
 
 from container import NetworkConfig
 
-from search.data import Dataset, load_data
+from search.scoring.data import Dataset, load_data
 from search.space import SearchInputError
-from search.training import TrainingData, TrainingSettings, adapt_config, prepare, resize, train
+from search.scoring.training import TrainingData, TrainingSettings, adapt_config, prepare, resize, train
 
 # validate-proxy's and compare-random's fidelity, sized by a pilot on Fashion-MNIST on a 2-core CPU (12 architectures
 # x 2 seeds, 1 thread): seed-to-seed Spearman 0.87 [0.46, 0.98], 40 s per training on a busy machine. 3 epochs on

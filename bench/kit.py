@@ -1,25 +1,42 @@
-"""What every command line of bench and search shares: one parser style and checked argument types.
+"""The command-line and file helpers that bench, search and the gate share.
 
-An error on the command line is one line naming the flag, with exit status 2, never a usage dump:
-`python -m bench: error: argument --batch-sizes: 0 must be >= 1`. Numbers, lists of numbers and
-output paths are checked while parsing, so a bad value fails before anything is measured or written.
-search imports this module; bench never imports search.
+Command lines: one parser style and checked argument types. An error on the command line is one line
+naming the flag, with exit status 2, never a usage dump: `python -m bench: error: argument --batch-sizes:
+0 must be >= 1`. Numbers, lists and output paths are checked while parsing, so a bad value fails before
+anything is measured or written.
+
+Files: one results root for every command, whatever the working directory (`results_root`), and atomic
+writers: a run killed half-way leaves no half-written file and earlier files intact. `read_document`
+reads a JSON or YAML input file (a config, a search space, a suite), raising BenchInputError with one
+line that names the file. Terminal tables: `table_console` and `print_frame`.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import math
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, NoReturn, TypeVar
+from typing import Any, Callable, Iterable, Iterator, NoReturn, TypeVar
 
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from bench.env import REPO_ROOT
+from bench.formatting import MISSING, is_missing
+# Defined beside BenchInputError, which it raises: bench.targets reads config files with it, so its
+# importing bench.kit would close an import cycle. The redundant alias marks the re-export.
 from bench.targets import BenchInputError
+from bench.targets import read_document as read_document
 
 T = TypeVar("T")
 
 EXIT_BAD_INPUT = 2
+RESULTS_ENV = "CONTAINER_BENCH_RESULTS"
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -163,6 +180,80 @@ def writable_file(text: str) -> Path:
     return path
 
 
-__all__ = ["EXIT_BAD_INPUT", "HelpFormatter", "Parser", "choice_list", "comma_list", "fail", "fraction", "names",
-           "non_negative_float", "non_negative_int", "positive_float", "positive_int", "positive_ints",
-           "program_name", "split_commas", "writable_dir", "writable_file"]
+# --- results and files ----------------------------------------------------------------------------------
+
+
+def results_root() -> Path:
+    """$CONTAINER_BENCH_RESULTS if set; else results/ of the source checkout these packages are installed
+    from (an editable install, the usual case); else ./results of the working directory."""
+    if os.environ.get(RESULTS_ENV):
+        return Path(os.environ[RESULTS_ENV]).expanduser().absolute()
+    if (REPO_ROOT / "pyproject.toml").is_file():
+        return REPO_ROOT / "results"
+    return Path.cwd() / "results"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    return write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_table(frame: pd.DataFrame, csv_path: str | os.PathLike, json_path: str | os.PathLike | None = None) -> None:
+    """The same rows and columns as CSV and (optionally) JSON records."""
+    with atomic_path(csv_path) as tmp:
+        frame.to_csv(tmp, index=False)
+    if json_path is not None:
+        with atomic_path(json_path) as tmp:
+            frame.to_json(tmp, orient="records", indent=2)
+
+
+def save_figure(fig, path: str | os.PathLike, **kwargs: Any) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", **kwargs)
+    return Path(path)
+
+
+# --- terminal tables --------------------------------------------------------------------------------------
+
+
+def table_console(**kwargs) -> Console:
+    """A console for wide tables: the terminal's width, or 160 columns where output is piped (CI logs),
+    where rich would otherwise squeeze every table into 80."""
+    console = Console(**kwargs)
+    return console if console.is_terminal else Console(width=160, **kwargs)
+
+
+def print_frame(frame: pd.DataFrame, title: str, console: Console) -> None:
+    table = Table(title=title)
+    for name in frame.columns:
+        table.add_column(str(name), justify="right" if pd.api.types.is_numeric_dtype(frame[name]) else "left")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(MISSING if is_missing(v) else str(v) for v in row))
+    console.print(table)
+
+
+__all__ = ["EXIT_BAD_INPUT", "RESULTS_ENV", "HelpFormatter", "Parser", "atomic_path", "choice_list", "comma_list",
+           "fail", "fraction", "names", "non_negative_float", "non_negative_int", "positive_float", "positive_int",
+           "positive_ints", "print_frame", "program_name", "read_document", "results_root", "save_figure",
+           "split_commas", "table_console", "writable_dir", "writable_file", "write_json", "write_table",
+           "write_text"]

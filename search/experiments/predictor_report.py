@@ -27,17 +27,16 @@ import numpy as np
 import pandas as pd
 
 import bench
-from bench.cli_kit import Parser, non_negative_float, positive_float, positive_int, writable_dir, writable_file
+from bench.kit import (Parser, non_negative_float, positive_float, positive_int, save_figure, writable_dir,
+                       writable_file, write_json, write_table, write_text)
 from bench.formatting import markdown_table
-from bench.io import save_figure, write_json, write_table, write_text
 
 from container import NetworkConfig
 
 from search.latency import DEFAULT_MARGIN, Deployment, MachineLock
 from search.predictor import DEFAULT_FIT, FIT_SEED, LatencyPredictor
-from search.sampling import config_id, sample_configs
+from search.space import SearchInputError, SearchSpace, config_id, sample_configs
 from search.settings import DEFAULT_OBJECTIVE, PREDICTOR_DIR, SearchSettings, add_runtime_argument
-from search.space import SearchInputError, SearchSpace
 from search.study import run_search
 
 EVAL_SEED = 2000
