@@ -1,6 +1,4 @@
 import copy
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,8 +7,7 @@ import container
 from container import BLOCK_KINDS, CBlock, ContainerBlock, MixBlock
 from tests import reference
 from tests.conftest import perturb_
-
-SEED_FILE = Path(__file__).resolve().parents[2] / "shared" / "seed" / "seed_mixblock.py"
+from tests.seed import seed_module
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
@@ -62,12 +59,9 @@ def test_drop_path_is_identity_in_eval_and_drops_whole_samples_in_train():
     assert set(per_sample[:, 0].tolist()) == {0.0, 2.0}  # dropped, or kept and rescaled by 1 / keep
 
 
-@pytest.mark.skipif(not SEED_FILE.exists(), reason="the seed is not beside this checkout")
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_seed_state_dict_loads_strictly_and_outputs_match(train):
-    spec = importlib.util.spec_from_file_location("seed_mixblock", SEED_FILE)
-    seed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(seed)
+    seed = seed_module()
     theirs = perturb_(seed.MixBlock(64, 2, mlp_ratio=4.0)).train(train)
     ours = MixBlock(64, 2, mlp_ratio=4.0).train(train)
     ours.load_state_dict(theirs.state_dict(), strict=True)

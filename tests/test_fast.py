@@ -9,6 +9,7 @@ from container.fast import infer as fast_infer
 from container.fast import precision as fast_precision
 from container import BLOCK_KINDS, ContainerBlock, MixBlock, optimize
 from tests.conftest import perturb_
+from tests.seed import seed_module
 
 STAGES = [(64, 56), (128, 28), (320, 14), (512, 7)]  # the four Container stages: dim @ tokens per side
 
@@ -334,12 +335,14 @@ def test_optimize_copies_unless_told_to_share():
 
 
 def test_seed_mixblock_state_dict_loads_into_the_fast_block():
-    ref = perturb_(MixBlock(64, 2)).eval()
-    fast = optimize(MixBlock(64, 2))
-    fast.load_state_dict(ref.state_dict(), strict=True)
+    """The seed's own MixBlock: its state_dict loads strictly into the fast block, whose output is the seed's."""
+    seed = seed_module().MixBlock(64, 2, mlp_ratio=4.0)
+    theirs = perturb_(seed).eval()
+    fast = optimize(MixBlock(64, 2, mlp_ratio=4.0))
+    fast.load_state_dict(theirs.state_dict(), strict=True)
     x = torch.randn(2, 64, 7, 7)
     with torch.no_grad():
-        assert rel_err(fast(x), ref(x)) < 1e-4
+        assert rel_err(fast(x), theirs(x)) < 1e-4
 
 
 # --- whole networks -----------------------------------------------------------------------------

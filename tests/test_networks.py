@@ -1,3 +1,4 @@
+import ast
 import json
 from pathlib import Path
 
@@ -22,10 +23,17 @@ def test_container_light_has_the_published_state_dict_and_parameter_count():
     assert sum(p.numel() for p in model.parameters()) == 20_633_643
 
 
-def test_published_checkpoint_layout_loads_strictly():
-    state = container.container_light().state_dict()
+def test_a_checkpoint_in_the_published_layout_loads_strictly_into_its_places():
+    """A state_dict made from the published key list alone (not from our model) loads strictly, and every
+    tensor lands under its published key: a renamed, missing or reshaped key fails here."""
+    generator = torch.Generator().manual_seed(0)
+    published = {key: torch.randn(ast.literal_eval(shape), generator=generator) if shape != "()" else torch.tensor(7)
+                 for key, shape in published_shapes().items()}
     model = container.container_light()
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(published, strict=True)
+    loaded = model.state_dict()
+    for key, tensor in published.items():
+        torch.testing.assert_close(loaded[key], tensor.to(loaded[key].dtype), rtol=0, atol=0)
 
 
 def test_container_uses_mixblock_in_every_stage():
