@@ -103,21 +103,35 @@ def _side(label, figures, sample):
     return side
 
 
+def _config(*rows, **settings):
+    """A GateConfig over a suite of `rows` (default: one conv row named "a"), without a history file."""
+    rows = rows or (regress.Row("a", "block", 4, kind="conv", dim=320, side=14),)
+    return regress.GateConfig(regress.Suite("t", tuple(rows), 1), **{"history": None} | settings)
+
+
+def test_the_config_defaults_to_the_suite_s_rows_and_the_gate_s_settings():
+    config = _config(regress.Row("a", "block", 4, kind="conv", dim=320, side=14),
+                     regress.Row("a fast", "block", 4, kind="conv", dim=320, side=14, runtime="fast"))
+    assert config.rows == config.suite.rows and len(config.rows) == 2 and config.threads == 1
+    assert (config.rounds, config.min_effect, config.alpha) == (regress.DEFAULT_ROUNDS, 0.10, 0.01)
+    picked = regress.GateConfig(config.suite, [config.suite.rows[1]])  # --rows: a list, kept as a tuple
+    assert picked.rows == (config.suite.rows[1],) and picked.history == regress.HISTORY_PATH
+
+
 def test_a_figure_increase_fails_the_row_even_when_time_is_unchanged():
     sample = lognormal(8, seed=11)
-    rows = [regress.Row("a", "block", 4, kind="conv", dim=320, side=14)]
-    ok = compare(_side("ref", FIGURES, sample), _side("cur", FIGURES, sample), rows, 0.10, 0.01)
+    config = _config()
+    ok = compare(_side("ref", FIGURES, sample), _side("cur", FIGURES, sample), config)
     assert not ok[0].regressed
-    more = compare(_side("ref", FIGURES, sample), _side("cur", FIGURES | {"params": 1001}, sample), rows, 0.10, 0.01)
+    more = compare(_side("ref", FIGURES, sample), _side("cur", FIGURES | {"params": 1001}, sample), config)
     assert more[0].regressed and more[0].verdict is not None and not more[0].verdict.regressed
-    fewer = compare(_side("ref", FIGURES, sample), _side("cur", FIGURES | {"params": 999}, sample), rows, 0.10, 0.01)
+    fewer = compare(_side("ref", FIGURES, sample), _side("cur", FIGURES | {"params": 999}, sample), config)
     assert not fewer[0].regressed and fewer[0].changes
 
 
 def test_the_table_says_what_regressed_and_by_how_much():
-    rows = [regress.Row("a", "block", 4, kind="conv", dim=320, side=14)]
     ref, cur = _side("ref", FIGURES, lognormal(16, seed=12)), _side("cur", FIGURES, lognormal(8, 1.3, seed=13))
-    report = regress.Report("baseline", ref, cur, compare(ref, cur, rows, 0.10, 0.01), 0.10, 0.01, "baseline x")
+    report = regress.Report("baseline", ref, cur, compare(ref, cur, _config()), 0.10, 0.01, "baseline x")
     console = Console(record=True, width=200)
     regress.render(report, console)
     text = console.export_text()
@@ -145,10 +159,9 @@ def test_an_unreadable_baseline_is_a_clear_error(tmp_path, text):
 
 
 def test_a_baseline_round_trips(tmp_path):
-    rows = [regress.Row("a", "block", 4, kind="conv", dim=320, side=14)]
     side = _side("current", FIGURES, lognormal(8, seed=14))
     path = tmp_path / "b.json"
-    document = regress.baseline_document(side, regress.Suite("t", tuple(rows), 1), rows, rounds=8)
+    document = regress.baseline_document(side, _config(rounds=8))
     path.write_text(json.dumps(document, default=str))
     back = regress.baseline_side(regress.load_baseline(path))
     assert back.deterministic == side.deterministic
@@ -192,13 +205,13 @@ def test_rows_are_picked_by_kind_or_name():
 
 
 def test_a_row_the_baseline_lacks_is_reported_new_and_does_not_fail():
-    rows = [regress.Row("a", "block", 4, kind="conv", dim=320, side=14),
-            regress.Row("a fast", "block", 4, kind="conv", dim=320, side=14, runtime="fast")]
+    config = _config(regress.Row("a", "block", 4, kind="conv", dim=320, side=14),
+                     regress.Row("a fast", "block", 4, kind="conv", dim=320, side=14, runtime="fast"))
     baseline = _side("baseline", FIGURES, lognormal(16, seed=16))
     current = _side("current", FIGURES, lognormal(8, seed=17))
     current.deterministic["a fast"] = dict(FIGURES)
     current.rounds["a fast"] = current.rounds["a"]
-    results = compare(baseline, current, rows, 0.10, 0.01)
+    results = compare(baseline, current, config)
     assert not any(r.regressed for r in results)
     assert results[1].verdict is None and results[1].note == "new, not in the baseline (run make regress-update)"
     report = regress.Report("baseline", baseline, current, results, 0.10, 0.01, "baseline x")
@@ -329,8 +342,7 @@ def test_a_baseline_from_another_machine_state_is_not_compared(tmp_path, monkeyp
     """The drift the calibration cannot cancel: a baseline measured while the calibration ran at 15.3 ms, a run
     at 11.9 ms (the stored default baseline of 2026-12-02 against the CI run that read conv@320x14 b4 fast as
     11-14% slower): the gate measures the fallback revision instead of comparing."""
-    rows = [regress.Row("a", "block", 4, kind="conv", dim=320, side=14)]
-    suite = regress.Suite("t", tuple(rows), 1)
+    config = _config(rounds=8)
 
     def side_at(label, calibration_ms, seed):
         side = Side(label, "abc")
@@ -340,8 +352,7 @@ def test_a_baseline_from_another_machine_state_is_not_compared(tmp_path, monkeyp
         return side
 
     path = tmp_path / "b.json"
-    path.write_text(json.dumps(regress.baseline_document(side_at("baseline", 15.3, 18), suite, rows, rounds=8),
-                               default=str))
+    path.write_text(json.dumps(regress.baseline_document(side_at("baseline", 15.3, 18), config), default=str))
     current = side_at("current", 11.9, 19)
     gap = regress.baselines.machine_state_gap(json.loads(path.read_text()), current)
     assert gap == pytest.approx(11.9 / 15.3 - 1)
@@ -349,7 +360,8 @@ def test_a_baseline_from_another_machine_state_is_not_compared(tmp_path, monkeyp
     monkeypatch.setattr(regress.cli, "measure_sides", lambda *a, **k: {"current": current})
     monkeypatch.setattr(regress.cli, "gate_against", lambda *a, **k: against.append(a[2]) or "interleaved")
     monkeypatch.setattr(regress.cli, "revision_tree", lambda rev: contextlib.nullcontext((tmp_path, "abc")))
-    gate = dict(baseline=path, suite=suite, rows=rows, rounds=8, history=None, fallback_against="HEAD~1")
-    assert regress.run_gate(**gate) == "interleaved" and against == ["HEAD~1"]
+    assert regress.run_gate(config, baseline=path, fallback_against="HEAD~1") == "interleaved"
+    assert against == ["HEAD~1"]
     current = side_at("current", 15.0, 19)  # the machine in the baseline's state: compared with it, as before
-    assert regress.run_gate(**gate).mode == "baseline" and against == ["HEAD~1"]
+    assert regress.run_gate(config, baseline=path, fallback_against="HEAD~1").mode == "baseline"
+    assert against == ["HEAD~1"]

@@ -1,8 +1,12 @@
-"""The regression gate on the runtimes: the suite's rows on the reference and on the fast path (names the
-committed baseline still matches), --runtime / --impl and its bad input, the worker building rows on
-their runtime in older and newer trees, and the gate flagging a slower fast path in a copy of this tree
-while the reference rows pass."""
+"""The regression gate on the runtimes: the suite's rows on the reference and on the fast path (names that
+baselines made before runtimes still match), the baseline `make regress-update` writes for it, --runtime /
+--impl and its bad input, the worker building rows on their runtime in older and newer trees, and the gate
+flagging a slower fast path in a copy of this tree while the reference rows pass."""
+import dataclasses
+import json
+import os
 import shutil
+import subprocess
 import sys
 import textwrap
 
@@ -12,10 +16,11 @@ from rich.console import Console
 import container
 from bench import BenchInputError, regress
 from bench import cli as bench_cli
-from bench.env import REPO_ROOT
+from bench.env import REPO_ROOT, fingerprint
+from bench.kit import RESULTS_ENV
 
 
-def test_the_default_suite_gates_the_fast_path_and_keeps_the_baseline_s_reference_rows():
+def test_the_default_suite_gates_the_fast_path_and_keeps_the_reference_rows_names():
     suite = regress.load_suite()
     assert suite.name == "default" and suite.path == regress.DEFAULT_SUITE_FILE and suite.threads == 1
     rows = suite.rows
@@ -26,10 +31,55 @@ def test_the_default_suite_gates_the_fast_path_and_keeps_the_baseline_s_referenc
     assert {r.kind for r in reference if r.kind} == set(container.BLOCK_KINDS)
     # Reference rows keep the names they had before runtimes, so baselines written then still match them.
     assert {r.name for r in reference} == {f"{k}@320x14 b4" for k in container.BLOCK_KINDS} | {"container_light b1"}
-    assert regress.baseline_path(suite).parent == REPO_ROOT / "results" / "baselines" / "default"
-    committed = regress.load_baseline(REPO_ROOT / "results" / "baselines" / "default" / "ef0d51498d13.json")
-    assert {r.name for r in rows} == set(committed["rows"])  # the committed baseline covers the whole suite
-    assert regress.changed_rows(committed, rows, suite.threads) == []  # ... with the same definitions
+
+
+def test_the_default_suite_s_baseline_lies_under_the_results_root_by_suite_and_machine(tmp_path):
+    # In a fresh process: the baseline folder follows $CONTAINER_BENCH_RESULTS, read when bench.regress is imported.
+    code = "from bench import regress; print(regress.baseline_path(regress.load_suite()))"
+    done = subprocess.run([sys.executable, "-c", code], env=os.environ | {RESULTS_ENV: str(tmp_path)}, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(tmp_path / "baselines" / "default" / f"{fingerprint('cpu', 1)}.json")
+
+
+def _measured(rows):
+    """A side as measure_sides returns it: every row built and timed in 16 rounds."""
+    side = regress.Side("current", "abc1234")
+    for i, row in enumerate(rows):
+        side.deterministic[row.name] = {"params": 1000 + i, "macs_fvcore": 50_000, "cpu_alloc_peak_bytes": 4096}
+        side.rounds[row.name] = [regress.Round(normalised=1.0 + i + 0.01 * k, row_ms=10.0 + k, calibration_ms=5.0)
+                                 for k in range(regress.DEFAULT_UPDATE_ROUNDS)]
+    return side
+
+
+def test_the_baseline_written_for_the_default_suite_covers_every_row_with_its_definition(tmp_path, monkeypatch):
+    """What `make regress-update` writes (update_baseline, its measurement stood in for) is what the next gate run
+    reads back: every row of the suite, fast path included, with the definition the suite gives it, so that no row
+    is reported new or changed."""
+    suite = regress.load_suite()
+    monkeypatch.setattr(regress.baselines, "BASELINE_DIR", tmp_path / "baselines")
+    measured = []
+    monkeypatch.setattr(regress.cli, "measure_sides",
+                        lambda trees, config: measured.append(config) or {"current": _measured(config.rows)})
+    config = regress.GateConfig(suite, rounds=regress.DEFAULT_UPDATE_ROUNDS, history=tmp_path / "history.jsonl")
+    path = regress.update_baseline(config)
+    assert measured == [config] and path == regress.baseline_path(suite)
+    assert path == tmp_path / "baselines" / "default" / f"{fingerprint('cpu', suite.threads)}.json"
+    stored = regress.load_baseline(path)
+    assert (stored["suite_name"], stored["threads"], stored["rounds"]) == ("default", 1, regress.DEFAULT_UPDATE_ROUNDS)
+    assert stored["fingerprint"] == fingerprint("cpu", 1) and stored["git_commit"] == "abc1234"
+    assert list(stored["rows"]) == [r.name for r in suite.rows]  # the baseline covers the whole suite ...
+    assert [spec["name"] for spec in stored["suite"]] == [r.name for r in suite.rows]
+    assert regress.changed_rows(stored, suite.rows, suite.threads) == []  # ... with the same definitions
+    back = regress.baseline_side(stored)
+    assert back.normalised("conv@320x14 b4 fast") == _measured(suite.rows).normalised("conv@320x14 b4 fast")
+    # the same name with another definition (batch, runtime) is caught, not compared
+    moved = [dataclasses.replace(r, batch=8) if r.name == "mix@320x14 b4 fast" else r for r in suite.rows]
+    assert regress.changed_rows(stored, moved, suite.threads) == ["mix@320x14 b4 fast"]
+    swapped = [dataclasses.replace(r, runtime="fast") if r.name == "conv@320x14 b4" else r for r in suite.rows]
+    assert regress.changed_rows(stored, swapped, suite.threads) == ["conv@320x14 b4"]
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [(h["row"], h["mode"], h["suite"]) for h in history] == [(r.name, "update", "default") for r in suite.rows]
 
 
 def test_runtime_runs_every_row_of_the_suite_on_the_runtimes_named():
@@ -180,8 +230,8 @@ def test_the_gate_flags_a_slower_fast_path_and_passes_the_reference_rows(tmp_pat
             for runtime, suffix in (("reference", ""), ("fast", " fast"))]
     # The default 10% effect size holds on a quiet machine; 50% keeps the reference row's verdict sure on a
     # loaded one, and the fast path here got three times slower.
-    report = regress.gate_against((slowed, "slowed"), (plain, "plain"), "a copy of this tree", rows=rows,
-                                  rounds=regress.DEFAULT_ROUNDS, min_effect=0.5, history=None)
+    report = regress.gate_against((slowed, "slowed"), (plain, "plain"), "a copy of this tree",
+                                  regress.GateConfig(rows=rows, min_effect=0.5, history=None))
     console = Console(record=True, width=200)
     regress.render(report, console)
     table = console.export_text()

@@ -29,27 +29,35 @@ definition, is measured and reported as new, and does not fail the gate.
 Exit status: 0 nothing regressed, 1 something regressed (with a table of what and by how much),
 2 bad input (no baseline, an unreadable one, an unknown revision, ...).
 
-Modules: suite (rows), suite_file (suite files), statistics (the decision), worker (the process that measures one
-revision) and workers (the parent side), baselines, report (verdicts, table, history), cli.
+A run's settings (suite, rows, rounds, min_effect, alpha, history file, console) are one GateConfig, made
+once and passed to run_gate, gate_against, update_baseline, measure_sides, compare and baseline_document:
+
+    config = regress.GateConfig(regress.load_suite("my_suite.yaml"), rounds=8, history=None)
+    report = regress.run_gate(config, against="HEAD~1")  # or baseline=PATH; regress.update_baseline(config)
+
+Modules: rows (rows, defaults), suite_file (suite files, GateConfig), statistics (the decision), worker (the
+process that measures one revision) and sides (the parent side), baselines, outcome (verdicts, table, history),
+cli, evaluation (the gate measured), history (plots).
 """
 from bench.regress.baselines import (BASELINE_DIR, SCHEMA, baseline_document, baseline_path, baseline_side,
                                      changed_rows, load_baseline)
 from bench.regress.cli import configure_parser, gate_against, main, run_gate, update_baseline
-from bench.regress.outcome import HISTORY_PATH, Report, RowResult, append_history, compare, render
+from bench.regress.outcome import Report, RowResult, append_history, compare, render
 from bench.regress.statistics import (DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, FigureChange, TimeVerdict,
                                       compare_deterministic, decide)
 from bench.regress.rows import (DEFAULT_PAIRS, DEFAULT_ROUNDS, DEFAULT_SUITE_FILE, DEFAULT_THREADS,
-                                DEFAULT_UPDATE_ROUNDS, METHOD, Row, block_row, default_name, on_runtimes, select_rows)
-from bench.regress.suite_file import Suite, load_suite
+                                DEFAULT_UPDATE_ROUNDS, HISTORY_PATH, METHOD, Row, block_row, default_name, on_runtimes,
+                                select_rows)
+from bench.regress.suite_file import GateConfig, Suite, load_suite
 from bench.regress.worker import DETERMINISTIC, PASSES_ENV, SLOWDOWN_ENV
 from bench.regress.sides import MALLOC_ENV, Round, Side, WorkerProcess, measure_sides, revision_tree
 
 __all__ = [
     "BASELINE_DIR", "DEFAULT_ALPHA", "DEFAULT_MIN_EFFECT", "DEFAULT_PAIRS", "DEFAULT_ROUNDS", "DEFAULT_SUITE_FILE",
-    "DEFAULT_THREADS", "DEFAULT_UPDATE_ROUNDS", "DETERMINISTIC", "FigureChange", "HISTORY_PATH", "MALLOC_ENV",
-    "METHOD", "PASSES_ENV", "Report", "Round", "Row", "RowResult", "SCHEMA", "SLOWDOWN_ENV", "Side", "Suite",
-    "TimeVerdict", "WorkerProcess", "append_history", "baseline_document", "baseline_path", "baseline_side",
-    "block_row", "changed_rows", "compare", "compare_deterministic", "configure_parser", "decide", "default_name",
-    "gate_against", "load_baseline", "load_suite", "main", "measure_sides", "on_runtimes", "render",
+    "DEFAULT_THREADS", "DEFAULT_UPDATE_ROUNDS", "DETERMINISTIC", "FigureChange", "GateConfig", "HISTORY_PATH",
+    "MALLOC_ENV", "METHOD", "PASSES_ENV", "Report", "Round", "Row", "RowResult", "SCHEMA", "SLOWDOWN_ENV", "Side",
+    "Suite", "TimeVerdict", "WorkerProcess", "append_history", "baseline_document", "baseline_path",
+    "baseline_side", "block_row", "changed_rows", "compare", "compare_deterministic", "configure_parser", "decide",
+    "default_name", "gate_against", "load_baseline", "load_suite", "main", "measure_sides", "on_runtimes", "render",
     "revision_tree", "run_gate", "select_rows", "update_baseline",
 ]

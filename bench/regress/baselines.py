@@ -15,7 +15,7 @@ from bench.kit import results_root
 from bench.machine import reference_speed
 from bench.regress.statistics import checked_sample
 from bench.regress.rows import DEFAULT_PAIRS, METHOD, Row, definition, repo_relative
-from bench.regress.suite_file import Suite
+from bench.regress.suite_file import GateConfig, Suite
 from bench.regress.worker import DETERMINISTIC
 from bench.regress.sides import Round, Side
 from bench.targets import BenchInputError
@@ -51,8 +51,9 @@ def machine_state_gap(doc: dict[str, Any], current: Side) -> float:
     return float(np.median(now) / np.median(stored)) - 1.0
 
 
-def baseline_document(side: Side, suite: Suite, rows: Sequence[Row], rounds: int) -> dict[str, Any]:
-    threads = suite.threads
+def baseline_document(side: Side, config: GateConfig) -> dict[str, Any]:
+    """The baseline file for the config's suite and rows, measured in its rounds on `side`."""
+    suite, rows, threads = config.suite, config.rows, config.threads
     reference = reference_speed("cpu", threads)
     calibration = side.calibration_times_ms()
     return {
@@ -63,7 +64,7 @@ def baseline_document(side: Side, suite: Suite, rows: Sequence[Row], rounds: int
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": environment("cpu", threads),
         "threads": threads,
-        "rounds": rounds,
+        "rounds": config.rounds,
         "pairs": DEFAULT_PAIRS,
         "method": METHOD,
         # The machine's state while it was measured: its calibration against the stored reference speed.

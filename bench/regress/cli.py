@@ -13,11 +13,11 @@ from bench.kit import choice_list, positive_int, table_console, writable_file, w
 from bench.env import REPO_ROOT, fingerprint, git_commit
 from bench.regress.baselines import (MACHINE_STATE_TOLERANCE, baseline_document, baseline_path, baseline_side,
                                      changed_rows, load_baseline, machine_state_gap)
-from bench.regress.outcome import HISTORY_PATH, Report, append_history, compare, render
+from bench.regress.outcome import Report, append_history, compare, render
 from bench.regress.statistics import DEFAULT_ALPHA, DEFAULT_MIN_EFFECT, check_power
-from bench.regress.rows import (DEFAULT_ROUNDS, DEFAULT_SUITE_FILE, DEFAULT_UPDATE_ROUNDS, Row, on_runtimes,
+from bench.regress.rows import (DEFAULT_ROUNDS, DEFAULT_SUITE_FILE, DEFAULT_UPDATE_ROUNDS, HISTORY_PATH, on_runtimes,
                                 repo_relative, select_rows)
-from bench.regress.suite_file import Suite, load_suite
+from bench.regress.suite_file import GateConfig, Suite, load_suite
 from bench.regress.worker import PASSES_ENV, SLOWDOWN_ENV
 from bench.regress.sides import Side, measure_sides, revision_tree, say
 from bench.runtimes import RUNTIMES, check_runtime
@@ -26,42 +26,35 @@ from bench.targets import BenchInputError
 DESCRIPTION = "The throughput regression gate: `python -m bench regress` (and `make regress`)."
 
 
-def gate_against(current: tuple[Path, str], reference: tuple[Path, str], reference_name: str, *,
-                 rows: Sequence[Row] | None = None, suite: Suite | None = None, rounds: int = DEFAULT_ROUNDS,
-                 min_effect: float = DEFAULT_MIN_EFFECT, alpha: float = DEFAULT_ALPHA,
-                 history: Path | None = HISTORY_PATH, console=None) -> Report:
-    """Measure the suite's rows (or `rows`) on two trees, (path, commit) each, interleaved, and compare
-    `current` with `reference`."""
-    suite = suite or load_suite()
-    rows = list(rows or suite.rows)
-    check_power(rounds, rounds, alpha)
-    sides = measure_sides({"current": current, "reference": reference}, rows, rounds, suite.threads, console)
-    return _report("against", sides["reference"], sides["current"], reference_name, rows, min_effect, alpha,
-                   history, suite, [sides["current"], sides["reference"]])
+def gate_against(current: tuple[Path, str], reference: tuple[Path, str], reference_name: str,
+                 config: GateConfig) -> Report:
+    """Measure the config's rows on two trees, (path, commit) each, interleaved, and compare `current` with
+    `reference`."""
+    check_power(config.rounds, config.rounds, config.alpha)
+    sides = measure_sides({"current": current, "reference": reference}, config)
+    return _report(config, "against", sides["reference"], sides["current"], reference_name,
+                   [sides["current"], sides["reference"]])
 
 
-def run_gate(*, against: str | None = None, baseline: Path | None = None, suite: Suite | None = None,
-             rows: Sequence[Row] | None = None, rounds: int = DEFAULT_ROUNDS, min_effect: float = DEFAULT_MIN_EFFECT,
-             alpha: float = DEFAULT_ALPHA, history: Path | None = HISTORY_PATH, console=None,
+def run_gate(config: GateConfig | None = None, *, against: str | None = None, baseline: Path | None = None,
              fallback_against: str | None = None) -> Report:
-    """Measure the suite (default: the project's, bench/regress/suites/default.yaml) and compare it with its
-    baseline for this machine, a baseline file, or revision `against`.
+    """Measure the config's rows (default: every row of the project's suite, bench/regress/suites/default.yaml)
+    and compare them with the suite's baseline for this machine, a baseline file, or revision `against`.
 
     A row the baseline lacks (added to the suite since), or holds with another definition, does not fail:
     it is measured and reported as new. A baseline made while the machine ran at another speed (its
     calibration more than MACHINE_STATE_TOLERANCE off this run's) is not compared: with `fallback_against`
     the gate measures that revision interleaved instead; without, it says so and compares all the same."""
-    suite = suite or load_suite()
-    rows = list(rows or suite.rows)
+    config = config or GateConfig()
+    rows, console = config.rows, config.console
     here = (REPO_ROOT, git_commit())
     if against is not None:
-        check_power(rounds, rounds, alpha)
+        check_power(config.rounds, config.rounds, config.alpha)
         with revision_tree(against) as (tree, commit):
-            return gate_against(here, (tree, commit), against, rows=rows, suite=suite, rounds=rounds,
-                                min_effect=min_effect, alpha=alpha, history=history, console=console)
-    path = Path(baseline) if baseline else baseline_path(suite)
+            return gate_against(here, (tree, commit), against, config)
+    path = Path(baseline) if baseline else baseline_path(config.suite)
     doc = load_baseline(path)  # before measuring anything: a missing baseline fails at once
-    threads = suite.threads
+    threads = config.threads
     if doc.get("fingerprint") != fingerprint("cpu", threads):
         say(console, f"[yellow]note: {repo_relative(path)} was made on machine {doc.get('fingerprint')}, this "
                      f"is {fingerprint('cpu', threads)}[/]")
@@ -76,8 +69,8 @@ def run_gate(*, against: str | None = None, baseline: Path | None = None, suite:
     reference = baseline_side(doc, skip=changed)
     known = [len(reference.normalised(r.name)) for r in rows if r.name in doc["rows"]]
     if known:
-        check_power(rounds, min(known), alpha)
-    current = measure_sides({"current": here}, rows, rounds, threads, console)["current"]
+        check_power(config.rounds, min(known), config.alpha)
+    current = measure_sides({"current": here}, config)["current"]
     gap = machine_state_gap(doc, current)
     if abs(gap) > MACHINE_STATE_TOLERANCE:
         state = (f"the machine runs {1 + gap:.2f}x as slow as when {repo_relative(path)} was measured (calibration "
@@ -85,35 +78,34 @@ def run_gate(*, against: str | None = None, baseline: Path | None = None, suite:
         if fallback_against is not None:
             say(console, f"[yellow]note: {state}; comparing with --against {fallback_against} instead, measured "
                          f"interleaved[/]")
-            return run_gate(against=fallback_against, suite=suite, rows=rows, rounds=rounds, min_effect=min_effect,
-                            alpha=alpha, history=history, console=console)
+            return run_gate(config, against=fallback_against)
         say(console, f"[yellow]warning: {state}; compared all the same (use --against REV for a comparison "
                      f"in one machine state)[/]")
-    return _report("baseline", reference, current, f"baseline {repo_relative(path)}", rows, min_effect, alpha,
-                   history, suite, [current])
+    return _report(config, "baseline", reference, current, f"baseline {repo_relative(path)}", [current])
 
 
-def _report(mode: str, reference: Side, current: Side, reference_name: str, rows: Sequence[Row], min_effect: float,
-            alpha: float, history: Path | None, suite: Suite, measured: Sequence[Side]) -> Report:
-    report = Report(mode, reference, current, compare(reference, current, rows, min_effect, alpha), min_effect,
-                    alpha, reference_name)
-    if history is not None:
-        append_history(history, measured, mode, suite.threads, [r.row for r in report.regressed], rows, suite.name)
+def _report(config: GateConfig, mode: str, reference: Side, current: Side, reference_name: str,
+            measured: Sequence[Side]) -> Report:
+    report = Report(mode, reference, current, compare(reference, current, config), config.min_effect, config.alpha,
+                    reference_name)
+    if config.history is not None:
+        append_history(config.history, measured, mode, config.threads, [r.row for r in report.regressed],
+                       config.rows, config.suite.name)
     return report
 
 
-def update_baseline(*, suite: Suite | None = None, path: Path | None = None, rows: Sequence[Row] | None = None,
-                    rounds: int = DEFAULT_UPDATE_ROUNDS, history: Path | None = HISTORY_PATH, console=None) -> Path:
-    suite = suite or load_suite()
-    rows = list(rows or suite.rows)
-    side = measure_sides({"current": (REPO_ROOT, git_commit())}, rows, rounds, suite.threads, console)["current"]
+def update_baseline(config: GateConfig | None = None, path: Path | None = None) -> Path:
+    """Measure the config's rows in its rounds (`--update`: DEFAULT_UPDATE_ROUNDS) and write them as the
+    suite's baseline for this machine, or to `path`."""
+    config = config or GateConfig(rounds=DEFAULT_UPDATE_ROUNDS)
+    side = measure_sides({"current": (REPO_ROOT, git_commit())}, config)["current"]
     if side.errors:
         name, error = next(iter(side.errors.items()))
         raise BenchInputError(f"row {name!r}: cannot be built ({error}); no baseline written")
-    path = Path(path) if path else baseline_path(suite)
-    write_json(path, baseline_document(side, suite, rows, rounds))
-    if history is not None:
-        append_history(history, [side], "update", suite.threads, rows=rows, suite=suite.name)
+    path = Path(path) if path else baseline_path(config.suite)
+    write_json(path, baseline_document(side, config))
+    if config.history is not None:
+        append_history(config.history, [side], "update", config.threads, rows=config.rows, suite=config.suite.name)
     return path
 
 
@@ -189,19 +181,18 @@ def main(args: argparse.Namespace) -> int:
         _fall_back(args, suite)
         rows = on_runtimes(suite.rows, args.runtime) if args.runtime else list(suite.rows)
         rows = select_rows(rows, [s.strip() for s in args.rows.split(",") if s.strip()] if args.rows else None)
-        history = None if args.no_history else Path(args.history)
+        config = GateConfig(suite, rows, rounds=args.rounds, min_effect=args.min_effect, alpha=args.alpha,
+                            history=None if args.no_history else Path(args.history), console=console)
+        baseline = Path(args.baseline) if args.baseline else None
         if args.update:
             if os.environ.get(SLOWDOWN_ENV) or os.environ.get(PASSES_ENV):
                 raise BenchInputError(f"{SLOWDOWN_ENV} or {PASSES_ENV} is set: refusing to write a baseline with "
                                       f"an injected slowdown")
-            path = update_baseline(suite=suite, path=Path(args.baseline) if args.baseline else None, rows=rows,
-                                   rounds=args.rounds, history=history, console=console)
+            path = update_baseline(config, path=baseline)
             out.print(f"wrote baseline {repo_relative(path)} (suite {suite.name}, {len(rows)} rows, {args.rounds} "
                       f"rounds, commit {git_commit()}, machine {fingerprint('cpu', suite.threads)})", highlight=False)
             return 0
-        report = run_gate(against=args.against, baseline=Path(args.baseline) if args.baseline else None,
-                          suite=suite, rows=rows, rounds=args.rounds, min_effect=args.min_effect, alpha=args.alpha,
-                          history=history, console=console,
+        report = run_gate(config, against=args.against, baseline=baseline,
                           fallback_against=None if args.against else args.fallback_against)
         render(report, out)
         if args.json:

@@ -25,6 +25,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,7 @@ def calibrate_injection(rows, slowdown: float) -> tuple[dict[str, int], dict[str
     return reply["passes"], reply["injected"]
 
 
-def one_run(args, rows, baseline: Path | None, passes: dict[str, int] | None, console) -> dict:
+def one_run(args, config: regress.GateConfig, baseline: Path | None, passes: dict[str, int] | None, console) -> dict:
     os.environ.pop(SLOWDOWN_ENV, None)
     if passes:
         os.environ[PASSES_ENV] = json.dumps(passes)
@@ -69,9 +70,8 @@ def one_run(args, rows, baseline: Path | None, passes: dict[str, int] | None, co
         os.environ.pop(PASSES_ENV, None)
     start = time.perf_counter()
     try:
-        report = regress.run_gate(against=args.against if args.mode == "against" else None, baseline=baseline,
-                                  rows=rows, rounds=args.rounds, min_effect=args.min_effect, alpha=args.alpha,
-                                  history=None, console=None)
+        report = regress.run_gate(config, against=args.against if args.mode == "against" else None,
+                                  baseline=baseline)
     finally:
         os.environ.pop(PASSES_ENV, None)
     slowdown = args.slowdown if passes else 0.0
@@ -80,7 +80,7 @@ def one_run(args, rows, baseline: Path | None, passes: dict[str, int] | None, co
               "rows": {r.row: {"change": r.verdict.change, "p_slower": r.verdict.p_slower,
                                "regressed": r.regressed} for r in report.rows if r.verdict}}
     flagged = ", ".join(result["regressed"]) or "none"
-    short = {r.name: r.short for r in rows}
+    short = {r.name: r.short for r in config.rows}
     console.print(f"  {'slowed ' if slowdown else 'unchanged'} {result['seconds']:5.0f} s  "
                   + "  ".join(f"{short.get(k, k)} {v['change']:+.1%} (p {v['p_slower']:.1g})"
                               for k, v in result["rows"].items()) + f"  -> regressed: {flagged}", highlight=False)
@@ -187,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = regress.select_rows(rows, [s.strip() for s in args.rows.split(",") if s.strip()])
         if args.runs < 1 or not 0 < args.slowdown < 1:
             raise BenchInputError("--runs must be >= 1 and --slowdown a fraction such as 0.15")
+        # Quiet gate runs (console None): this script prints one line per run itself.
+        config = regress.GateConfig(suite, rows, rounds=args.rounds, min_effect=args.min_effect, alpha=args.alpha,
+                                    history=None)
         os.environ.pop(SLOWDOWN_ENV, None)
         os.environ.pop(PASSES_ENV, None)
         start, load_start = time.perf_counter(), _load()
@@ -195,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.mode == "baseline":
                 baseline = Path(tmp) / "baseline.json"
                 console.print(f"baseline: {len(rows)} rows, {args.baseline_rounds} rounds", highlight=False)
-                regress.update_baseline(path=baseline, rows=rows, rounds=args.baseline_rounds, history=None)
+                regress.update_baseline(replace(config, rounds=args.baseline_rounds), path=baseline)
             passes, injected = calibrate_injection(rows, args.slowdown)
             console.print(f"injection: {passes} extra passes, measured slowdown "
                           + ", ".join(f"{k} {v:+.1%}" for k, v in injected.items()), highlight=False)
@@ -203,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(args.runs):
                 console.print(f"pair {i + 1}/{args.runs}", highlight=False)
                 for slowed in ((False, True) if i % 2 == 0 else (True, False)):
-                    runs.append(one_run(args, rows, baseline, passes if slowed else None, console))
+                    runs.append(one_run(args, config, baseline, passes if slowed else None, console))
         names = [r.name for r in rows]
         doc = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(),
                "machine": environment("cpu", regress.DEFAULT_THREADS),

@@ -12,13 +12,12 @@ import numpy as np
 from rich.table import Table
 
 from bench.env import fingerprint
-from bench.kit import results_root, write_text
+from bench.kit import write_text
 from bench.regress.statistics import FIGURE_LABELS, FigureChange, TimeVerdict, compare_deterministic, decide
 from bench.regress.rows import METHOD, Row
+from bench.regress.suite_file import GateConfig
 from bench.regress.worker import PASSES_ENV, SLOWDOWN_ENV
 from bench.regress.sides import Side
-
-HISTORY_PATH = results_root() / "runs" / "regress_history.jsonl"
 
 
 @dataclass
@@ -60,10 +59,11 @@ class Report:
                           "reference_normalised": self.reference.normalised(r.row)} for r in self.rows]}
 
 
-def compare(reference: Side, current: Side, rows: Sequence[Row], min_effect: float, alpha: float) -> list[RowResult]:
+def compare(reference: Side, current: Side, config: GateConfig) -> list[RowResult]:
+    """A verdict for each of the config's rows, at its effect size and level."""
     changes = compare_deterministic(reference.deterministic, current.deterministic)
     results = []
-    for row in rows:
+    for row in config.rows:
         name = row.name
         mine = [c for c in changes if c.row == name]
         if name in current.errors:
@@ -71,7 +71,8 @@ def compare(reference: Side, current: Side, rows: Sequence[Row], min_effect: flo
         elif name not in reference.deterministic:
             results.append(RowResult(name, None, mine, _new_row_note(reference, name)))
         else:
-            verdict = decide(reference.normalised(name), current.normalised(name), min_effect, alpha)
+            verdict = decide(reference.normalised(name), current.normalised(name), config.min_effect,
+                             config.alpha)
             results.append(RowResult(name, verdict, mine))
     return results
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bench.env import REPO_ROOT
+from bench.kit import results_root
 from bench.targets import BenchInputError
 
 # How a normalised time is made: the calibration workload and the interleaving (two untimed calls of
@@ -21,6 +22,7 @@ DEFAULT_THREADS = 1  # on a shared CI box, more intra-op threads than free cores
 DEFAULT_PAIRS = 3  # timed row calls per round are pairs + 1, each between calibration calls
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 DEFAULT_SUITE_FILE = SUITES_DIR / "default.yaml"  # the project's own rows: `make regress`
+HISTORY_PATH = results_root() / "runs" / "regress_history.jsonl"  # every run's figures, one line per row and side
 
 
 @dataclass(frozen=True)

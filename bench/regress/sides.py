@@ -12,12 +12,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 
 from bench.env import REPO_ROOT
-from bench.regress.rows import DEFAULT_PAIRS, Row, repo_relative
+from bench.regress.rows import DEFAULT_PAIRS, repo_relative
+from bench.regress.suite_file import GateConfig
 from bench.regress.worker import PASSES_ENV, SLOWDOWN_ENV
 from bench.targets import BenchInputError
 
@@ -139,9 +140,9 @@ def say(console, text: str) -> None:
         console.print(text, highlight=False)
 
 
-def measure_sides(trees: dict[str, tuple[Path, str]], rows: Sequence[Row], rounds: int, threads: int,
-                  console=None, inject: str | None = "current", pairs: int = DEFAULT_PAIRS) -> dict[str, Side]:
-    """Measure `rows` on every tree, in `rounds` interleaved rounds.
+def measure_sides(trees: dict[str, tuple[Path, str]], config: GateConfig, inject: str | None = "current",
+                  pairs: int = DEFAULT_PAIRS) -> dict[str, Side]:
+    """Measure the config's rows on every tree, in its `rounds` interleaved rounds, at its threads.
 
     `trees` maps a label to (tree, commit), one worker process each. In each round the rows come
     in a rotated order, and each row is measured by every tree in turn, the order of the trees
@@ -151,6 +152,7 @@ def measure_sides(trees: dict[str, tuple[Path, str]], rows: Sequence[Row], round
     median over its `pairs` + 1 row calls of row time / geometric mean of the calibration calls
     on either side.
     """
+    rows, rounds, threads, console = config.rows, config.rounds, config.threads, config.console
     workers = {label: WorkerProcess(tree, label, threads, inject=(label == inject))
                for label, (tree, _) in trees.items()}
     sides = {label: Side(label, commit) for label, (_, commit) in trees.items()}

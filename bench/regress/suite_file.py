@@ -17,14 +17,15 @@ side from its own tree, so a slower block in another revision's module is what t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import container
 from bench.kit import read_document
 from bench.options import DTYPES, Options
-from bench.regress.rows import DEFAULT_SUITE_FILE, DEFAULT_THREADS, Row, default_name
+from bench.regress.rows import DEFAULT_ROUNDS, DEFAULT_SUITE_FILE, DEFAULT_THREADS, HISTORY_PATH, Row, default_name
+from bench.regress.statistics import DEFAULT_ALPHA, DEFAULT_MIN_EFFECT
 from bench.runtimes import RUNTIMES
 from bench.targets import BenchInputError, ModuleTarget, NetworkTarget
 
@@ -72,6 +73,29 @@ def load_suite(path: str | Path = DEFAULT_SUITE_FILE, threads: int | None = None
             raise BenchInputError(f"{where}: row {i}: name={row.name!r}: another row has this name; give one a name")
         rows.append(row)
     return Suite(name.strip(), tuple(rows), suite_threads, path)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """One gate run's settings, made once (by `python -m bench regress`, bench/regress/evaluation.py or a
+    script) and passed to every step of it: run_gate, gate_against, update_baseline, measure_sides, compare,
+    baseline_document. What it is compared with (a baseline file, a revision) is an argument of the run."""
+
+    suite: Suite = field(default_factory=load_suite)  # default: the project's own suite
+    rows: Sequence[Row] = ()  # the rows measured (--rows, --runtime); empty: every row of the suite
+    rounds: int = DEFAULT_ROUNDS  # timed rounds per row (`--update` uses DEFAULT_UPDATE_ROUNDS)
+    min_effect: float = DEFAULT_MIN_EFFECT  # the smallest slowdown that fails
+    alpha: float = DEFAULT_ALPHA  # the one-sided Mann-Whitney U test's level
+    history: Path | None = HISTORY_PATH  # the history file each run appends to; None: none
+    console: Any = None  # a rich Console for progress and notes; None: quiet
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rows", tuple(self.rows or self.suite.rows))
+
+    @property
+    def threads(self) -> int:
+        """The intra-op threads of the rows without their own; with the machine, it keys the baseline."""
+        return self.suite.threads
 
 
 def _row(entry: Any, defaults: Mapping[str, Any], base: Path, where: str) -> Row:

@@ -377,7 +377,7 @@ def run_repeat(searches: Sequence[SearchSettings], out: Path, *, times: int = 2,
                 first = False
                 console.rule(f"budget {search.budget_ms:g} ms, run {i}/{times}")
                 settings = replace(search, results_dir=out / f"run-{i}",
-                                   data=search.dataset if search.dataset is not None else search.scoring.data)
+                                   data=search.dataset if search.dataset is not None else search.data)
                 run = RepeatRun(run=i, directory=settings.results_dir, study=settings.name)
                 budget.runs.append(run)
                 began = time.perf_counter()
