@@ -22,7 +22,9 @@ Three paths, picked per call:
   `F.scaled_dot_product_attention` reading Q, K, V as strided views of conv1's (tokens, 3C) output
   (no chunk, no copy); its (B, N, heads, d) output is already the channels_last layout that conv2
   reads. The folded constants are cached and rebuilt whenever a parameter or BatchNorm statistic
-  changes (tensor version counters), dtype or device changes.
+  changes (tensor version counters), dtype or device changes, or a parameter, buffer or submodule is
+  registered in the fast module's tree (torch's registration hooks, installed only while fast modules
+  live and scoped to their trees: importing container changes no other module's behaviour).
 * training mode (or eval with autograd on): the lean path. Same parameters, same BatchNorm
   batch statistics and running-stat updates, same DropPath draws, so gradients equal the
   reference's; it differs only in how it computes: channels_last throughout, 1x1 convs as
@@ -39,7 +41,7 @@ inference path calls PyTorch's prepacked oneDNN operators instead of F.conv2d / 
 reordered once and cached with the folded constants, GELU fused into fc1 and, in fp32, the residual
 adds into conv2 and fc2 (onednn; issue 17: at batch 1 this cut the 512@7 blocks' time by a third).
 
-Modules: fold (the inference constants and their cache), infer (the inference path), onednn (its
+Modules: fold (the inference constants, typed per block part, and their cache), infer (the inference path), onednn (its
 prepacked, fused primitives), lean (the training path), precision (autocast policies,
 `attention_dtype`), layout (channels_last token views), modules (the nn.Modules and `optimize`).
 """

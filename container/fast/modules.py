@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 
 from container.blocks import ContainerBlock
-from container.fast.fold import Folding, bn_affine, fold_block, structure_changed
+from container.fast.fold import (BlockConstants, Folding, NetConstants, PatchEmbedConstants, bn_affine, fold_block,
+                                 structure_changed, watch)
 from container.fast.infer import block_infer, net_infer
 from container.fast.lean import lean_block, lean_patch_embed
 from container.fast.precision import AUTOCAST_POLICIES, inference_precision
@@ -29,8 +30,13 @@ def _adopt(target: nn.Module, source: nn.Module) -> None:
 
 
 class _Refolding(nn.Module):
-    """A module whose folded constants follow `.to()` and friends, which replace buffers without registering
-    them (container.fast.fold gathers its source tensors again only when the structure changes)."""
+    """A module whose folded constants follow registrations in its tree and `.to()` and friends, which replace
+    buffers without registering them (container.fast.fold gathers its source tensors again only when the
+    structure changes). Subclasses call `watch(self)` once built; copies and unpickled modules watch themselves."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        watch(self)
 
     def _apply(self, fn: Callable, recurse: bool = True) -> nn.Module:
         out = super()._apply(fn, recurse)
@@ -67,12 +73,13 @@ class FastContainerBlock(_Refolding):
             opts = dict(compile_options or {})
             self._infer = torch.compile(block_infer, **opts)
             self._lean = torch.compile(lean_block, **opts)
+        watch(self)
 
     # the reference's helpers, for code that inspects blocks
     static_affinity = ContainerBlock.static_affinity
     mix_weights = ContainerBlock.mix_weights
 
-    def folded(self, lowp: torch.dtype | None = None) -> dict[str, Any]:
+    def folded(self, lowp: torch.dtype | None = None) -> BlockConstants:
         """The inference constants for GEMMs in `lowp` (None: the parameters' dtype).
 
         Cached; rebuilt when a parameter or BatchNorm statistic changes."""
@@ -122,25 +129,26 @@ class FastContainerNet(_Refolding):
             opts = dict(compile_options or {})
             self._infer = torch.compile(net_infer, **opts)
             self._lean_features = torch.compile(self._lean_forward_features, **opts)
+        watch(self)
 
     stages = ContainerNet.stages
 
-    def _build(self, lowp: torch.dtype | None) -> dict[str, Any]:
+    def _build(self, lowp: torch.dtype | None) -> NetConstants:
         dtype = self.head.weight.dtype
         gemm = lowp or dtype
         stages = []
         for pe, blocks in self.stages():
-            pk = {"w": pe.proj.weight.to(gemm), "b": pe.proj.bias.to(gemm), "stride": pe.patch_size,
-                  "ln_w": pe.norm.weight, "ln_b": pe.norm.bias, "eps": pe.norm.eps}  # LayerNorm stays fp32
+            pk = PatchEmbedConstants(pe.proj.weight.to(gemm), pe.proj.bias.to(gemm), pe.patch_size,
+                                     pe.norm.weight, pe.norm.bias, pe.norm.eps)  # LayerNorm stays fp32
             stages.append((pk, [blk.folded(lowp) for blk in blocks]))
         s, t = bn_affine(self.norm)
         w = self.head.weight.double()
         # head(mean(BN(x))) = (W diag(s)) mean(x) + (b + W t): the pool is linear.
         head_wt = (w * s).t().to(gemm).contiguous()
         head_b = (self.head.bias.double() + w @ t).to(gemm)
-        return {"stages": stages, "head_wt": head_wt, "head_b": head_b}
+        return NetConstants(stages, head_wt, head_b)
 
-    def folded(self, lowp: torch.dtype | None = None) -> dict[str, Any]:
+    def folded(self, lowp: torch.dtype | None = None) -> NetConstants:
         return self._folding.get(self, lowp, lambda: self._build(lowp))
 
     def refresh(self) -> None:

@@ -17,8 +17,6 @@ compiled graph does not take); everything else runs the plain path of container.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from container.fast.precision import native_low_precision
@@ -35,47 +33,51 @@ def usable(x: torch.Tensor, lowp: torch.dtype | None) -> bool:
             and (lowp is None or (lowp == torch.bfloat16 and native_low_precision(x.device, lowp))))
 
 
-def _packed(k: dict[str, Any], name: str, layout: str, shape: tuple[int, ...], padding: int, stride: int,
-            groups: int) -> torch.Tensor:
-    """`k[name]` reordered for a conv on inputs of `shape` or for a linear layer on `shape[0]` rows; cached in
-    k (the folded constants, so a parameter change drops it with them)."""
-    cache = k.setdefault("onednn", {})
-    key = (name, layout, shape)
-    if key not in cache:
-        w = k[name]
+def _packed(cache: dict[tuple, torch.Tensor], w: torch.Tensor, layout: str, shape: tuple[int, ...], padding: int,
+            stride: int, groups: int) -> torch.Tensor:
+    """`w` reordered for a conv on inputs of `shape` or for a linear layer on `shape[0]` rows; cached in `cache`
+    (the `prepacked` of the folded constants that hold w, so a parameter change drops it with them; the key's
+    id(w) cannot be reused while w, held by those constants, lives)."""
+    key = (id(w), layout, shape)
+    packed = cache.get(key)
+    if packed is None:
         if layout == "linear":
-            cache[key] = _mkldnn._reorder_linear_weight(w.view(w.shape[0], -1), shape[0])
+            packed = _mkldnn._reorder_linear_weight(w.view(w.shape[0], -1), shape[0])
         else:
-            cache[key] = _mkldnn._reorder_convolution_weight(w, [padding] * 2, [stride] * 2, [1, 1], groups,
-                                                             list(shape))
-    return cache[key]
+            packed = _mkldnn._reorder_convolution_weight(w, [padding] * 2, [stride] * 2, [1, 1], groups, list(shape))
+        cache[key] = packed
+    return packed
 
 
-def conv(x: torch.Tensor, k: dict[str, Any], name: str, bias: str, *, padding: int = 0, stride: int = 1,
-         groups: int = 1, gelu: bool = False) -> torch.Tensor:
-    """conv2d(x, k[name], k[bias]) on channels_last x, GELU (exact, erf) fused when `gelu`."""
-    w = _packed(k, name, "conv", tuple(x.shape), padding, stride, groups)
-    return _mkldnn._convolution_pointwise(x, w, k[bias], [padding] * 2, [stride] * 2, [1, 1], groups,
+def conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, cache: dict[tuple, torch.Tensor], *,
+         padding: int = 0, stride: int = 1, groups: int = 1, gelu: bool = False) -> torch.Tensor:
+    """conv2d(x, weight, bias) on channels_last x, GELU (exact, erf) fused when `gelu`; the weight prepacked
+    into `cache`."""
+    w = _packed(cache, weight, "conv", tuple(x.shape), padding, stride, groups)
+    return _mkldnn._convolution_pointwise(x, w, bias, [padding] * 2, [stride] * 2, [1, 1], groups,
                                           "gelu" if gelu else "none", [], "none" if gelu else "")
 
 
-def conv_add_(u: torch.Tensor, x: torch.Tensor, k: dict[str, Any], name: str, bias: str) -> torch.Tensor:
-    """u += conv2d(x, k[name], k[bias]) for a 1x1 conv, in place on channels_last u (a sum post-op)."""
-    w = _packed(k, name, "conv", tuple(x.shape), 0, 1, 1)
-    return _mkldnn._convolution_pointwise_.binary(u, x, w, k[bias], [0, 0], [1, 1], [1, 1], 1, "add", 1.0,
+def conv_add_(u: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+              cache: dict[tuple, torch.Tensor]) -> torch.Tensor:
+    """u += conv2d(x, weight, bias) for a 1x1 conv, in place on channels_last u (a sum post-op)."""
+    w = _packed(cache, weight, "conv", tuple(x.shape), 0, 1, 1)
+    return _mkldnn._convolution_pointwise_.binary(u, x, w, bias, [0, 0], [1, 1], [1, 1], 1, "add", 1.0,
                                                   None, [], None)
 
 
-def linear(x: torch.Tensor, k: dict[str, Any], name: str, bias: str, *, gelu: bool = False) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, cache: dict[tuple, torch.Tensor], *,
+           gelu: bool = False) -> torch.Tensor:
     """A 1x1 conv as a GEMM on the (tokens, C) view x: (tokens, C_out), GELU fused when `gelu`."""
-    w = _packed(k, name, "linear", tuple(x.shape), 0, 1, 1)
-    return _mkldnn._linear_pointwise(x, w, k[bias], "gelu" if gelu else "none", [], "none" if gelu else "")
+    w = _packed(cache, weight, "linear", tuple(x.shape), 0, 1, 1)
+    return _mkldnn._linear_pointwise(x, w, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
 
 
-def linear_add(x: torch.Tensor, other: torch.Tensor, k: dict[str, Any], name: str, bias: str) -> torch.Tensor:
-    """other + x @ k[name]^T + k[bias] on (tokens, C) views: a new tensor (the binary post-op is out of place)."""
-    w = _packed(k, name, "linear", tuple(x.shape), 0, 1, 1)
-    return _mkldnn._linear_pointwise.binary(x, other, w, k[bias], "add")
+def linear_add(x: torch.Tensor, other: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+               cache: dict[tuple, torch.Tensor]) -> torch.Tensor:
+    """other + x @ weight^T + bias on (tokens, C) views: a new tensor (the binary post-op is out of place)."""
+    w = _packed(cache, weight, "linear", tuple(x.shape), 0, 1, 1)
+    return _mkldnn._linear_pointwise.binary(x, other, w, bias, "add")
 
 
 __all__ = ["conv", "conv_add_", "linear", "linear_add", "usable"]
