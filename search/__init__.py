@@ -15,14 +15,14 @@ from search.scoring.proxies import PROXIES, ProxyScorer, Scorer, Scores, list_pr
 from search.report import print_summary, ranking, write_report
 from search.settings import NoFeasibleNetworkError, SearchSettings, WorkerMismatchError, parse_budget
 from search.space import SearchInputError, SearchSpace, SpaceError, StageSpace
-from search.storage import make_storage
+from search.storage import make_storage, redacted
 from search.study import SearchStudy, run_search
-from search.trials import SearchResult
+from search.trials import Recheck, SearchResult, TrialRecord
 
 __all__ = [
     "BenchLatency", "CachedLatency", "DEFAULT_STOP", "Deployment", "Latency", "LatencySource", "MachineLock",
     "MeasurementError", "NoFeasibleNetworkError", "PROXIES", "PredictedLatency", "PredictorGate", "ProxyScorer",
-    "Scorer", "Scores", "SearchInputError", "SearchResult", "SearchSettings", "SearchSpace", "SearchStudy",
-    "SpaceError", "StageSpace", "WorkerMismatchError", "default_stop", "list_proxies", "make_storage", "parse_budget",
-    "print_summary", "ranking", "register_proxy", "run_search", "write_report",
+    "Recheck", "Scorer", "Scores", "SearchInputError", "SearchResult", "SearchSettings", "SearchSpace", "SearchStudy",
+    "SpaceError", "StageSpace", "TrialRecord", "WorkerMismatchError", "default_stop", "list_proxies", "make_storage",
+    "parse_budget", "print_summary", "ranking", "redacted", "register_proxy", "run_search", "write_report",
 ]

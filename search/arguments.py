@@ -4,6 +4,7 @@ the same search (`python -m search repeat`): one definition of every flag, one p
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from search.latency import DEFAULT_STOP, Deployment, default_stop
 from search.settings import (DEFAULT_OBJECTIVE, DEFAULT_RESULTS_DIR, SAMPLERS, SearchSettings, add_runtime_argument,
                              list_objectives)
 from search.space import SearchSpace
+from search.storage import STORAGE_ENV
 from search.scoring.training import TrainingSettings
 
 
@@ -86,8 +88,9 @@ def add_search_arguments(p: argparse.ArgumentParser, *, single_run: bool = True)
                    help=f"time limit per measurement (default: {DEFAULT_STOP.max_time_s:g} s, or 12 x the budget if "
                         f"longer)")
     g.add_argument("--lock-file", type=writable_file, default=None,
-                   help="machine-wide lock so that two workers never measure at once "
-                        "(default: $CONTAINER_BENCH_SEARCH_LOCK or /tmp/container-bench-search-measure.lock)")
+                   help="machine-wide lock so that two workers never measure at once (default: "
+                        "$CONTAINER_BENCH_SEARCH_LOCK, else container-bench-search-measure.lock in $XDG_RUNTIME_DIR, "
+                        "else in .locks/ of the results root); created 0600, a symbolic link is refused")
     g.add_argument("--predictor", action="store_true",
                    help="reject candidates the latency predictor (results/predictor/<fingerprint>.json; built and "
                         "calibrated on first use) puts clearly over budget, without measuring them; the rest, and "
@@ -99,9 +102,10 @@ def add_search_arguments(p: argparse.ArgumentParser, *, single_run: bool = True)
     g = p.add_argument_group("storage")
     g.add_argument("--study", default=None, metavar="NAME",
                    help="study name (default: derived from the setting, so the same command resumes)")
-    g.add_argument("--storage", default=None, metavar="URL",
-                   help="any Optuna storage URL (sqlite:///x.db, postgresql://...) or a .journal file; "
-                        "default: a journal file in the study directory")
+    g.add_argument("--storage", default=os.environ.get(STORAGE_ENV) or None, metavar="URL",
+                   help=f"any Optuna storage URL (sqlite:///x.db, postgresql://...) or a .journal file; default: "
+                        f"${STORAGE_ENV} when set (so that a URL with a password need not be on a command line), "
+                        f"else a journal file in the study directory; printed and written with its password as ***")
     g.add_argument("--results-dir", type=writable_dir, default=DEFAULT_RESULTS_DIR,
                    help="one directory per study (default: the results root's search/; the root is "
                         "$CONTAINER_BENCH_RESULTS, else results/ of this checkout)")

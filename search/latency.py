@@ -13,6 +13,7 @@ A remote device, or a fake in the tests, is another `LatencySource`.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -29,7 +30,7 @@ from typing import Any, Protocol
 import torch
 
 import bench
-from bench.kit import write_json
+from bench.kit import results_root, write_json
 from container import NetworkConfig
 
 from search.space import SearchInputError, config_id
@@ -47,7 +48,31 @@ def default_stop(budget_ms: float) -> bench.StopRule:
 
 DEFAULT_MARGIN = 0.10  # the predictor gate rejects a candidate predicted above budget * (1 + margin)
 LOCK_ENV = "CONTAINER_BENCH_SEARCH_LOCK"
-DEFAULT_LOCK = Path("/tmp/container-bench-search-measure.lock")
+LOCK_NAME = "container-bench-search-measure.lock"
+LOCKS_DIR = ".locks"  # under the results root, where there is no usable $XDG_RUNTIME_DIR
+
+
+def default_lock_path() -> Path:
+    """Where the measuring lock lives unless `--lock-file` or $CONTAINER_BENCH_SEARCH_LOCK say otherwise: in the
+    user's runtime directory ($XDG_RUNTIME_DIR, private to the user, when set and writable), else in a directory
+    private to the user under the results root (results/.locks/, created 0700). Never in a directory others can
+    write to, such as /tmp, where another user could plant the file or a link in its place."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime) and os.path.isdir(runtime) and os.access(runtime, os.W_OK | os.X_OK):
+        return Path(runtime) / LOCK_NAME
+    return results_root() / LOCKS_DIR / LOCK_NAME
+
+
+def _private_directory(path: Path) -> None:
+    """Create results/.locks/ for this user alone (0700), with a .gitignore so that it never shows in git."""
+    if path.is_dir():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:  # another worker made it meanwhile
+        return
+    (path / ".gitignore").write_text("*\n")
 
 
 class MeasurementError(RuntimeError):
@@ -152,11 +177,17 @@ class Predictor(Protocol):
 class MachineLock:
     """A machine-wide lock (fcntl.flock on a file) so that two workers never measure at once.
 
-    Re-entrant within a process: nested `with lock:` blocks in the same process take it once.
+    The file is `path`, else $CONTAINER_BENCH_SEARCH_LOCK, else `default_lock_path()`; it is created 0600 and opened
+    without following a symbolic link (one in its place is refused with SearchInputError). Re-entrant within a
+    process: nested `with lock:` blocks in the same process take it once.
     """
 
     def __init__(self, path: str | os.PathLike | None = None, *, announce: bool = True):
-        self.path = Path(path or os.environ.get(LOCK_ENV) or DEFAULT_LOCK)
+        given = path or os.environ.get(LOCK_ENV)
+        self.path = Path(given) if given else default_lock_path()
+        self._default = not given
+        # Who chose the file, for an error message: the flag (or a caller), the environment, or the default.
+        self._named_by = "--lock-file" if path else f"${LOCK_ENV}" if given else "the measuring lock"
         self.announce = announce
         self._guard = threading.RLock()
         self._depth = 0
@@ -165,8 +196,11 @@ class MachineLock:
     def __enter__(self) -> "MachineLock":
         self._guard.acquire()
         if self._depth == 0:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fd = self._open()
+            except BaseException:
+                self._guard.release()
+                raise
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -182,6 +216,19 @@ class MachineLock:
             self._fd = fd
         self._depth += 1
         return self
+
+    def _open(self) -> int:
+        if self._default and self.path.parent.name == LOCKS_DIR:
+            _private_directory(self.path.parent)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            if e.errno == errno.ELOOP or self.path.is_symlink():
+                raise SearchInputError(f"{self._named_by} {self.path}: is a symbolic link; refusing to follow it "
+                                       f"(remove it, or give another --lock-file)") from None
+            raise
 
     def __exit__(self, *exc: Any) -> None:
         self._depth -= 1
@@ -359,6 +406,6 @@ class PredictorGate:
         return replace(latency, predicted_ms=predicted) if predicted is not None else latency
 
 
-__all__ = ["BenchLatency", "CachedLatency", "DEFAULT_LOCK", "DEFAULT_MARGIN", "DEFAULT_STOP", "Deployment", "Latency",
+__all__ = ["BenchLatency", "CachedLatency", "DEFAULT_MARGIN", "DEFAULT_STOP", "Deployment", "Latency",
            "LatencySource", "MachineLock", "MeasurementError", "PredictedLatency", "Predictor", "PredictorGate",
-           "config_key", "default_stop", "measure_target"]
+           "config_key", "default_lock_path", "default_stop", "measure_target"]

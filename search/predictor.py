@@ -58,6 +58,18 @@ class NotCalibratedError(RuntimeError):
     """predict() was asked before the predictor was calibrated for this deployment setting."""
 
 
+@dataclass(frozen=True)
+class NetworkMeasurement:
+    """A whole network measured for real in several rounds (LatencyPredictor.measure_networks): the figures of its
+    quietest round (lowest median at the reference speed), and each round's median."""
+
+    median_ms: float
+    p90_ms: float
+    iqr_ms: float
+    noisy: bool
+    rounds_ms: list[float]
+
+
 # --- the predictor -----------------------------------------------------------------------------------
 
 
@@ -234,7 +246,7 @@ class LatencyPredictor:
         return measure_target(bench.NetworkTarget(config, "search"), self.deployment, self.network_stop, self.lock)
 
     def measure_networks(self, configs: Sequence[NetworkConfig], rounds: int = 2,
-                         on_progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+                         on_progress: Callable[[int, int], None] | None = None) -> list[NetworkMeasurement]:
         """Whole networks for real, in `rounds` sweeps over all of them; each network's latency is its
         lowest median (as for the table: interference only ever adds time). Per-round figures kept."""
         per: list[list[Latency]] = [[] for _ in configs]
@@ -250,8 +262,8 @@ class LatencyPredictor:
         out = []
         for runs in per:
             best = min(runs, key=lambda lat: lat.deciding_ms)
-            out.append({"median_ms": best.deciding_ms, "p90_ms": best.p90_ms, "iqr_ms": best.iqr_ms,
-                        "noisy": best.noisy, "rounds_ms": [lat.deciding_ms for lat in runs]})
+            out.append(NetworkMeasurement(median_ms=best.deciding_ms, p90_ms=best.p90_ms, iqr_ms=best.iqr_ms,
+                                          noisy=best.noisy, rounds_ms=[lat.deciding_ms for lat in runs]))
         return out
 
     def calibrate(self, configs: Sequence[NetworkConfig], measured_ms: Sequence[float] | None = None) -> Calibration:
@@ -260,7 +272,7 @@ class LatencyPredictor:
             raise SearchInputError(f"calibration: needs at least {len(FEATURES) + 1} networks, got {len(configs)}")
         self.measure_parts(self.missing(configs))
         if measured_ms is None:
-            measured_ms = [m["median_ms"] for m in self.measure_networks(configs, self.network_rounds)]
+            measured_ms = [m.median_ms for m in self.measure_networks(configs, self.network_rounds)]
         x = np.stack([self.features(c) for c in configs])
         y = np.asarray(measured_ms, dtype=float)
         coef = fit_calibration(x, y)
@@ -296,5 +308,5 @@ def _spread(runs: list[Latency]) -> float:
     return max(values) / min(values) if values and min(values) > 0 else math.inf
 
 
-__all__ = ["Calibration", "DEFAULT_FIT", "FIT_SEED", "LatencyPredictor", "NotCalibratedError", "TABLE_STOP",
-           "fit_calibration"]
+__all__ = ["Calibration", "DEFAULT_FIT", "FIT_SEED", "LatencyPredictor", "NetworkMeasurement", "NotCalibratedError",
+           "TABLE_STOP", "fit_calibration"]

@@ -9,7 +9,7 @@ from optuna.trial import FrozenTrial
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from search.trials import counts_toward_target, deciding_ms, feasible
+from search.trials import TrialRecord, counts_toward_target, feasible
 
 
 class TrialSource(Protocol):
@@ -59,10 +59,11 @@ class SearchProgress:
         if not is_feasible:
             self.infeasible += 1
             return
-        score = t.user_attrs.get("score")
+        record = TrialRecord.of(t)
+        score = record.score
         if score is None or not math.isfinite(score):
             return
-        candidate = (score, -deciding_ms(t.user_attrs), -t.number)
+        candidate = (score, -record.deciding_ms, -t.number)
         if self.best is None or candidate > self.best:
             self.best = candidate
 
@@ -77,9 +78,9 @@ class SearchProgress:
 
     def callback(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self._note(trial, feasible(trial))
-        error = trial.user_attrs.get("error")
-        if trial.state == optuna.trial.TrialState.FAIL and error and not trial.user_attrs.get("interrupted"):
-            self.console.print(f"[yellow]trial {trial.number} failed[/]: {error}")
+        record = TrialRecord.of(trial)
+        if trial.state == optuna.trial.TrialState.FAIL and record.error and not record.interrupted:
+            self.console.print(f"[yellow]trial {trial.number} failed[/]: {record.error}")
         if self.progress is not None:
             done = sum(counts_toward_target(t) for t in self.source.trials())
             self.progress.update(self.task, completed=done, best=self._best_text())

@@ -29,7 +29,8 @@ from container import as_config
 from search.scoring.accuracy import ACCURACY, curve_of
 from search.settings import VALIDATION_DIR, SearchSettings
 from search.scoring.training import adapt_config
-from search.trials import SearchResult, deciding_ms, feasible
+from search.storage import redacted
+from search.trials import SearchResult, TrialRecord, feasible
 
 RANKING_COLUMNS = ["rank", "trial", "score", "score_spread", "accuracy", "epochs_trained", "train_s", "params", "flops",
                    "latency_norm_ms", "latency_median_ms", "machine_speed", "latency_p90_ms",
@@ -224,7 +225,8 @@ def write_report(result: SearchResult, study: optuna.Study, settings: SearchSett
     write_table(trials, out / "trials.csv")
     files["trials"] = out / "trials.csv"
     write_json(out / "study.json", {
-        "study": result.study_name, "storage": settings.storage or str(out / "study.journal"),
+        # The storage as it may be written down: a URL's password never is (search.storage.redacted).
+        "study": result.study_name, "storage": redacted(settings.storage) or str(out / "study.journal"),
         "budget_ms": settings.budget_ms, "objective": settings.objective, "pareto": settings.pareto,
         "deployment": settings.deployment.to_dict(), "fingerprint": settings.deployment.fingerprint(),
         "environment": study.user_attrs.get("environment"), "space": settings.space.to_dict(),
@@ -258,8 +260,8 @@ def write_report(result: SearchResult, study: optuna.Study, settings: SearchSett
         complete = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
         dropped = set(trials.loc[trials["dropped"].astype(bool), "trial"])
         score_imp = importances(study, [t for t in complete if feasible(t) and t.number not in dropped],
-                                lambda t: t.user_attrs.get("score"))
-        latency_imp = importances(study, complete, lambda t: deciding_ms(t.user_attrs))
+                                lambda t: TrialRecord.of(t).score)
+        latency_imp = importances(study, complete, lambda t: TrialRecord.of(t).deciding_ms)
         fig = plot_importances(score_imp, latency_imp)
         if fig is not None:
             plots["importances"] = save_figure(fig, out / "importances.png", dpi=120)

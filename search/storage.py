@@ -4,6 +4,10 @@ The default storage is a journal file in the study directory (no server, survive
 Optuna storage URL (sqlite:///..., postgresql://..., mysql+pymysql://...) gives an RDB storage with
 heartbeats, so a dead worker's trial is failed and retried. A worker joins a study only if it
 measures on the same hardware, deployment setting (runtime included), budget, objective and space (`check_identity`).
+
+A storage URL may carry a password: everything the project prints or writes shows it through `redacted`, and
+`python -m search` reads the URL from $CONTAINER_BENCH_STORAGE (STORAGE_ENV) when `--storage` is not given, so that
+it need not be on a command line.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import dataclasses
 import datetime as dt
 import os
 import random
+import re
 import socket
 import time
 import warnings
@@ -23,6 +28,7 @@ import psutil
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
 
 import bench
 import bench.machine
@@ -30,14 +36,57 @@ import bench.machine
 from search.latency import Deployment
 from search.settings import WorkerMismatchError
 from search.space import SearchInputError
+from search.trials import TrialRecord
 
 SEARCH_FORMAT = 1
+STORAGE_ENV = "CONTAINER_BENCH_STORAGE"  # `--storage`'s default: the URL need not be on a command line
 # A study recorded before a deployment field existed was measured as this value (before issue 14 every
 # latency was the eager reference's), so a worker on another runtime is refused, naming --runtime.
 LEGACY_DEPLOYMENT: dict[str, Any] = {"runtime": "reference"}
 # Workers started together on an empty database race to create Optuna's tables; these are the loser's errors.
 _CREATION_RACE = ("duplicate key value", "already exists", "UniqueViolation", "Duplicate entry", "IntegrityError",
                   "database is locked")
+
+
+# Query parameters a driver takes a password from (psycopg2: ?password=...).
+_SECRET_QUERY_KEYS = {"password", "passwd", "pwd"}
+# user:password@ after a scheme, for a string SQLAlchemy cannot parse (a bad port, say).
+_USERINFO = re.compile(r"(?P<user>://[^:/@?#\s]*):(?P<password>[^@/?#\s]*)@")
+
+
+def redacted(url: str | None) -> str | None:
+    """`url` as it may be printed or written: the password of a storage URL (in its user part, or a `password=`
+    query parameter) shown as ***, through SQLAlchemy's make_url(url).render_as_string(hide_password=True). A URL
+    without a password, a file path (a journal) or anything else that is not a URL comes back unchanged."""
+    if url is None:
+        return None
+    try:
+        parsed = make_url(url)
+    except Exception:  # not a URL SQLAlchemy can parse: a journal path, or a URL with a bad port
+        return _USERINFO.sub(r"\g<user>:***@", url)
+    secret = {k: "***" for k in parsed.query if k.lower() in _SECRET_QUERY_KEYS}
+    if parsed.password is None and not secret:
+        return url
+    if secret:
+        parsed = parsed.update_query_dict(secret)
+    shown = parsed.render_as_string(hide_password=True)
+    return shown.replace("=%2A%2A%2A", "=***")  # the query's *** as the user part's, not percent-encoded
+
+
+def _without_secrets(text: str, url: str) -> str:
+    """An error message about `url` with the URL redacted and its password nowhere (a driver may quote either)."""
+    text = text.replace(url, redacted(url) or "")
+    secrets = [m.group("password") for m in _USERINFO.finditer(url)]  # as written (percent-encoded, say)
+    try:
+        parsed = make_url(url)
+        secrets += [str(parsed.password or "")] + [str(v) for k, v in parsed.query.items()
+                                                   if k.lower() in _SECRET_QUERY_KEYS]
+    except Exception:
+        pass
+    for secret in secrets:
+        if len(secret) >= 3:
+            text = text.replace(secret, "***")
+    return text
 
 
 def make_storage(url: str | None, study_dir: Path) -> optuna.storages.BaseStorage:
@@ -62,7 +111,8 @@ def make_storage(url: str | None, study_dir: Path) -> optuna.storages.BaseStorag
                 # PostgreSQL: a duplicate pg_type row; the loser finds the tables created on the next try.
                 time.sleep(0.2 + random.random() * 0.5 * (attempt + 1))
                 continue
-            raise SearchInputError(f"--storage {url!r}: {text.splitlines()[0] if text else type(e).__name__}") from None
+            reason = _without_secrets(text.splitlines()[0], url) if text else type(e).__name__
+            raise SearchInputError(f"--storage {redacted(url)!r}: {reason}") from None
     raise AssertionError("unreachable")
 
 
@@ -142,20 +192,21 @@ def recover_lost_trials(study: optuna.Study, storage: optuna.storages.BaseStorag
     (an RDB storage's heartbeat handles those)."""
     host = socket.gethostname()
     trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
-    for t in trials:
-        worker = t.user_attrs.get("worker") or {}
+    records = [(t, TrialRecord.of(t)) for t in trials]
+    retried = {record.retry_of for _, record in records}
+    for t, record in records:
+        worker = record.worker or {}
         dead = worker.get("host") == host and not psutil.pid_exists(worker.get("pid", -1))
         if t.state == TrialState.RUNNING and dead:
-            storage.set_trial_user_attr(t._trial_id, "lost", True)
+            TrialRecord(lost=True).write_to(storage, t._trial_id)
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             lost = True
         else:
-            lost = t.state == TrialState.FAIL and bool(t.user_attrs.get("interrupted"))
+            lost = t.state == TrialState.FAIL and record.interrupted
         if lost and t.number not in retried and t.params:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            study.enqueue_trial(t.params, user_attrs=TrialRecord(retry_of=t.number).to_attrs())
             retried.add(t.number)
 
 
-__all__ = ["SEARCH_FORMAT", "check_identity", "join_study", "make_storage", "recover_lost_trials", "this_worker",
-           "worker_ordinal"]
+__all__ = ["SEARCH_FORMAT", "STORAGE_ENV", "check_identity", "join_study", "make_storage", "recover_lost_trials",
+           "redacted", "this_worker", "worker_ordinal"]

@@ -36,8 +36,10 @@ from search.report import ranking, write_report
 from search.settings import NoFeasibleNetworkError, SearchSettings
 from search.storage import (join_study, make_storage, recover_lost_trials, share_reference_speed, this_worker,
                             worker_ordinal)
-from search.trials import (CONSTRAINT, SearchResult, counts_toward_target, deciding_ms, feasible, rank_key,
+from search.trials import (CONSTRAINT, Recheck, SearchResult, TrialRecord, counts_toward_target, feasible, rank_key,
                            trials_frame)
+
+RECHECK_PREFIX = "recheck:"  # a study user attribute per re-checked architecture: recheck:<config_key> -> Recheck
 
 if not hasattr(optuna.trial.Trial, "set_constraint"):  # pragma: no cover - depends on the installed Optuna
     raise ImportError(f"search needs optuna>=5.0 (trial.set_constraint); this is optuna {optuna.__version__}")
@@ -147,47 +149,45 @@ class SearchStudy:
 
     def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
         s = self.settings
-        trial.set_user_attr("worker", this_worker())
+        record = TrialRecord(worker=this_worker())
+        record.write(trial)  # first: a worker killed from here on has its trial recovered (search.storage)
         try:
             config = s.space.suggest(trial, s.deployment.image_size)
-            trial.set_user_attr("config", config.to_dict())
-            trial.set_user_attr("config_key", config_key(config, self.cache.context))
-            trial.set_user_attr("runtime", s.deployment.runtime)
+            record.config = config.to_dict()
+            record.config_key = config_key(config, self.cache.context)
+            record.runtime = s.deployment.runtime
+            record.write(trial)
             latency = self.latency.measure(config)
             trial.set_constraint(CONSTRAINT, latency.deciding_ms - s.budget_ms)
             # optuna-dashboard (0.21) reads only the list that Optuna < 5 kept under "constraints", not
             # set_constraint's "constraints:<name>", and would draw every over-budget trial as feasible. Optuna 5
             # reads both (the copy as constraint "0"): feasibility and TPE's order of violations are unchanged.
             trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [latency.deciding_ms - s.budget_ms])
-            for k, v in (("latency_norm_ms", latency.deciding_ms), ("latency_median_ms", latency.median_ms),
-                         ("latency_norm_low_ms", latency.norm_low_ms), ("latency_norm_high_ms", latency.norm_high_ms),
-                         ("machine_speed", latency.machine_speed), ("latency_runs", latency.runs),
-                         ("latency_p90_ms", latency.p90_ms),
-                         ("latency_iqr_ms", latency.iqr_ms), ("latency_noisy", latency.noisy),
-                         ("latency_cached", latency.cached), ("latency_source", latency.source)):
-                trial.set_user_attr(k, v)
-            if latency.predicted_ms is not None:
-                trial.set_user_attr("latency_predicted_ms", latency.predicted_ms)
+            record.note_latency(latency)
+            record.write(trial)
             fits = latency.deciding_ms <= s.budget_ms
             if is_training_scorer(self.scorer):  # an over-budget candidate is never trained
-                scores = (train_trial(trial, self.scorer, config, report=not s.pareto) if fits
+                scores = (train_trial(trial, self.scorer, config, report=not s.pareto, record=record) if fits
                           else _size_only(self.scorer, config))
             elif fits or s.score_infeasible:
                 scores = self.scorer.evaluate(config)
             else:
                 scores = _size_only(self.scorer, config)
-            trial.set_user_attr("params", int(scores.params))
-            trial.set_user_attr("flops", int(scores.flops))
+            record.params = int(scores.params)
+            record.flops = int(scores.flops)
             scored = not math.isnan(scores.score)  # NaN: not scored (over budget); -inf: scored, degenerate
-            trial.set_user_attr("scored", scored)
-            trial.set_user_attr("score_spread", scores.spread if math.isfinite(scores.spread) else None)
+            record.scored = scored
+            record.score_spread = scores.spread if math.isfinite(scores.spread) else None
             score = scores.score if scored else -math.inf
-            trial.set_user_attr("score", score if math.isfinite(score) else None)
+            record.score = score if math.isfinite(score) else None
+            record.write(trial)
         except KeyboardInterrupt:
-            trial.set_user_attr("interrupted", True)
+            record.interrupted = True
+            record.write(trial)
             raise
         except (MeasurementError, RuntimeError) as e:
-            trial.set_user_attr("error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            record.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            record.write(trial)
             raise
         return (score, latency.deciding_ms) if s.pareto else score
 
@@ -219,10 +219,12 @@ class SearchStudy:
 
     # --- re-checking ------------------------------------------------------------------------------------
 
-    def rechecks(self) -> dict[str, dict[str, Any]]:
-        return {k.removeprefix("recheck:"): v for k, v in self.study.user_attrs.items() if k.startswith("recheck:")}
+    def rechecks(self) -> dict[str, Recheck]:
+        """Every re-check of the study so far, by config_key."""
+        return {k.removeprefix(RECHECK_PREFIX): Recheck.from_attrs(v) for k, v in self.study.user_attrs.items()
+                if k.startswith(RECHECK_PREFIX)}
 
-    def recheck(self, on_progress: Callable[[int, int], None] | None = None) -> dict[str, dict[str, Any]]:
+    def recheck(self, on_progress: Callable[[int, int], None] | None = None) -> dict[str, Recheck]:
         """Measure the top feasible architectures again; any that no longer fit are marked and dropped.
 
         A candidate stays when the mean of its two figures (the trial's and the re-check's, both at the
@@ -231,33 +233,31 @@ class SearchStudy:
         budget by construction, are then kept or dropped the same way from one run to the next more often."""
         s = self.settings
         done = self.rechecks()
-        candidates: list[FrozenTrial] = []
-        seen: set[str] = set()
-        for t in sorted((t for t in self.trials() if feasible(t) and "config" in t.user_attrs), key=rank_key):
-            key = t.user_attrs.get("config_key")
-            if key in seen:
+        candidates: list[tuple[FrozenTrial, TrialRecord]] = []
+        seen: set[str | None] = set()
+        for t in sorted((t for t in self.trials() if feasible(t)), key=rank_key):
+            record = TrialRecord.of(t)
+            if record.config is None or record.config_key in seen:
                 continue
-            seen.add(key)
-            candidates.append(t)
+            seen.add(record.config_key)
+            candidates.append((t, record))
         if s.recheck is not None:
             candidates = candidates[:s.recheck]
-        todo = [t for t in candidates if t.user_attrs["config_key"] not in done]
-        for i, t in enumerate(todo):
+        todo = [(t, record) for t, record in candidates if record.config_key not in done]
+        for i, (t, record) in enumerate(todo):
             if on_progress:
                 on_progress(i, len(todo))
-            config = NetworkConfig.from_dict(t.user_attrs["config"])
+            config = NetworkConfig.from_dict(record.config)
             try:
                 latency = self.cache.remeasure(config, self.recheck_source)
-                decided = (latency.deciding_ms + deciding_ms(t.user_attrs)) / 2
-                entry = {"norm_ms": latency.deciding_ms, "median_ms": latency.median_ms, "p90_ms": latency.p90_ms,
-                         "iqr_ms": latency.iqr_ms, "decided_ms": decided, "fits": decided <= s.recheck_limit_ms,
-                         "trial": t.number}
+                decided = (latency.deciding_ms + record.deciding_ms) / 2
+                entry = Recheck(norm_ms=latency.deciding_ms, median_ms=latency.median_ms, p90_ms=latency.p90_ms,
+                                iqr_ms=latency.iqr_ms, decided_ms=decided, fits=decided <= s.recheck_limit_ms,
+                                trial=t.number)
             except MeasurementError as e:
-                entry = {"norm_ms": None, "median_ms": None, "p90_ms": None, "iqr_ms": None, "decided_ms": None,
-                         "fits": False, "trial": t.number, "error": str(e)}
-            key = t.user_attrs["config_key"]
-            self.study.set_user_attr(f"recheck:{key}", entry)
-            done[key] = entry
+                entry = Recheck(fits=False, trial=t.number, error=str(e))
+            self.study.set_user_attr(f"{RECHECK_PREFIX}{record.config_key}", entry.to_attrs())
+            done[record.config_key] = entry
         if on_progress:
             on_progress(len(todo), len(todo))
         return done

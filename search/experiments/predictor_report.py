@@ -102,9 +102,9 @@ def predictor_report(deployment: Deployment, space: SearchSpace | None = None, *
     for i, (config, (sums, predicted), m) in enumerate(zip(evaluation, predictions, measured)):
         rows.append({"network": i, "predicted_ms": predicted, "raw_sum_ms": sums["blocks_ms"] + sums["other_ms"],
                      "blocks_ms": sums["blocks_ms"], "other_ms": sums["other_ms"],
-                     "measured_ms": m["median_ms"], "measured_p90_ms": m["p90_ms"], "measured_iqr_ms": m["iqr_ms"],
-                     "measured_noisy": m["noisy"], "rounds_ms": json.dumps([round(v, 4) for v in m["rounds_ms"]]),
-                     "error_pct": (predicted - m["median_ms"]) / m["median_ms"] * 100,
+                     "measured_ms": m.median_ms, "measured_p90_ms": m.p90_ms, "measured_iqr_ms": m.iqr_ms,
+                     "measured_noisy": m.noisy, "rounds_ms": json.dumps([round(v, 4) for v in m.rounds_ms]),
+                     "error_pct": (predicted - m.median_ms) / m.median_ms * 100,
                      "architecture": config.describe(), "config": config.to_json()})
     eval_s = time.perf_counter() - t0
     frame = pd.DataFrame(rows)
@@ -112,7 +112,7 @@ def predictor_report(deployment: Deployment, space: SearchSpace | None = None, *
     raw = accuracy(frame["raw_sum_ms"].to_numpy(), frame["measured_ms"].to_numpy())
     # The measurement's own reproducibility: how often one real measurement (what a search trial takes)
     # lands within +-10% / +-5% of the network's quiet latency (its lowest median over the rounds).
-    singles = np.array([v / row["measured_ms"] - 1 for row, m in zip(rows, measured) for v in m["rounds_ms"]])
+    singles = np.array([v / row["measured_ms"] - 1 for row, m in zip(rows, measured) for v in m.rounds_ms])
     reproducibility = {"single_within_10pct": float(np.mean(np.abs(singles) <= 0.10)),
                        "single_within_5pct": float(np.mean(np.abs(singles) <= 0.05)),
                        "single_mape_pct": float(np.mean(np.abs(singles)) * 100), "rounds": rounds}

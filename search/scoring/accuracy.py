@@ -25,6 +25,7 @@ from search.scoring.data import Dataset
 from search.scoring.proxies import Scores, count_flops, count_params
 from search.scoring.training import (EpochCallback, TrainingData, TrainingResult, TrainingSettings, adapt_config,
                                      prepare, train)
+from search.trials import TrialRecord
 
 ACCURACY = "accuracy"
 PRUNERS = ("hyperband", "halving", "none")
@@ -93,30 +94,36 @@ class AccuracyScorer:
         return Scores(result.accuracy, params, flops)
 
 
-def train_trial(trial: optuna.Trial, scorer: TrainingScorer, config: NetworkConfig, *, report: bool) -> Scores:
-    """Train `config` in `trial`: record the learning curve and training time as user attrs; with `report`,
-    give Optuna each epoch's accuracy and end the trial as pruned when the pruner says so. (Optuna cannot
-    prune a two-objective study, so `--pareto` trains every feasible candidate to the end.)"""
+def train_trial(trial: optuna.Trial, scorer: TrainingScorer, config: NetworkConfig, *, report: bool,
+                record: TrialRecord | None = None) -> Scores:
+    """Train `config` in `trial`: record the learning curve and training time in its TrialRecord (`record`, the
+    trial's own, or a new one); with `report`, give Optuna each epoch's accuracy and end the trial as pruned when
+    the pruner says so. (Optuna cannot prune a two-objective study, so `--pareto` trains every feasible candidate
+    to the end.)"""
+    record = record if record is not None else TrialRecord()
     params, flops = scorer.size(config)
-    trial.set_user_attr("params", int(params))
-    trial.set_user_attr("flops", int(flops))
+    record.params, record.flops = int(params), int(flops)
+    record.write(trial)
     curve: list[float] = []
     start = time.perf_counter()
 
     def on_epoch(epoch: int, accuracy: float) -> None:
         curve.append(accuracy)
-        trial.set_user_attr("learning_curve", list(curve))
-        trial.set_user_attr("epochs_trained", epoch)
-        trial.set_user_attr("accuracy", accuracy)
-        trial.set_user_attr("train_s", time.perf_counter() - start)
+        record.learning_curve = list(curve)
+        record.epochs_trained = epoch
+        record.accuracy = accuracy
+        record.train_s = time.perf_counter() - start
+        record.write(trial)
         if report:
             trial.report(accuracy, epoch)
             if trial.should_prune():
-                trial.set_user_attr("pruned_at_epoch", epoch)
+                record.pruned_at_epoch = epoch
+                record.write(trial)
                 raise optuna.TrialPruned(f"validation accuracy {accuracy:.4f} after epoch {epoch}")
 
     scores = scorer.evaluate(config, on_epoch=on_epoch)
-    trial.set_user_attr("train_s", time.perf_counter() - start)
+    record.train_s = time.perf_counter() - start
+    record.write(trial)
     return scores
 
 
@@ -128,7 +135,7 @@ def curve_of(trial: optuna.trial.FrozenTrial) -> list[tuple[int, float]]:
     """(epoch, validation accuracy) of a trial: Optuna's intermediate values, else the recorded curve."""
     if trial.intermediate_values:
         return sorted((int(k), float(v)) for k, v in trial.intermediate_values.items() if math.isfinite(v))
-    return [(i + 1, float(v)) for i, v in enumerate(trial.user_attrs.get("learning_curve") or [])]
+    return [(i + 1, float(v)) for i, v in enumerate(TrialRecord.of(trial).learning_curve or [])]
 
 
 __all__ = ["ACCURACY", "AccuracyScorer", "PRUNERS", "TrainingScorer", "curve_of", "is_training_scorer",
