@@ -13,7 +13,8 @@ from search.latency import (DEFAULT_STOP, BenchLatency, CachedLatency, Deploymen
                             MeasurementError, PredictedLatency, PredictorGate, default_stop)
 from search.scoring.proxies import PROXIES, ProxyScorer, Scorer, Scores, list_proxies, register_proxy
 from search.report import print_summary, ranking, write_report
-from search.settings import NoFeasibleNetworkError, SearchSettings, WorkerMismatchError, parse_budget
+from search.settings import (Measuring, NoFeasibleNetworkError, Reporting, Sampling, Scoring, SearchSettings,
+                             StudyStorage, WorkerMismatchError, parse_budget)
 from search.space import SearchInputError, SearchSpace, SpaceError, StageSpace
 from search.storage import make_storage, redacted
 from search.study import SearchStudy, run_search
@@ -21,8 +22,9 @@ from search.trials import Recheck, SearchResult, TrialRecord
 
 __all__ = [
     "BenchLatency", "CachedLatency", "DEFAULT_STOP", "Deployment", "Latency", "LatencySource", "MachineLock",
-    "MeasurementError", "NoFeasibleNetworkError", "PROXIES", "PredictedLatency", "PredictorGate", "ProxyScorer",
-    "Recheck", "Scorer", "Scores", "SearchInputError", "SearchResult", "SearchSettings", "SearchSpace", "SearchStudy",
-    "SpaceError", "StageSpace", "TrialRecord", "WorkerMismatchError", "default_stop", "list_proxies", "make_storage",
+    "MeasurementError", "Measuring", "NoFeasibleNetworkError", "PROXIES", "PredictedLatency", "PredictorGate",
+    "ProxyScorer", "Recheck", "Reporting", "Sampling", "Scorer", "Scores", "Scoring", "SearchInputError",
+    "SearchResult", "SearchSettings", "SearchSpace", "SearchStudy", "SpaceError", "StageSpace", "StudyStorage",
+    "TrialRecord", "WorkerMismatchError", "default_stop", "list_proxies", "make_storage",
     "parse_budget", "print_summary", "ranking", "redacted", "register_proxy", "run_search", "write_report",
 ]

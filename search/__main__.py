@@ -29,7 +29,7 @@ from bench.kit import Parser, fail, program_name, table_console
 from search.experiments import compare_random, predictor_report, repeat_report, validate
 from search.arguments import add_search_arguments, settings_from_args, space_from_args
 from search.report import print_summary
-from search.settings import NoFeasibleNetworkError, parse_budget
+from search.settings import NoFeasibleNetworkError, StudyStorage, parse_budget
 from search.space import SearchInputError
 from search.study import run_search
 
@@ -73,8 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.print_space:
             print(yaml.safe_dump(space.to_dict(), sort_keys=False, default_flow_style=None), end="")
             return 0
-        settings = settings_from_args(args, budget, space, study_name=args.study, storage=args.storage,
-                                      results_dir=args.results_dir)
+        settings = settings_from_args(args, budget, space, StudyStorage(study_name=args.study, url=args.storage,
+                                                                        results_dir=args.results_dir))
+        settings.dataset()  # --objective accuracy: a bad --data fails here, before anything is measured
     except (SearchInputError, bench.BenchInputError) as e:
         return fail("search", str(e))
 

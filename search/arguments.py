@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
 
 import bench
 from bench.kit import (fraction, non_negative_float, non_negative_int, positive_float, positive_int, writable_dir,
@@ -14,8 +13,8 @@ from bench.kit import (fraction, non_negative_float, non_negative_int, positive_
 
 from search.scoring.accuracy import PRUNERS
 from search.latency import DEFAULT_STOP, Deployment, default_stop
-from search.settings import (DEFAULT_OBJECTIVE, DEFAULT_RESULTS_DIR, SAMPLERS, SearchSettings, add_runtime_argument,
-                             list_objectives)
+from search.settings import (DEFAULT_OBJECTIVE, DEFAULT_RESULTS_DIR, SAMPLERS, Measuring, Reporting, Sampling, Scoring,
+                             SearchSettings, StudyStorage, add_runtime_argument, list_objectives)
 from search.space import SearchSpace
 from search.storage import STORAGE_ENV
 from search.scoring.training import TrainingSettings
@@ -119,26 +118,27 @@ def space_from_args(args: argparse.Namespace) -> SearchSpace:
 
 
 def settings_from_args(args: argparse.Namespace, budget_ms: float, space: SearchSpace,
-                       **fields: Any) -> SearchSettings:
-    """The SearchSettings of one search at `budget_ms` from the flags of add_search_arguments; `fields` are the
-    settings the flags do not give (study_name, storage, results_dir). Raises SearchInputError or BenchInputError
-    naming the flag."""
+                       storage: StudyStorage | None = None) -> SearchSettings:
+    """The SearchSettings of one search at `budget_ms` from the flags of add_search_arguments; `storage` is what
+    the flags do not give (study name, storage URL, results directory; default: StudyStorage()). Raises
+    SearchInputError or BenchInputError naming the flag. Reads no file: the data set is loaded on first use."""
     stop = bench.StopRule(rel_iqr=args.stop_rel_iqr, min_runs=args.stop_min_runs, min_time_s=args.stop_min_s,
                           max_time_s=args.stop_max_s or default_stop(budget_ms).max_time_s,
                           rel_interval=args.stop_rel_interval)
     deployment = Deployment(device=args.device, batch_size=args.batch_size, image_size=args.image_size,
                             threads=args.threads, dtype=args.dtype, runtime=args.runtime)
+    training = TrainingSettings(epochs=args.epochs, train_images=args.train_images or None, val_images=args.val_images,
+                                batch_size=args.train_batch, lr=args.train_lr, width_div=args.train_width_div,
+                                threads=args.train_threads)
     return SearchSettings(
         budget_ms=budget_ms, deployment=deployment, space=space, objective=args.objective, pareto=args.pareto,
-        n_trials=args.trials, timeout_s=args.timeout, seed=args.seed, stop=stop, proxy_inits=args.proxy_inits,
-        proxy_batch=args.proxy_batch, recheck=args.recheck, recheck_margin=args.recheck_margin,
-        score_infeasible=args.score_infeasible,
-        progress=not args.no_progress, lock_file=args.lock_file and str(args.lock_file), predictor=args.predictor,
-        predictor_margin=args.predictor_margin, data=args.data, pruner=args.pruner, sampler=args.sampler,
-        training=TrainingSettings(epochs=args.epochs, train_images=args.train_images or None,
-                                  val_images=args.val_images, batch_size=args.train_batch, lr=args.train_lr,
-                                  width_div=args.train_width_div, threads=args.train_threads),
-        **fields)
+        sampling=Sampling(sampler=args.sampler, n_trials=args.trials, timeout_s=args.timeout, seed=args.seed),
+        measuring=Measuring(stop=stop, lock_file=args.lock_file and str(args.lock_file), predictor=args.predictor,
+                            predictor_margin=args.predictor_margin),
+        scoring=Scoring(proxy_inits=args.proxy_inits, proxy_batch=args.proxy_batch,
+                        score_infeasible=args.score_infeasible, data=args.data, training=training, pruner=args.pruner),
+        storage=storage or StudyStorage(),
+        report=Reporting(recheck=args.recheck, recheck_margin=args.recheck_margin, progress=not args.no_progress))
 
 
 __all__ = ["add_search_arguments", "settings_from_args", "space_from_args"]

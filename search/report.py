@@ -224,19 +224,20 @@ def write_report(result: SearchResult, study: optuna.Study, settings: SearchSett
     trials, rank = result.trials, result.ranking
     write_table(trials, out / "trials.csv")
     files["trials"] = out / "trials.csv"
+    stop, dataset = settings.measuring.stop, settings.dataset()
     write_json(out / "study.json", {
         # The storage as it may be written down: a URL's password never is (search.storage.redacted).
-        "study": result.study_name, "storage": redacted(settings.storage) or str(out / "study.journal"),
+        "study": result.study_name, "storage": redacted(settings.storage.url) or str(out / "study.journal"),
         "budget_ms": settings.budget_ms, "objective": settings.objective, "pareto": settings.pareto,
         "deployment": settings.deployment.to_dict(), "fingerprint": settings.deployment.fingerprint(),
         "environment": study.user_attrs.get("environment"), "space": settings.space.to_dict(),
         "reference_speed": study.user_attrs.get("reference_speed"),
-        "stop_rule": vars(settings.stop) if hasattr(settings.stop, "__dict__") else str(settings.stop),
-        "proxy": {"inits": settings.proxy_inits, "batch": settings.proxy_batch},
-        **({"training": {"data": settings.dataset.identity(), "source": settings.dataset.source,
-                         **settings.training.identity(), "seed": settings.seed or 0, "pruner": settings.pruner,
-                         "seconds": _training_seconds(trials)}}
-           if settings.objective == ACCURACY and settings.dataset is not None else {})})
+        "stop_rule": vars(stop) if hasattr(stop, "__dict__") else str(stop),
+        "proxy": {"inits": settings.scoring.proxy_inits, "batch": settings.scoring.proxy_batch},
+        **({"training": {"data": dataset.identity(), "source": dataset.source,
+                         **settings.scoring.training.identity(), "seed": settings.sampling.seed or 0,
+                         "pruner": settings.scoring.pruner, "seconds": _training_seconds(trials)}}
+           if settings.objective == ACCURACY and dataset is not None else {})})
     files["study"] = out / "study.json"
 
     if rank.empty:
@@ -322,7 +323,7 @@ def evidence(objective: str, validation_dir: Path | None = None) -> list[str]:
 
 def markdown(result: SearchResult, settings: SearchSettings, study: optuna.Study, plots: dict[str, Path]) -> str:
     trials, rank = result.trials, result.ranking
-    d = settings.deployment
+    d, scoring, measuring, recheck = settings.deployment, settings.scoring, settings.measuring, settings.report
     env = study.user_attrs.get("environment") or {}
     n = lambda mask: int(mask.sum()) if len(trials) else 0  # noqa: E731
     complete = trials["state"] == "COMPLETE" if len(trials) else pd.Series(dtype=bool)
@@ -345,38 +346,38 @@ def markdown(result: SearchResult, settings: SearchSettings, study: optuna.Study
         f"- hardware: {machine_summary(env)}, "
         f"torch {env.get('torch_version', '?')}; fingerprint `{settings.deployment.fingerprint()}`",
         f"- objective: `{settings.objective}` (higher is better"
-        + (f", averaged over {settings.proxy_inits} initialisations" if settings.objective in ("synflow", "naswot")
+        + (f", averaged over {scoring.proxy_inits} initialisations" if settings.objective in ("synflow", "naswot")
            else "") + ")" + ("; two objectives (score up, latency down)" if settings.pareto else ""),
         f"- trials: {len(trials)} ({n(complete)} complete, {n(fits)} feasible, {n(complete & ~fits)} over budget, "
         + (f"{n(trials['state'] == 'PRUNED')} pruned, " if settings.objective == ACCURACY and len(trials) else "")
         + f"{n(trials['state'] == 'FAIL') if len(trials) else 0} failed); {len(dropped)} dropped on re-measurement",
         f"- latency: measured with bench.profile on the {d.runtime} runtime (`runtime` in trials.csv), "
-        f"stop rule {settings.stop}, timed on while a candidate's interval contains the budget; cache hits this "
+        f"stop rule {measuring.stop}, timed on while a candidate's interval contains the budget; cache hits this "
         f"run: {result.cache_hits}, "
         f"new measurements: {result.cache_misses}",
     ]
-    if settings.objective == ACCURACY and settings.dataset is not None:
-        data = settings.dataset
+    data = settings.dataset()
+    if settings.objective == ACCURACY and data is not None:
         adapted = adapt_config(settings.space.smallest(d.image_size), channels=data.channels, height=data.height,
                                width=data.width, num_classes=data.num_classes)
         patches = "/".join(str(s.patch_size) for s in adapted.stages)
         lines.append(f"- training: {data.describe()} (`{data.source}`), as {data.channels}x{adapted.image_size}x"
                      f"{adapted.image_size} inputs with patch sizes {patches} (the rule in search/scoring/training.py);"
                      f" every feasible candidate (never an over-budget one) trained "
-                     f"for up to {settings.training.describe(len(data.y_train))}, seed {settings.seed or 0}; "
-                     f"validation accuracy reported to the `{settings.pruner}` pruner after each epoch; "
+                     f"for up to {scoring.training.describe(len(data.y_train))}, seed {settings.sampling.seed or 0}; "
+                     f"validation accuracy reported to the `{scoring.pruner}` pruner after each epoch; "
                      f"{_training_seconds(trials):.1f} s of training in all (`train_s` in trials.csv)")
-    if settings.predictor:
+    if measuring.predictor:
         rejected = int((trials["latency_source"] == "predicted").sum()) if "latency_source" in trials else 0
         lines.append(f"- latency predictor: {rejected} candidates predicted above "
                      f"{settings.predictor_threshold_ms:.4g} ms "
-                     f"(budget + {settings.predictor_margin:.0%}) were rejected without measuring (`latency_source` = "
+                     f"(budget + {measuring.predictor_margin:.0%}) were rejected without measuring (`latency_source` = "
                      f"`predicted` in trials.csv); every other candidate, and every ranked one, was measured for real")
     lines += [
         "- re-check: every ranked architecture"
-        + ("" if settings.recheck is None else f" among the top {settings.recheck}")
+        + ("" if recheck.recheck is None else f" among the top {recheck.recheck}")
         + f" is measured again and stays only if the mean of its two medians (at the reference speed) is <= "
-        f"{settings.recheck_limit_ms:.4g} ms (budget - {settings.recheck_margin:.0%} headroom)",
+        f"{settings.recheck_limit_ms:.4g} ms (budget - {recheck.recheck_margin:.0%} headroom)",
     ]
     if result.smallest_latency_ms is not None:
         lines.append(f"- smallest network in the space: {result.smallest_latency_ms:.2f} ms")

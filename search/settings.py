@@ -1,14 +1,17 @@
 """What one search run is asked to do (`SearchSettings`), its input checks, and where results go.
 
-The CLI only fills in a SearchSettings; everything a worker must share with a study to join it is
-`SearchSettings.identity()`. With `--objective accuracy` the data set is loaded here, so a bad one fails
-before anything is measured, and its digest and the training fidelity are part of the identity.
+The CLI only fills in a SearchSettings: a few top-level fields (budget, deployment, space, objective, --pareto)
+and one small group per concern (Sampling, Measuring, Scoring, StudyStorage, Reporting), each checking its own
+flags. Everything a worker must share with a study to join it is `SearchSettings.identity()`. Constructing the
+settings reads no file: with `--objective accuracy` the data set is loaded on first use (`SearchSettings.dataset()`,
+which the CLI calls first, so a bad one fails before anything is measured); its digest and the training fidelity
+are part of the identity.
 """
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,132 +76,195 @@ def parse_budget(value: Any) -> float:
 
 
 @dataclass
-class SearchSettings:
-    """Everything one search run is asked to do. The CLI only fills this in."""
+class Sampling:
+    """How candidates are proposed: the sampler, how many trials, for how long, from which seed."""
 
-    budget_ms: float
-    deployment: Deployment = field(default_factory=Deployment)
-    space: SearchSpace = field(default_factory=SearchSpace)
-    objective: str = DEFAULT_OBJECTIVE
-    pareto: bool = False
+    sampler: str = "tpe"
     n_trials: int | None = 30  # the study's target number of finished trials (a resume runs the rest)
     timeout_s: float | None = None
-    seed: int | None = 0
-    study_name: str | None = None
-    storage: str | None = None  # any Optuna storage URL; default: a journal file in the study directory
-    results_dir: Path = DEFAULT_RESULTS_DIR
-    stop: bench.StopRule | None = None  # None: DEFAULT_STOP scaled to the budget (search.latency.default_stop)
-    proxy_inits: int = 3
-    proxy_batch: int = 8
-    recheck: int | None = None  # re-measure the top N feasible architectures (None: all of them)
-    recheck_margin: float = 0.05  # a re-measured median must fit budget * (1 - margin) to stay
-    score_infeasible: bool = False  # also compute the (costly) proxy for over-budget trials
-    check_smallest: bool = True
-    progress: bool = True
-    lock_file: str | None = None
-    predictor: bool = False  # reject candidates the latency predictor puts clearly over budget, unmeasured
-    predictor_margin: float = DEFAULT_MARGIN  # ... i.e. predicted above budget * (1 + margin)
-    predictor_dir: Path = PREDICTOR_DIR
-    # --objective accuracy: the data (a --data SPEC, or a Dataset already loaded), the training fidelity,
-    # and the pruner (None: hyperband, or none with --pareto, which Optuna cannot prune).
-    data: str | Path | Dataset | None = None
-    training: TrainingSettings = field(default_factory=TrainingSettings)
-    pruner: str | None = None
-    dataset: Dataset | None = field(default=None, init=False, repr=False)
-    sampler: str = "tpe"
+    seed: int | None = 0  # the sampler's, and the proxies' and the training's initialisation seed
 
     def __post_init__(self) -> None:
-        self.budget_ms = parse_budget(self.budget_ms)
-        if self.stop is None:
-            self.stop = default_stop(self.budget_ms)
-        self.results_dir = Path(self.results_dir)
-        self.predictor_dir = Path(self.predictor_dir)
-        if self.objective not in PROXIES and self.objective != ACCURACY:
-            raise SearchInputError(f"--objective {self.objective!r}: valid objectives: {', '.join(list_objectives())}")
-        self._check_training()
         if self.sampler not in SAMPLERS:
             raise SearchInputError(f"--sampler {self.sampler!r}: valid samplers: {', '.join(SAMPLERS)}")
         if self.n_trials is not None and (isinstance(self.n_trials, bool) or self.n_trials < 1):
             raise SearchInputError(f"--trials {self.n_trials}: must be >= 1")
         if self.timeout_s is not None and not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
             raise SearchInputError(f"--timeout {self.timeout_s}: must be a number of seconds > 0")
+
+
+@dataclass
+class Measuring:
+    """How latency is measured: the stop rule, the machine lock, the predictor gate, the smallest-network check."""
+
+    stop: bench.StopRule | None = None  # None: DEFAULT_STOP scaled to the budget (SearchSettings resolves it)
+    lock_file: str | None = None
+    predictor: bool = False  # reject candidates the latency predictor puts clearly over budget, unmeasured
+    predictor_margin: float = DEFAULT_MARGIN  # ... i.e. predicted above budget * (1 + margin)
+    predictor_dir: Path = PREDICTOR_DIR
+    check_smallest: bool = True  # measure the smallest network first: nothing fits if it does not
+
+    def __post_init__(self) -> None:
+        self.predictor_dir = Path(self.predictor_dir)
+        if not (isinstance(self.predictor_margin, (int, float)) and 0 <= self.predictor_margin < 10):
+            raise SearchInputError(f"--predictor-margin {self.predictor_margin}: must be a fraction >= 0 (e.g. 0.1)")
+
+
+@dataclass
+class Scoring:
+    """How a candidate is scored: the proxies' averaging, and with --objective accuracy the data (a --data SPEC,
+    or a Dataset already loaded), the training fidelity and the pruner (None: hyperband, or none with --pareto,
+    which Optuna cannot prune; SearchSettings resolves it). The data set is loaded on first use (`dataset()`)."""
+
+    proxy_inits: int = 3
+    proxy_batch: int = 8
+    score_infeasible: bool = False  # also compute the (costly) proxy for over-budget trials
+    data: str | Path | Dataset | None = None
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    pruner: str | None = None
+    _dataset: Dataset | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
         if self.proxy_inits < 1:
             raise SearchInputError(f"--proxy-inits {self.proxy_inits}: must be >= 1")
         if self.proxy_batch < 1:
             raise SearchInputError(f"--proxy-batch {self.proxy_batch}: must be >= 1")
+        if self.pruner is not None and self.pruner not in PRUNERS:
+            raise SearchInputError(f"--pruner {self.pruner!r}: valid pruners: {', '.join(PRUNERS)}")
+        if not isinstance(self.training, TrainingSettings):
+            raise SearchInputError(f"training: expected TrainingSettings, got {type(self.training).__name__}")
+
+    def dataset(self) -> Dataset | None:
+        """The data set (None without --data), loaded once, on first use. Raises SearchInputError naming --data."""
+        if self._dataset is None and self.data is not None:
+            self._dataset = self.data if isinstance(self.data, Dataset) else load_data(self.data)
+        return self._dataset
+
+
+@dataclass
+class StudyStorage:
+    """Where the study lives: its name (None: derived from the setting), the storage URL (None: a journal file in
+    the study directory) and the results directory. The URL may carry a password: it is left out of the repr."""
+
+    study_name: str | None = None
+    url: str | None = field(default=None, repr=False)  # any Optuna storage URL (printed through storage.redacted)
+    results_dir: Path = DEFAULT_RESULTS_DIR
+
+    def __post_init__(self) -> None:
+        self.results_dir = Path(self.results_dir)
+        if self.study_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.study_name):
+            raise SearchInputError(f"--study {self.study_name!r}: use letters, digits, '.', '_' and '-' only")
+
+
+@dataclass
+class Reporting:
+    """After the trials: which architectures are re-measured, with what headroom; and the progress display."""
+
+    recheck: int | None = None  # re-measure the top N feasible architectures (None: all of them)
+    recheck_margin: float = 0.05  # a re-measured median must fit budget * (1 - margin) to stay
+    progress: bool = True
+
+    def __post_init__(self) -> None:
         if self.recheck is not None and self.recheck < 0:
             raise SearchInputError(f"--recheck {self.recheck}: must be >= 0")
         if not (isinstance(self.recheck_margin, (int, float)) and 0 <= self.recheck_margin < 1):
             raise SearchInputError(f"--recheck-margin {self.recheck_margin}: must be a fraction in [0, 1)")
-        if not (isinstance(self.predictor_margin, (int, float)) and 0 <= self.predictor_margin < 10):
-            raise SearchInputError(f"--predictor-margin {self.predictor_margin}: must be a fraction >= 0 (e.g. 0.1)")
-        if self.study_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.study_name):
-            raise SearchInputError(f"--study {self.study_name!r}: use letters, digits, '.', '_' and '-' only")
+
+
+@dataclass
+class SearchSettings:
+    """Everything one search run is asked to do. The CLI only fills this in. Constructing it checks every
+    setting and reads no file: the data set of --objective accuracy is loaded on first use (`dataset()`)."""
+
+    budget_ms: float
+    deployment: Deployment = field(default_factory=Deployment)
+    space: SearchSpace = field(default_factory=SearchSpace)
+    objective: str = DEFAULT_OBJECTIVE
+    pareto: bool = False
+    sampling: Sampling = field(default_factory=Sampling)
+    measuring: Measuring = field(default_factory=Measuring)
+    scoring: Scoring = field(default_factory=Scoring)
+    storage: StudyStorage = field(default_factory=StudyStorage)
+    report: Reporting = field(default_factory=Reporting)
+
+    def __post_init__(self) -> None:
+        self.budget_ms = parse_budget(self.budget_ms)
+        if self.measuring.stop is None:  # a new group: the caller's is left as given
+            self.measuring = replace(self.measuring, stop=default_stop(self.budget_ms))
+        if self.objective not in PROXIES and self.objective != ACCURACY:
+            raise SearchInputError(f"--objective {self.objective!r}: valid objectives: {', '.join(list_objectives())}")
+        self._check_training()
         self.space.validate(self.deployment.image_size)
 
     def _check_training(self) -> None:
-        if self.pruner is not None and self.pruner not in PRUNERS:
-            raise SearchInputError(f"--pruner {self.pruner!r}: valid pruners: {', '.join(PRUNERS)}")
+        scoring = self.scoring
         if self.objective != ACCURACY:
-            if self.data is not None:
+            if scoring.data is not None:
                 raise SearchInputError(f"--data: used only with --objective accuracy (this run's objective is "
                                        f"{self.objective})")
             return
-        if self.pareto and self.pruner not in (None, "none"):
-            raise SearchInputError(f"--pruner {self.pruner}: Optuna cannot prune a two-objective (--pareto) study; "
-                                   f"use --pruner none")
-        self.pruner = self.pruner or ("none" if self.pareto else "hyperband")
-        if self.data is None:
+        if self.pareto and scoring.pruner not in (None, "none"):
+            raise SearchInputError(f"--pruner {scoring.pruner}: Optuna cannot prune a two-objective (--pareto) "
+                                   f"study; use --pruner none")
+        if scoring.data is None:
             raise SearchInputError(f"--objective accuracy: needs --data ({DATA_USAGE})")
-        if not isinstance(self.training, TrainingSettings):
-            raise SearchInputError(f"training: expected TrainingSettings, got {type(self.training).__name__}")
-        self.dataset = self.data if isinstance(self.data, Dataset) else load_data(self.data)
+        if scoring.pruner is None:  # resolved in a new group (the caller's is left as given), data kept if loaded
+            self.scoring = replace(scoring, pruner="none" if self.pareto else "hyperband")
+            self.scoring._dataset = scoring._dataset
+
+    def dataset(self) -> Dataset | None:
+        """The data set of --objective accuracy (None with any other objective), loaded once, on first use: the
+        CLI asks for it first, so a bad --data fails before anything is measured. Raises SearchInputError."""
+        return self.scoring.dataset() if self.objective == ACCURACY else None
 
     @property
     def objective_identity(self) -> str:
         """The objective as a worker must share it: for accuracy, the data (by digest) and the fidelity too."""
-        if self.objective != ACCURACY or self.dataset is None:
+        dataset = self.dataset()
+        if dataset is None:
             return self.objective
-        return (f"accuracy on {self.dataset.describe()} (digest {self.dataset.digest}); "
-                f"{self.training.describe()}; seed {self.seed or 0}; pruner {self.pruner}")
+        return (f"accuracy on {dataset.describe()} (digest {dataset.digest}); "
+                f"{self.scoring.training.describe()}; seed {self.sampling.seed or 0}; pruner {self.scoring.pruner}")
 
     @property
     def name(self) -> str:
         """The study name: given, or derived from the setting (the same command resumes the same study)."""
-        if self.study_name:
-            return self.study_name
+        if self.storage.study_name:
+            return self.storage.study_name
         d = self.deployment
+        sampler = self.sampling.sampler
         return (f"{d.device.replace(':', '')}-{d.runtime}-b{d.batch_size}-{d.image_size}px-{d.dtype}-t{d.threads}-"
                 f"{self.budget_ms:g}ms-{self.objective}{self._data_suffix()}{'-pareto' if self.pareto else ''}"
-                f"{'' if self.sampler == 'tpe' else '-' + self.sampler}")
+                f"{'' if sampler == 'tpe' else '-' + sampler}")
 
     def _data_suffix(self) -> str:
-        if self.objective != ACCURACY or self.dataset is None:
+        dataset = self.dataset()
+        if dataset is None:
             return ""
-        return "-" + (re.sub(r"[^A-Za-z0-9._-]+", "_", self.dataset.name).strip("._-") or "data")
+        return "-" + (re.sub(r"[^A-Za-z0-9._-]+", "_", dataset.name).strip("._-") or "data")
 
     @property
     def recheck_limit_ms(self) -> float:
         """What a re-measured median must not exceed for an architecture to stay in the ranking."""
-        return self.budget_ms * (1 - self.recheck_margin)
+        return self.budget_ms * (1 - self.report.recheck_margin)
 
     @property
     def predictor_threshold_ms(self) -> float:
         """With --predictor: a candidate predicted above this is rejected unmeasured."""
-        return self.budget_ms * (1 + self.predictor_margin)
+        return self.budget_ms * (1 + self.measuring.predictor_margin)
 
     @property
     def study_dir(self) -> Path:
-        return self.results_dir / self.name
+        return self.storage.results_dir / self.name
 
     def identity(self) -> dict[str, Any]:
         """What a worker must share with a study to join it (recorded in the study's user attrs). The
         deployment includes the runtime: latencies from different runtimes never mix in one study."""
         return {"fingerprint": self.deployment.fingerprint(), "deployment": self.deployment.to_dict(),
                 "budget_ms": self.budget_ms, "objective": self.objective_identity, "pareto": self.pareto,
-                "space": self.space.to_dict(), "sampler": self.sampler}
+                "space": self.space.to_dict(), "sampler": self.sampling.sampler}
 
 
-__all__ = ["DEFAULT_OBJECTIVE", "DEFAULT_RESULTS_DIR", "NoFeasibleNetworkError", "PREDICTOR_DIR", "SAMPLERS",
-           "SearchSettings",
-           "VALIDATION_DIR", "WorkerMismatchError", "add_runtime_argument", "list_objectives", "parse_budget"]
+__all__ = ["DEFAULT_OBJECTIVE", "DEFAULT_RESULTS_DIR", "Measuring", "NoFeasibleNetworkError", "PREDICTOR_DIR",
+           "Reporting", "SAMPLERS", "Sampling", "Scoring", "SearchSettings", "StudyStorage", "VALIDATION_DIR",
+           "WorkerMismatchError", "add_runtime_argument", "list_objectives", "parse_budget"]

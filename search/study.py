@@ -51,10 +51,10 @@ class SearchStudy:
     def __init__(self, settings: SearchSettings, *, latency_source: LatencySource | None = None,
                  scorer: Scorer | None = None):
         self.settings = s = settings
-        self.lock = MachineLock(s.lock_file)
+        self.lock = MachineLock(s.measuring.lock_file)
         # On this machine: a candidate whose interval contains the budget (or, re-checked, the re-check's limit)
         # is timed until it is clear which side it is on.
-        bench_source = BenchLatency(s.deployment, s.stop, self.lock) if latency_source is None else None
+        bench_source = BenchLatency(s.deployment, s.measuring.stop, self.lock) if latency_source is None else None
         source = latency_source if bench_source is None else bench_source.deciding(s.budget_ms)
         self.recheck_source = bench_source.deciding(s.recheck_limit_ms) if bench_source is not None else None
         self.identity = s.identity()
@@ -65,19 +65,20 @@ class SearchStudy:
         self.latency: LatencySource = self.cache
         self.predictor: LatencyPredictor | None = None
         self.gate: PredictorGate | None = None
-        if s.predictor:
+        if s.measuring.predictor:
             # The same lock object: it is re-entrant, and the table is measured under it too.
-            self.predictor = LatencyPredictor(s.deployment, lock=self.lock, directory=s.predictor_dir)
-            self.gate = PredictorGate(self.predictor, self.cache, s.budget_ms, s.predictor_margin)
+            self.predictor = LatencyPredictor(s.deployment, lock=self.lock, directory=s.measuring.predictor_dir)
+            self.gate = PredictorGate(self.predictor, self.cache, s.budget_ms, s.measuring.predictor_margin)
             self.latency = self.gate
         if scorer is not None:
             self.scorer = scorer
         elif s.objective == ACCURACY:
             # The machine lock: training beside another worker's latency measurement would slow it.
-            self.scorer = AccuracyScorer(s.dataset, s.training, seed=s.seed or 0, lock=self.lock)
+            self.scorer = AccuracyScorer(s.dataset(), s.scoring.training, seed=s.sampling.seed or 0, lock=self.lock)
         else:
-            self.scorer = ProxyScorer(s.objective, inits=s.proxy_inits, batch_size=s.proxy_batch,
-                                      device=s.deployment.device, seed=s.seed or 0, threads=s.deployment.threads)
+            self.scorer = ProxyScorer(s.objective, inits=s.scoring.proxy_inits, batch_size=s.scoring.proxy_batch,
+                                      device=s.deployment.device, seed=s.sampling.seed or 0,
+                                      threads=s.deployment.threads)
         self.storage: optuna.storages.BaseStorage | None = None
         self.study: optuna.Study | None = None
         self.created = False
@@ -89,16 +90,16 @@ class SearchStudy:
     def open(self) -> optuna.Study:
         s = self.settings
         self._created_dir = not s.study_dir.exists()
-        self.storage = make_storage(s.storage, s.study_dir)
+        self.storage = make_storage(s.storage.url, s.study_dir)
         names = {summary.study_name for summary in optuna.get_all_study_summaries(self.storage)}
         self.created = s.name not in names
         directions = ["maximize", "minimize"] if s.pareto else ["maximize"]
-        seed = s.seed
+        seed = s.sampling.seed
         if not self.created and seed is not None:
             # A resumed run must not replay the random start-up proposals already tried.
             seed += len(self.storage.get_all_trials(self.storage.get_study_id_from_name(s.name), deepcopy=False))
-        sampler = make_sampler(s.sampler, seed)
-        pruner = make_pruner(s.pruner or "none", s.training.epochs)
+        sampler = make_sampler(s.sampling.sampler, seed)
+        pruner = make_pruner(s.scoring.pruner or "none", s.scoring.training.epochs)
         self.study = optuna.create_study(study_name=s.name, storage=self.storage, sampler=sampler, pruner=pruner,
                                          directions=directions, load_if_exists=True)
         join_study(self.study, self.identity, s.deployment)
@@ -108,7 +109,7 @@ class SearchStudy:
         if ordinal and seed is not None:
             # Workers started together by the same command would otherwise all propose the same
             # start-up trials: each later worker of the study gets its own (still reproducible) seed.
-            self.study.sampler = make_sampler(s.sampler, seed + 100_003 * ordinal)
+            self.study.sampler = make_sampler(s.sampling.sampler, seed + 100_003 * ordinal)
         recover_lost_trials(self.study, self.storage)
         return self.study
 
@@ -122,7 +123,7 @@ class SearchStudy:
             optuna.delete_study(study_name=self.study.study_name, storage=self.storage)
         except Exception:
             pass
-        if self._created_dir and self.settings.storage is None:
+        if self._created_dir and self.settings.storage.url is None:
             shutil.rmtree(self.settings.study_dir, ignore_errors=True)
 
     # --- the objective --------------------------------------------------------------------------------
@@ -169,7 +170,7 @@ class SearchStudy:
             if is_training_scorer(self.scorer):  # an over-budget candidate is never trained
                 scores = (train_trial(trial, self.scorer, config, report=not s.pareto, record=record) if fits
                           else _size_only(self.scorer, config))
-            elif fits or s.score_infeasible:
+            elif fits or s.scoring.score_infeasible:
                 scores = self.scorer.evaluate(config)
             else:
                 scores = _size_only(self.scorer, config)
@@ -201,10 +202,10 @@ class SearchStudy:
 
     def optimize(self, callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = ()) -> None:
         s = self.settings
-        remaining = None if s.n_trials is None else max(0, s.n_trials - self.counted_trials())
+        remaining = None if s.sampling.n_trials is None else max(0, s.sampling.n_trials - self.counted_trials())
         if remaining == 0:
             return
-        target = s.n_trials
+        target = s.sampling.n_trials
 
         def stop_at_target(study: optuna.Study, trial: FrozenTrial) -> None:
             # Other workers add trials too: stop when the study as a whole reaches its target.
@@ -213,7 +214,7 @@ class SearchStudy:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.study.optimize(self.objective, n_trials=remaining, timeout=s.timeout_s,
+            self.study.optimize(self.objective, n_trials=remaining, timeout=s.sampling.timeout_s,
                                 callbacks=[*callbacks, stop_at_target], catch=(MeasurementError, RuntimeError),
                                 gc_after_trial=False)
 
@@ -241,8 +242,8 @@ class SearchStudy:
                 continue
             seen.add(record.config_key)
             candidates.append((t, record))
-        if s.recheck is not None:
-            candidates = candidates[:s.recheck]
+        if s.report.recheck is not None:
+            candidates = candidates[:s.report.recheck]
         todo = [(t, record) for t, record in candidates if record.config_key not in done]
         for i, (t, record) in enumerate(todo):
             if on_progress:
@@ -325,16 +326,16 @@ def run_search(settings: SearchSettings, *, latency_source: LatencySource | None
     with _SigtermAsInterrupt(), _optuna_errors_only():
         try:
             runner.open()
-            if settings.check_smallest:
+            if settings.measuring.check_smallest:
                 try:
                     runner.check_smallest()
                 except NoFeasibleNetworkError:
                     runner.discard_if_new()
                     raise
             runner.prepare_predictor()
-            with SearchProgress(runner, title=f"search {settings.name}", target=settings.n_trials,
+            with SearchProgress(runner, title=f"search {settings.name}", target=settings.sampling.n_trials,
                                 budget_ms=settings.budget_ms, objective=settings.objective,
-                                enabled=settings.progress, console=console) as progress:
+                                enabled=settings.report.progress, console=console) as progress:
                 try:
                     runner.optimize(callbacks=[progress.callback])
                 except KeyboardInterrupt:

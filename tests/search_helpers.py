@@ -8,12 +8,14 @@ from __future__ import annotations
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Callable
+from dataclasses import replace
+from typing import Any, Callable, Union
 
 import bench
 import container
 from container import NetworkConfig
-from search import Deployment, Latency, MeasurementError, Scores, SearchSettings, SearchSpace
+from search import (Deployment, Latency, MeasurementError, Measuring, Reporting, Sampling, Scores, Scoring,
+                    SearchSettings, SearchSpace, StudyStorage)
 
 TINY_SPACE = {
     "num_classes": 10,
@@ -74,12 +76,26 @@ class FakeScorer:
         return s.params, s.flops
 
 
-def settings(tmp_path: Path, budget_ms: float = 3.0, **overrides) -> SearchSettings:
-    kwargs = dict(budget_ms=budget_ms, deployment=Deployment(image_size=IMAGE, threads=1), space=tiny_space(),
-                  objective="params", n_trials=12, seed=0, study_name="t", results_dir=tmp_path / "results",
-                  stop=FAST_STOP, proxy_inits=1, proxy_batch=2, progress=False, lock_file=str(tmp_path / "lock"))
-    kwargs.update(overrides)
-    return SearchSettings(**kwargs)
+GroupOverrides = Union[dict[str, Any], Sampling, Measuring, Scoring, StudyStorage, Reporting, None]
+
+
+def settings(tmp_path: Path, budget_ms: float = 3.0, *, sampling: GroupOverrides = None,
+             measuring: GroupOverrides = None, scoring: GroupOverrides = None, storage: GroupOverrides = None,
+             report: GroupOverrides = None, **top: Any) -> SearchSettings:
+    """Small, fast settings of a test study in `tmp_path`. `top` replaces top-level fields (deployment, space,
+    objective, pareto); each group is given whole, or as a dict of its fields replaced in the test's defaults,
+    e.g. settings(tmp_path, sampling={"n_trials": 4}, storage={"url": url})."""
+    defaults = {"sampling": Sampling(n_trials=12, seed=0),
+                "measuring": Measuring(stop=FAST_STOP, lock_file=str(tmp_path / "lock")),
+                "scoring": Scoring(proxy_inits=1, proxy_batch=2),
+                "storage": StudyStorage(study_name="t", results_dir=tmp_path / "results"),
+                "report": Reporting(progress=False)}
+    given = {"sampling": sampling, "measuring": measuring, "scoring": scoring, "storage": storage, "report": report}
+    groups = {name: value if not isinstance(value, dict) else replace(defaults[name], **value)
+              for name, value in given.items() if value is not None}
+    kwargs: dict[str, Any] = dict(budget_ms=budget_ms, deployment=Deployment(image_size=IMAGE, threads=1),
+                                  space=tiny_space(), objective="params")
+    return SearchSettings(**{**kwargs, **defaults, **groups, **top})
 
 
 def build_ok(config: dict) -> None:

@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--go", type=Path, default=None)
     p.add_argument("--workers", type=int, default=1, help="with --go: how many workers meet at their first trial")
     args = p.parse_args(argv)
-    s = settings(args.tmp, budget_ms=args.budget_ms, n_trials=args.trials, study_name=args.study,
-                 storage=args.storage, seed=None)
+    s = settings(args.tmp, budget_ms=args.budget_ms, sampling={"n_trials": args.trials, "seed": None},
+                 storage={"study_name": args.study, "url": args.storage})
     if args.go is not None:
         Path(f"{args.go}.ready-{os.getpid()}").touch()
         deadline = time.monotonic() + 600

@@ -132,8 +132,8 @@ def test_a_trial_weak_after_its_first_epoch_is_pruned_and_never_ranked(tmp_path,
     scorer = ScriptedTraining([good, weak, [0.6, 0.75, 0.85]])
     over = lambda c: c.stages[1].dim == 32  # noqa: E731  half the space is over budget
     latency = FakeLatency(lambda c: 5.0 if over(c) else 1.0)
-    s = settings(tmp_path, budget_ms=3.0, objective="accuracy", data=_dataset(tmp_path), pruner="halving",
-                 training=TrainingSettings(epochs=3), n_trials=8)
+    s = settings(tmp_path, budget_ms=3.0, objective="accuracy", sampling={"n_trials": 8},
+                 scoring={"data": _dataset(tmp_path), "pruner": "halving", "training": TrainingSettings(epochs=3)})
     result = run_search(s, latency_source=latency, scorer=scorer)
 
     assert scorer.trained and not any(over(c) for c in scorer.trained)  # over-budget candidates never trained
@@ -155,22 +155,24 @@ def test_a_trial_weak_after_its_first_epoch_is_pruned_and_never_ranked(tmp_path,
 def test_pareto_trains_every_feasible_candidate_to_the_end(tmp_path):
     """Optuna cannot prune a two-objective study: the curve is recorded, nothing is reported or pruned."""
     scorer = ScriptedTraining([[0.5, 0.7], [0.01, 0.02]])
-    s = settings(tmp_path, budget_ms=1e6, objective="accuracy", data=_dataset(tmp_path), pareto=True,
-                 training=TrainingSettings(epochs=2), n_trials=4)
-    assert s.pruner == "none"
+    s = settings(tmp_path, budget_ms=1e6, objective="accuracy", pareto=True, sampling={"n_trials": 4},
+                 scoring={"data": _dataset(tmp_path), "training": TrainingSettings(epochs=2)})
+    assert s.scoring.pruner == "none"
     result = run_search(s, latency_source=FakeLatency(), scorer=scorer)
     assert (result.trials["state"] == "COMPLETE").all() and (result.trials["epochs_trained"] == 2).all()
     assert result.files["learning_curves"].exists()
 
 
 def test_a_worker_with_another_data_set_is_refused(tmp_path):
-    kwargs = dict(objective="accuracy", pruner="none", training=TrainingSettings(epochs=1), n_trials=1)
-    run_search(settings(tmp_path, data=_dataset(tmp_path), **kwargs), latency_source=FakeLatency(),
-               scorer=ScriptedTraining([[0.5]]))
-    other = settings(tmp_path, data=_dataset(tmp_path, seed=1, name="other"), study_name="t", **kwargs)
+    def accuracy(data, epochs=1):
+        return settings(tmp_path, objective="accuracy", sampling={"n_trials": 1},
+                        scoring={"data": data, "pruner": "none", "training": TrainingSettings(epochs=epochs)})
+
+    run_search(accuracy(_dataset(tmp_path)), latency_source=FakeLatency(), scorer=ScriptedTraining([[0.5]]))
+    other = accuracy(_dataset(tmp_path, seed=1, name="other"))
     with pytest.raises(WorkerMismatchError, match="--objective accuracy on tiny"):
         run_search(other, latency_source=FakeLatency(), scorer=ScriptedTraining([[0.5]]))
-    fewer_epochs = settings(tmp_path, data=_dataset(tmp_path), **{**kwargs, "training": TrainingSettings(epochs=2)})
+    fewer_epochs = accuracy(_dataset(tmp_path), epochs=2)
     with pytest.raises(WorkerMismatchError, match="2 epochs"):
         run_search(fewer_epochs, latency_source=FakeLatency(), scorer=ScriptedTraining([[0.5]]))
 

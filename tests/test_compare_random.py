@@ -22,16 +22,17 @@ from tests.search_helpers import FAST_STOP, IMAGE, FakeLatency, FakeScorer, sett
 
 
 def test_sampler_random_is_a_random_sampler_study_and_part_of_the_identity(tmp_path):
-    tpe, rnd = settings(tmp_path), settings(tmp_path, sampler="random", study_name=None)
+    tpe, rnd = settings(tmp_path), settings(tmp_path, sampling={"sampler": "random"}, storage={"study_name": None})
     assert tpe.identity()["sampler"] == "tpe" and rnd.identity()["sampler"] == "random"
-    assert rnd.name.endswith("-random") and not settings(tmp_path, study_name=None).name.endswith("-random")
+    assert rnd.name.endswith("-random")
+    assert not settings(tmp_path, storage={"study_name": None}).name.endswith("-random")
     study = SearchStudy(rnd, latency_source=FakeLatency(), scorer=FakeScorer()).open()
     assert isinstance(study.sampler, optuna.samplers.RandomSampler)
     assert json.loads(json.dumps(study.user_attrs["sampler"])) == "random"
     assert isinstance(SearchStudy(tpe, latency_source=FakeLatency(), scorer=FakeScorer()).open().sampler,
                       optuna.samplers.TPESampler)
     with pytest.raises(Exception, match="--sampler"):
-        settings(tmp_path, sampler="grid")
+        settings(tmp_path, sampling={"sampler": "grid"})
 
 
 class FakeProtocol:
@@ -110,7 +111,8 @@ def test_bad_input_is_one_line_with_exit_2(tmp_path, capsys):
 
 
 def test_a_random_search_worker_is_refused_by_a_tpe_study_of_the_same_name(tmp_path):
-    SearchStudy(settings(tmp_path, study_name="same"), latency_source=FakeLatency(), scorer=FakeScorer()).open()
+    same = {"study_name": "same"}
+    SearchStudy(settings(tmp_path, storage=same), latency_source=FakeLatency(), scorer=FakeScorer()).open()
     with pytest.raises(WorkerMismatchError, match="--sampler tpe, this run asks for random"):
-        SearchStudy(settings(tmp_path, study_name="same", sampler="random"), latency_source=FakeLatency(),
+        SearchStudy(settings(tmp_path, sampling={"sampler": "random"}, storage=same), latency_source=FakeLatency(),
                     scorer=FakeScorer()).open()

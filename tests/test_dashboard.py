@@ -85,7 +85,8 @@ def shown_value(value: float) -> float | str:
 @pytest.mark.parametrize("backend", ["journal", "sqlite"])
 def test_a_search_study_opens_in_optuna_dashboard(tmp_path, backend):
     url = f"sqlite:///{tmp_path / 'studies.db'}" if backend == "sqlite" else None
-    result = run_search(settings(tmp_path, budget_ms=BUDGET_MS, n_trials=8, recheck_margin=0.0, storage=url),
+    result = run_search(settings(tmp_path, budget_ms=BUDGET_MS, sampling={"n_trials": 8}, storage={"url": url},
+                                 report={"recheck_margin": 0.0}),
                         latency_source=FakeLatency(), scorer=FakeScorer(), report=False)
     storage = url or str(result.study_dir / "study.journal")
     study = optuna.load_study(study_name="t", storage=url or make_storage(None, result.study_dir))

@@ -195,7 +195,7 @@ def test_gate_in_a_search_records_rejections_as_infeasible(tmp_path):
 
     real = FakeLatency()
     gate = PredictorGate(_FixedPredictor(cost), real, budget_ms=3.0, margin=0.1)
-    result = run_search(settings(tmp_path, n_trials=14), latency_source=gate, scorer=FakeScorer())
+    result = run_search(settings(tmp_path, sampling={"n_trials": 14}), latency_source=gate, scorer=FakeScorer())
     t = result.trials
     assert gate.rejected > 0
     rejected = t[t["latency_median_ms"] > 3.3]
@@ -221,7 +221,8 @@ def test_search_with_predictor_flag_screens_before_measuring(tmp_path):
     from search import run_search
     from tests.search_helpers import FakeScorer, cost, settings
 
-    s = settings(tmp_path, n_trials=16, predictor=True, predictor_margin=0.1, predictor_dir=tmp_path / "predictor")
+    s = settings(tmp_path, sampling={"n_trials": 16},
+                 measuring={"predictor": True, "predictor_margin": 0.1, "predictor_dir": tmp_path / "predictor"})
     p = LatencyPredictor(s.deployment, directory=tmp_path / "predictor", lock=contextlib.nullcontext())
     configs = sample_configs(s.space, 40, 0, IMAGE, max_tries=10_000)
     for part in p.missing(configs + [s.space.smallest(IMAGE), s.space.largest(IMAGE)]):

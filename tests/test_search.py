@@ -105,7 +105,7 @@ def test_bad_budget(budget):
 
 def test_infeasible_trials_never_rank(tmp_path):
     latency = FakeLatency()
-    result = run(tmp_path, latency, budget_ms=2.0, n_trials=16, recheck_margin=0.0)
+    result = run(tmp_path, latency, budget_ms=2.0, sampling={"n_trials": 16}, report={"recheck_margin": 0.0})
     study = load(tmp_path)
     trials = study.get_trials()
     over = [t for t in trials if t.user_attrs["latency_median_ms"] > 2.0]
@@ -126,7 +126,7 @@ def test_infeasible_trials_never_rank(tmp_path):
 
 
 def test_pareto_front_is_feasible(tmp_path):
-    result = run(tmp_path, budget_ms=2.0, n_trials=14, pareto=True)
+    result = run(tmp_path, budget_ms=2.0, sampling={"n_trials": 14}, pareto=True)
     study = load(tmp_path)
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
     front = study.best_trials
@@ -139,7 +139,7 @@ def test_pareto_front_is_feasible(tmp_path):
 def test_recheck_drops_what_no_longer_fits(tmp_path):
     # Everything fits when first measured; the widest second stages measure over budget the second time.
     latency = FakeLatency(lambda c: 1.0, remeasure=lambda c: 5.0 if c.stages[1].dim == 32 else 1.0)
-    result = run(tmp_path, latency, budget_ms=2.0, n_trials=10)
+    result = run(tmp_path, latency, budget_ms=2.0, sampling={"n_trials": 10})
     frame = result.trials
     dropped = frame[frame["dropped"]]
     assert len(dropped) and (frame.loc[frame["feasible"], "rechecked"]).all()
@@ -153,7 +153,7 @@ def test_recheck_drops_what_no_longer_fits(tmp_path):
 def test_recheck_headroom(tmp_path, margin, kept):
     # 1.95 ms, measured and re-measured: inside a 2 ms budget, but not inside 5% headroom.
     latency = FakeLatency(lambda c: 1.95, remeasure=lambda c: 1.95)
-    result = run(tmp_path, latency, budget_ms=2.0, n_trials=3, recheck_margin=margin)
+    result = run(tmp_path, latency, budget_ms=2.0, sampling={"n_trials": 3}, report={"recheck_margin": margin})
     assert (not result.ranking.empty) == kept
     assert result.trials["dropped"].all() != kept
 
@@ -162,13 +162,14 @@ def test_recheck_decides_on_both_figures(tmp_path):
     # First 1.8 ms, re-checked 2.0 ms against a 1.9 ms limit: the mean, 1.9 ms, keeps it; 2.1 ms would not.
     for remeasured, kept in ((2.0, True), (2.2, False)):
         latency = FakeLatency(lambda c: 1.8, remeasure=lambda c, ms=remeasured: ms)
-        result = run(tmp_path / str(remeasured), latency, budget_ms=2.0, n_trials=3, recheck_margin=0.05)
+        result = run(tmp_path / str(remeasured), latency, budget_ms=2.0, sampling={"n_trials": 3},
+                     report={"recheck_margin": 0.05})
         assert (not result.ranking.empty) == kept
 
 
 def test_failed_measurement_fails_the_trial_not_the_search(tmp_path):
     latency = FakeLatency(fail=lambda c: c.stages[0].dim == 16)
-    result = run(tmp_path, latency, budget_ms=10.0, n_trials=8)
+    result = run(tmp_path, latency, budget_ms=10.0, sampling={"n_trials": 8})
     failed = result.trials[result.trials["state"] == "FAIL"]
     assert len(failed) and failed["error"].str.contains("oom").all()
     assert len(result.ranking) and not set(failed["trial"]) & set(result.ranking["trial"])
@@ -182,7 +183,8 @@ def test_budget_below_smallest_network(tmp_path):
 
 def test_nothing_feasible_writes_no_ranking(tmp_path):
     # Without the up-front check of the smallest network, a run where nothing fits still reports no winner.
-    result = run(tmp_path, FakeLatency(lambda c: 9.0), budget_ms=2.0, n_trials=3, check_smallest=False)
+    result = run(tmp_path, FakeLatency(lambda c: 9.0), budget_ms=2.0, sampling={"n_trials": 3},
+                 measuring={"check_smallest": False})
     assert result.ranking.empty and result.best_config is None
     out = tmp_path / "results" / "t"
     assert not (out / "ranking.csv").exists() and not (out / "best.json").exists()
@@ -197,13 +199,13 @@ def test_repeated_architectures_are_not_measured_again(tmp_path):
                                          "stages[0].kind=[conv]", "stages[1].head_dim=[8]"])
     assert space.size() == 2  # stage 2: conv or attn
     latency = FakeLatency()
-    run(tmp_path, latency, space=space, budget_ms=5.0, n_trials=8, recheck=0)
+    run(tmp_path, latency, space=space, budget_ms=5.0, sampling={"n_trials": 8}, report={"recheck": 0})
     assert sum(latency.calls.values()) == 2 and max(latency.calls.values()) == 1
     cache = json.loads((tmp_path / "results" / "t" / "latency_cache.json").read_text())
     assert len(cache["entries"]) == 2
     # A new worker on the same study reads the cache instead of measuring.
     again = FakeLatency()
-    run(tmp_path, again, space=space, budget_ms=5.0, n_trials=10, recheck=0)
+    run(tmp_path, again, space=space, budget_ms=5.0, sampling={"n_trials": 10}, report={"recheck": 0})
     assert sum(again.calls.values()) == 0
 
 
@@ -242,7 +244,7 @@ def test_two_workers_never_measure_at_once(tmp_path):
 
 def test_ctrl_c_writes_the_report_and_resume_loses_nothing(tmp_path):
     latency = FakeLatency(interrupt_at=5)  # the smallest network is measurement 1
-    result = run(tmp_path, latency, budget_ms=3.0, n_trials=10)
+    result = run(tmp_path, latency, budget_ms=3.0, sampling={"n_trials": 10})
     assert result.interrupted
     out = tmp_path / "results" / "t"
     assert "Interrupted" in (out / "report.md").read_text()
@@ -251,7 +253,7 @@ def test_ctrl_c_writes_the_report_and_resume_loses_nothing(tmp_path):
     lost = int(interrupted["trial"].item())
     lost_params = load(tmp_path).trials[lost].params
 
-    result = run(tmp_path, FakeLatency(), budget_ms=3.0, n_trials=10)
+    result = run(tmp_path, FakeLatency(), budget_ms=3.0, sampling={"n_trials": 10})
     assert not result.interrupted
     trials = load(tmp_path).trials
     assert [t.number for t in trials] == list(range(len(trials)))
@@ -262,27 +264,28 @@ def test_ctrl_c_writes_the_report_and_resume_loses_nothing(tmp_path):
 
 
 def test_mismatched_worker_is_refused(tmp_path, monkeypatch):
-    run(tmp_path, n_trials=2)
+    run(tmp_path, sampling={"n_trials": 2})
     monkeypatch.setattr(bench, "fingerprint", lambda device="cpu", threads=None: "ffffffffffff")
     with pytest.raises(WorkerMismatchError, match="refusing to join study 't'.*fingerprint"):
-        run(tmp_path, n_trials=4)
+        run(tmp_path, sampling={"n_trials": 4})
     monkeypatch.undo()
     with pytest.raises(WorkerMismatchError, match="--batch-size 1 \\(study\\) vs 2"):
-        run(tmp_path, n_trials=4, deployment=Deployment(image_size=IMAGE, threads=1, batch_size=2))
+        run(tmp_path, sampling={"n_trials": 4}, deployment=Deployment(image_size=IMAGE, threads=1, batch_size=2))
     with pytest.raises(WorkerMismatchError, match="--budget-ms"):
-        run(tmp_path, n_trials=4, budget_ms=7.0)
+        run(tmp_path, sampling={"n_trials": 4}, budget_ms=7.0)
     assert len(load(tmp_path).trials) == 2  # nothing was added by a refused worker
 
 
 def test_the_runtime_is_part_of_the_studys_identity(tmp_path):
-    s = settings(tmp_path, study_name=None)
+    derived = {"study_name": None}
+    s = settings(tmp_path, storage=derived)
     assert s.deployment.runtime == "fast" and s.deployment.options().runtime == "fast"
-    assert "-fast-" in s.name and "-reference-" in settings(tmp_path, study_name=None, deployment=Deployment(
+    assert "-fast-" in s.name and "-reference-" in settings(tmp_path, storage=derived, deployment=Deployment(
         image_size=IMAGE, threads=1, runtime="reference")).name  # the same command resumes its own runtime's study
-    run(tmp_path, n_trials=2)
+    run(tmp_path, sampling={"n_trials": 2})
     assert load(tmp_path).user_attrs["deployment"]["runtime"] == "fast"
     with pytest.raises(WorkerMismatchError, match=r"--runtime fast \(study\) vs reference \(this worker\)"):
-        run(tmp_path, n_trials=4, deployment=Deployment(image_size=IMAGE, threads=1, runtime="reference"))
+        run(tmp_path, sampling={"n_trials": 4}, deployment=Deployment(image_size=IMAGE, threads=1, runtime="reference"))
     assert len(load(tmp_path).trials) == 2
     # A study recorded before the runtime existed was measured on the reference: a fast worker may not join it.
     identity = s.identity()
@@ -330,7 +333,8 @@ def test_a_runtime_that_fails_a_network_fails_the_trial_not_the_search(tmp_path,
         return real(target, batch_size, options, **kw)
 
     monkeypatch.setattr(bench, "profile", profile)
-    result = run_search(settings(tmp_path, budget_ms=1e6, n_trials=6, recheck=0), scorer=FakeScorer())
+    result = run_search(settings(tmp_path, budget_ms=1e6, sampling={"n_trials": 6}, report={"recheck": 0}),
+                        scorer=FakeScorer())
     failed = result.trials[result.trials["state"] == "FAIL"]
     assert len(failed) and failed["error"].str.contains(f"MeasurementError: status '{status}'", regex=False).all()
     assert failed["error"].str.contains(reason, regex=False).all() and failed["error"].str.contains("fast").all()
@@ -339,7 +343,7 @@ def test_a_runtime_that_fails_a_network_fails_the_trial_not_the_search(tmp_path,
 
 def test_study_records_fingerprint_and_setting(tmp_path):
     s = settings(tmp_path)
-    run(tmp_path, n_trials=2)
+    run(tmp_path, sampling={"n_trials": 2})
     attrs = load(tmp_path).user_attrs
     assert attrs["fingerprint"] == s.deployment.fingerprint()
     assert attrs["deployment"] == s.deployment.to_dict()
@@ -350,7 +354,7 @@ def test_study_records_fingerprint_and_setting(tmp_path):
 
 
 def test_report_files(tmp_path):
-    result = run(tmp_path, budget_ms=2.5, n_trials=12)
+    result = run(tmp_path, budget_ms=2.5, sampling={"n_trials": 12})
     out = tmp_path / "results" / "t"
     for name in ("ranking.csv", "report.md", "best.json", "trials.csv", "study.json", "score_vs_latency.png",
                  "history.png"):
@@ -369,7 +373,7 @@ def test_report_files(tmp_path):
 
 def test_real_measurement_and_proxy_end_to_end(tmp_path):
     """One short run through bench.profile (on the default runtime, fast) and a real proxy (no assertion on speed)."""
-    s = settings(tmp_path, budget_ms=1e6, n_trials=3, objective="naswot")
+    s = settings(tmp_path, budget_ms=1e6, sampling={"n_trials": 3}, objective="naswot")
     result = run_search(s)
     assert len(result.ranking) == 3
     assert result.trials["latency_median_ms"].gt(0).all()
@@ -385,7 +389,7 @@ def test_real_search_on_onnxruntime(tmp_path):
     pytest.importorskip("onnxscript")
     space = tiny_space().with_overrides(["depth=1", "dim=[16]", "kernel_size=[3]", "mlp_ratio=[2]",
                                          "stages[0].kind=[conv]", "stages[1].head_dim=[8]"])
-    s = settings(tmp_path, budget_ms=1e6, n_trials=2, space=space, recheck=0,
+    s = settings(tmp_path, budget_ms=1e6, sampling={"n_trials": 2}, report={"recheck": 0}, space=space,
                  deployment=Deployment(image_size=IMAGE, threads=1, runtime="onnxruntime"))
     result = run_search(s, scorer=FakeScorer())
     assert (result.trials["state"] == "COMPLETE").all(), result.trials["error"].tolist()

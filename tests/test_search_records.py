@@ -61,7 +61,7 @@ def test_missing_attributes_read_as_none():
 
 
 def test_a_search_stores_the_attribute_names_it_always_did(tmp_path):
-    result = run_search(settings(tmp_path, n_trials=6), latency_source=FakeLatency(), scorer=FakeScorer())
+    result = run_search(settings(tmp_path, sampling={"n_trials": 6}), latency_source=FakeLatency(), scorer=FakeScorer())
     study = optuna.load_study(study_name="t", storage=make_storage(None, tmp_path / "results" / "t"))
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE and t.user_attrs["scored"]]
     assert complete and all(set(t.user_attrs) == COMPLETE_ATTRS for t in complete)

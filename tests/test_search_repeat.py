@@ -100,10 +100,10 @@ def test_different_winners_are_found():
 def test_two_searches_whose_latencies_differ(tmp_path):
     """Real studies (fake latencies): run 2 measures every network twice as slow. TPE's random start-up proposals
     are the same in both; those between budget / 2 and the budget fit in run 1 only."""
-    one = run_search(settings(tmp_path, BUDGET, study_name="one"), latency_source=FakeLatency(), scorer=FakeScorer(),
-                     report=False)
-    two = run_search(settings(tmp_path, BUDGET, study_name="two"), latency_source=FakeLatency(lambda c: 2 * cost(c)),
+    one = run_search(settings(tmp_path, BUDGET, storage={"study_name": "one"}), latency_source=FakeLatency(),
                      scorer=FakeScorer(), report=False)
+    two = run_search(settings(tmp_path, BUDGET, storage={"study_name": "two"}),
+                     latency_source=FakeLatency(lambda c: 2 * cost(c)), scorer=FakeScorer(), report=False)
     c = compare_runs([one, two])
     assert not c.reproduced and c.identical >= 1 and c.differences
     for d in c.differences:

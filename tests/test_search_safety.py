@@ -75,13 +75,15 @@ def test_the_storage_url_comes_from_the_environment_when_the_flag_is_absent(tmp_
 
 def test_study_json_never_holds_a_password(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    s = settings(tmp_path, storage=url, n_trials=4)
+    s = settings(tmp_path, sampling={"n_trials": 4}, storage={"url": url})
     result = run_search(s, latency_source=FakeLatency(), scorer=FakeScorer())
     study_json = tmp_path / "results" / "t" / "study.json"
     assert json.loads(study_json.read_text())["storage"] == url  # no password: written as given
     # The report writer with a URL that has one (a sqlite URL cannot carry a password).
     study = optuna.load_study(study_name="t", storage=make_storage(url, s.study_dir))
-    write_report(result, study, replace(s, storage=f"postgresql://alice:{SECRET}@db-host/optuna"))
+    with_password = replace(s, storage=replace(s.storage, url=f"postgresql://alice:{SECRET}@db-host/optuna"))
+    assert SECRET not in repr(with_password)  # the settings' repr leaves the storage URL out
+    write_report(result, study, with_password)
     assert json.loads(study_json.read_text())["storage"] == "postgresql://alice:***@db-host/optuna"
     assert not [p.name for p in s.study_dir.iterdir() if p.is_file() and SECRET.encode() in p.read_bytes()]
 
@@ -99,7 +101,8 @@ def test_study_json_on_postgresql_with_a_password(tmp_path):
     try:
         server.start()
         url = server.create_database("secret").replace("bench@", f"bench:{SECRET}@")
-        run_search(settings(tmp_path, storage=url, n_trials=3), latency_source=FakeLatency(), scorer=FakeScorer())
+        run_search(settings(tmp_path, sampling={"n_trials": 3}, storage={"url": url}), latency_source=FakeLatency(),
+                   scorer=FakeScorer())
         written = json.loads((tmp_path / "results" / "t" / "study.json").read_text())["storage"]
         assert SECRET not in written and written.startswith("postgresql+psycopg2://bench:***@/secret")
     finally:

@@ -40,8 +40,9 @@ from search.experiments.evidence import (VALIDATION_SEEDS, VALIDATION_TRAINING, 
 from search.experiments.compare_report import markdown, plot_accuracy, table
 from search.latency import Deployment, LatencySource, default_stop
 from search.scoring.proxies import Scorer
-from search.settings import (DEFAULT_OBJECTIVE, SAMPLERS, NoFeasibleNetworkError, SearchSettings, add_runtime_argument,
-                             list_objectives, parse_budget)
+from search.settings import (DEFAULT_OBJECTIVE, SAMPLERS, Measuring, NoFeasibleNetworkError, Reporting, Sampling,
+                             Scoring, SearchSettings, StudyStorage, add_runtime_argument, list_objectives,
+                             parse_budget)
 from search.space import SearchInputError, SearchSpace
 from search.study import run_search
 from search.scoring.training import TrainingSettings
@@ -76,11 +77,12 @@ class CompareSettings:
         self.out_dir = Path(self.out_dir)
 
     def search(self, seed: int, sampler: str, dataset: Dataset) -> SearchSettings:
-        s = SearchSettings(budget_ms=self.budget_ms, deployment=self.deployment, space=self.space,
-                           objective=self.objective, n_trials=self.trials, seed=seed, stop=self.stop,
-                           results_dir=self.out_dir / "studies", progress=False, sampler=sampler,
-                           data=dataset if self.objective == ACCURACY else None, training=self.training)
-        s.study_name = f"{s.name}-seed{seed}"  # the default name has no seed: one study per seed
+        s = SearchSettings(
+            budget_ms=self.budget_ms, deployment=self.deployment, space=self.space, objective=self.objective,
+            sampling=Sampling(sampler=sampler, n_trials=self.trials, seed=seed), measuring=Measuring(stop=self.stop),
+            scoring=Scoring(data=dataset if self.objective == ACCURACY else None, training=self.training),
+            storage=StudyStorage(results_dir=self.out_dir / "studies"), report=Reporting(progress=False))
+        s.storage.study_name = f"{s.name}-seed{seed}"  # the default name has no seed: one study per seed
         return s
 
 

@@ -357,7 +357,7 @@ def run_repeat(searches: Sequence[SearchSettings], out: Path, *, times: int = 2,
     names = [s.name for s in searches]
     if len(set(names)) != len(names):
         raise SearchInputError(f"--budget-ms {' '.join(f'{s.budget_ms:g}' for s in searches)}: give each budget once")
-    if any(s.storage is not None for s in searches):
+    if any(s.storage.url is not None for s in searches):
         raise SearchInputError("--storage: each run needs a study of its own; leave the storage to repeat")
     out = Path(out)
     taken = [out / f"run-{i}" for i in range(1, times + 1) if (out / f"run-{i}").exists()]
@@ -376,9 +376,9 @@ def run_repeat(searches: Sequence[SearchSettings], out: Path, *, times: int = 2,
                     sleep(pause_s)
                 first = False
                 console.rule(f"budget {search.budget_ms:g} ms, run {i}/{times}")
-                settings = replace(search, results_dir=out / f"run-{i}",
-                                   data=search.dataset if search.dataset is not None else search.data)
-                run = RepeatRun(run=i, directory=settings.results_dir, study=settings.name)
+                # The same scoring group: a data set is loaded once for every run.
+                settings = replace(search, storage=replace(search.storage, results_dir=out / f"run-{i}"))
+                run = RepeatRun(run=i, directory=settings.storage.results_dir, study=settings.name)
                 budget.runs.append(run)
                 began = time.perf_counter()
                 try:

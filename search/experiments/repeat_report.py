@@ -21,7 +21,7 @@ from bench.formatting import fixed, markdown_table, number, si
 from search.arguments import add_search_arguments, settings_from_args, space_from_args
 from search.latency import LatencySource
 from search.scoring.proxies import Scorer
-from search.settings import SearchSettings, parse_budget
+from search.settings import SearchSettings, StudyStorage, parse_budget
 from search.experiments.repeat import LATENCY_LABELS, REPEAT_DIR, RepeatComparison, RepeatReport, run_repeat
 from search.space import SearchInputError
 
@@ -92,9 +92,9 @@ def write_repeat(report: RepeatReport, *, command: str, env: dict[str, Any],
 
 
 def _search_summary(s: SearchSettings) -> dict[str, Any]:
-    return {"trials": s.n_trials, "seed": s.seed, "objective": s.objective, "sampler": s.sampler,
-            "pareto": s.pareto, "deployment": s.deployment.to_dict(), "stop": str(s.stop), "timeout_s": s.timeout_s,
-            "predictor": s.predictor}
+    return {"trials": s.sampling.n_trials, "seed": s.sampling.seed, "objective": s.objective,
+            "sampler": s.sampling.sampler, "pareto": s.pareto, "deployment": s.deployment.to_dict(),
+            "stop": str(s.measuring.stop), "timeout_s": s.sampling.timeout_s, "predictor": s.measuring.predictor}
 
 
 def print_repeat(report: RepeatReport, console: Console) -> None:
@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None, *, latency_source: LatencySource | N
     try:
         budgets = [parse_budget(b) for b in args.budget_ms]
         space = space_from_args(args)
-        searches = [settings_from_args(args, b, space, results_dir=out) for b in budgets]
+        searches = [settings_from_args(args, b, space, StudyStorage(results_dir=out)) for b in budgets]
         report = run_repeat(searches, out, times=args.times, pause_s=args.pause_s, latency_source=latency_source,
                             scorer=scorer)
     except (SearchInputError, bench.BenchInputError) as e:
