@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 import datetime as dt
+import importlib.util
 import os
 import random
 import re
@@ -89,6 +90,14 @@ def _without_secrets(text: str, url: str) -> str:
     return text
 
 
+def with_installed_driver(url: str) -> str:
+    """A plain `postgresql://` URL on the driver this project installs (psycopg2): SQLAlchemy 2.1 reads it as
+    psycopg 3, which is not installed, so the URL the docs show would fail with "no module named psycopg"."""
+    if not url.startswith("postgresql://") or importlib.util.find_spec("psycopg") is not None:
+        return url
+    return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+
+
 def make_storage(url: str | None, study_dir: Path) -> optuna.storages.BaseStorage:
     """A journal file in `study_dir` when `url` is None (or a journal path); an RDB storage otherwise."""
     if url is None:
@@ -98,6 +107,7 @@ def make_storage(url: str | None, study_dir: Path) -> optuna.storages.BaseStorag
         path = url.removeprefix("journal:").removeprefix("//")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(path))
+    url = with_installed_driver(url)
     for attempt in range(6):
         try:
             with warnings.catch_warnings():

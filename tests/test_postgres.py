@@ -176,3 +176,11 @@ def test_cli_workers_on_postgresql(tmp_path, postgres):
     ranking = pd.read_csv(tmp_path / "results" / "cli" / "ranking.csv")
     kept = frame["feasible"].astype(bool) & ~frame["dropped"].astype(bool)
     assert set(ranking["trial"]) == set(frame.loc[kept, "trial"])
+
+
+def test_a_plain_postgresql_url_uses_the_installed_driver(tmp_path, postgres):
+    """`postgresql://` as the docs write it: SQLAlchemy 2.1 reads it as psycopg 3, which is not installed."""
+    url = postgres.create_database("plain_url").replace("postgresql+psycopg2://", "postgresql://", 1)
+    study = optuna.create_study(study_name="plain", storage=make_storage(url, tmp_path))
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    assert len(optuna.load_study(study_name="plain", storage=make_storage(url, tmp_path)).trials) == 2
