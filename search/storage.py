@@ -107,13 +107,13 @@ def make_storage(url: str | None, study_dir: Path) -> optuna.storages.BaseStorag
         path = url.removeprefix("journal:").removeprefix("//")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(path))
-    url = with_installed_driver(url)
+    driver_url = with_installed_driver(url)  # messages name the URL as given
     for attempt in range(6):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 warnings.simplefilter("ignore", FutureWarning)
-                return RDBStorage(url, heartbeat_interval=30, grace_period=120,
+                return RDBStorage(driver_url, heartbeat_interval=30, grace_period=120,
                                   heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
         except Exception as e:  # a bad URL, a missing driver, an unreachable server
             text = str(e)
