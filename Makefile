@@ -38,7 +38,7 @@ bench-fast: install
 # four stage shapes at their stage batches; fp32, the machine's threads, peak RSS of each in its own process.
 # report.md ends with the runtime table (ratios to the reference and to the fastest runtime of each workload).
 bench-runtimes: install
-	$(PY) -m bench --suite runtimes --runtime reference,fast,onnxruntime,openvino
+	$(PY) -m bench --suite runtimes --runtime reference,fast,onnxruntime,openvino,aot
 
 # Is this machine's timing reproducible? The same measurement twice, 10 s apart (python -m bench repeat, its
 # options are the run's plus --times N and --pause-s S), then how well the runs agree, row by row: the spread

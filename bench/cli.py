@@ -2,7 +2,8 @@
 
 With no command, or with `run`, it runs a profiling suite; its options are the top-level ones, so
 `python -m bench --help` lists them. The other commands have their own --help.
-Exit status: 0 done; 1 the regression gate found a slowdown; 2 bad input (one line on stderr); 130 interrupted.
+Exit status: 0 done; 1 the regression gate found a slowdown, or `export` wrote an artifact that does not match
+the reference (or could not convert one); 2 bad input (one line on stderr); 130 interrupted.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import container
 from bench import regress
 from bench.regress import history
 from bench.affinity import block_and_input, draw_affinity
+from bench.export import ARTIFACTS, check_export_runtime, export_artifacts, exporting_runtimes
 from bench.fast_goal import earlier_run
 from bench.kit import (EXIT_BAD_INPUT, Parser, argument_type, choice_list, comma_list, fail, names, non_negative_int,
                        positive_int, positive_ints, program_name, results_root, writable_dir, writable_file)
@@ -34,6 +36,36 @@ from bench.workload import Options
 EXIT_INTERRUPTED = 130
 
 
+def add_dtypes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", type=names, default=["fp32"], help="fp32, bf16, fp16 (autocast); a list runs each")
+
+
+def add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: torch's)")
+
+
+def add_targets(p: argparse.ArgumentParser, *, kinds_help: str, batch_sizes_help: str, model_note: str = "") -> None:
+    """What to measure (or export): --kinds, --networks, --model with --input-shape, --batch-sizes. The
+    targets they name: stage_blocks(args.kinds), args.networks and _models(args.model, args.input_shape)."""
+    p.add_argument("--kinds", type=choice_list(container.BLOCK_KINDS, "kind"), default=None, help=kinds_help)
+    p.add_argument("--networks", type=comma_list(argument_type(network_target)), default=None,
+                   help=f"networks, a list: registered names ({','.join(container.list_models())}) or config files "
+                        f"(JSON or YAML NetworkConfig fields, e.g. the search's best.json); named by the name or "
+                        f"the path as given")
+    p.add_argument("--model", action="extend", type=names, default=None, metavar="SPEC",
+                   help=f"your own nn.Module: package.module:callable, called with no arguments (the working "
+                        f"directory is importable); repeat the flag or give a list for several. Needs --input-shape. "
+                        f"{model_note}".strip())
+    p.add_argument("--input-shape", type=argument_type(parse_shape), default=None, metavar="C,H,W",
+                   help="one sample's shape for --model (the batch size is added in front), e.g. 3,224,224")
+    p.add_argument("--batch-sizes", type=positive_ints, default=None, help=batch_sizes_help)
+
+
+def stage_blocks(kinds: Sequence[str] | None) -> list[BlockTarget]:
+    """Each block kind at the four Container stage shapes."""
+    return [BlockTarget(kind, dim, side) for kind in kinds or [] for dim, side, _ in STAGE_SHAPES]
+
+
 def configure_run(p: argparse.ArgumentParser, out_help: str | None = None) -> None:
     p.add_argument("--suite", choices=SUITES, default="default",
                    help="default: every kind at the four stage shapes plus a batch sweep, and the networks at "
@@ -45,34 +77,23 @@ def configure_run(p: argparse.ArgumentParser, out_help: str | None = None) -> No
                         "Container-Light (or the networks and models named) at batch 1, short timing, no "
                         "isolated-process RSS")
     p.add_argument("--device", default="auto", help="auto (CPU, and CUDA when present) or a list: cpu,cuda")
-    p.add_argument("--dtype", type=names, default=["fp32"], help="fp32, bf16, fp16 (autocast); a list runs each")
+    add_dtypes(p)
     p.add_argument("--channels-last", choices=("off", "on", "both"), default="off", help="memory layout")
     p.add_argument("--compile", action="store_true", help="torch.compile the module (compile time reported apart)")
     p.add_argument("--mode", choices=("inference", "train"), default="inference",
                    help="train: forward, backward and an optimizer step")
     p.add_argument("--runtime", "--impl", dest="runtime", type=names, default=None,
                    help="what runs the modules, a list runs each: reference (the faithful eager modules), fast "
-                        "(container.optimize), onnxruntime, openvino (default: reference; every runtime with "
-                        "--suite runtimes). --impl is an alias")
-    p.add_argument("--kinds", type=choice_list(container.BLOCK_KINDS, "kind"), default=None,
-                   help=f"block kinds: {','.join(container.BLOCK_KINDS)}. Naming targets selects them: with any of "
-                        f"--kinds, --networks, --model only those named run; with none, the suite's (every kind, "
-                        f"container_light and container)")
-    p.add_argument("--networks", type=comma_list(argument_type(network_target)), default=None,
-                   help=f"networks, a list: registered names ({','.join(container.list_models())}) or config files "
-                        f"(JSON or YAML NetworkConfig fields, e.g. the search's best.json); a row is named by the "
-                        f"name or the path as given")
-    p.add_argument("--model", action="extend", type=names, default=None, metavar="SPEC",
-                   help="your own nn.Module: package.module:callable, called with no arguments (the working "
-                        "directory is importable); repeat the flag or give a list for several. Needs --input-shape. "
-                        "Rows are named by the spec; --runtime fast takes Container blocks and networks only "
-                        "(export_failed otherwise)")
-    p.add_argument("--input-shape", type=argument_type(parse_shape), default=None, metavar="C,H,W",
-                   help="one sample's shape for --model (the batch size is added in front), e.g. 3,224,224")
-    p.add_argument("--batch-sizes", type=positive_ints, default=None,
-                   help="the default suite's batch sizes: the sweep at the 320@14x14 stage (default 1,8) and the "
-                        "networks' and models' batches (default 1)")
-    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: torch's)")
+                        "(container.optimize), onnxruntime, openvino, aot (an AOTInductor package) (default: "
+                        "reference; every runtime with --suite runtimes). --impl is an alias")
+    add_targets(p, kinds_help=f"block kinds: {','.join(container.BLOCK_KINDS)}. Naming targets selects them: with "
+                              f"any of --kinds, --networks, --model only those named run; with none, the suite's "
+                              f"(every kind, container_light and container)",
+                batch_sizes_help="the default suite's batch sizes: the sweep at the 320@14x14 stage (default 1,8) and "
+                                 "the networks' and models' batches (default 1)",
+                model_note="Rows are named by the spec; --runtime fast takes Container blocks and networks only "
+                           "(export_failed otherwise)")
+    add_threads(p)
     p.add_argument("--no-rss", action="store_true", help="skip the isolated-process peak RSS")
     p.add_argument("--out", type=writable_dir, default=None,
                    help=out_help or f"run directory (default {results_root() / 'runs'}/<time>-<commit>)")
@@ -183,7 +204,7 @@ def configure_ops(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-sizes", type=positive_ints, default=[1], help="batch sizes of every target")
     p.add_argument("--runtime", type=names, default=["fast", "onnxruntime", "openvino"],
                    help=f"runtimes to profile, a list: {', '.join(RUNTIMES)}")
-    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: torch's)")
+    add_threads(p)
     p.add_argument("--dtype", default="fp32", help="fp32, or bf16 / fp16 through autocast (onnxruntime: fp32 only)")
     p.add_argument("--runs", type=positive_int, default=20, help="profiled calls per runtime, after a warm-up")
     p.add_argument("--top", type=positive_int, default=12, help="ops listed per runtime in report.md")
@@ -197,7 +218,7 @@ def ops(args: argparse.Namespace) -> int:
                for runtime in dict.fromkeys(args.runtime)]
     for o in options:
         o.validate()
-    targets = [BlockTarget(kind, dim, side) for kind in args.kinds or [] for dim, side, _ in STAGE_SHAPES]
+    targets = stage_blocks(args.kinds)
     targets += args.networks or ([] if args.kinds else [network_target("container_light")])
     jobs = [OpJob(target, batch, o) for target in targets for batch in args.batch_sizes for o in options]
     out = args.out or results_root() / "ops"
@@ -207,7 +228,7 @@ def ops(args: argparse.Namespace) -> int:
 
 
 def configure_machine(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads (default: torch's)")
+    add_threads(p)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--refresh", action="store_true",
                    help="measure the reference speed again and store it (run it with nothing else busy)")
@@ -230,6 +251,39 @@ def machine(args: argparse.Namespace) -> int:
     return 0
 
 
+def configure_export(p: argparse.ArgumentParser) -> None:
+    files = "; ".join(f"{runtime}: {' + '.join(ARTIFACTS[runtime])}" for runtime in exporting_runtimes())
+    p.add_argument("--runtime", type=names, required=True,
+                   help=f"the runtimes whose artifact to write, a list ({files})")
+    add_dtypes(p)
+    add_targets(p, kinds_help=f"block kinds ({','.join(container.BLOCK_KINDS)}), each at the four stage shapes "
+                              f"({', '.join(f'{d}@{s}x{s}' for d, s, _ in STAGE_SHAPES)}). With none of --kinds, "
+                              f"--networks, --model: container_light",
+                batch_sizes_help="batch sizes of every target (default 1)")
+    add_threads(p)
+    p.add_argument("--quick", action="store_true", help="short timing of each artifact (a run's --quick timing)")
+    p.add_argument("--out", type=writable_dir, default=None,
+                   help=f"output directory: <target>-b<batch>-<dtype>/<runtime>/ in it (default "
+                        f"{results_root() / 'export'})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def export(args: argparse.Namespace) -> int:
+    """The artifact of every target, batch size, dtype and runtime, with its manifest; 1 where one is not ok."""
+    for runtime in args.runtime:
+        check_export_runtime(runtime)  # before anything is built: --runtime reference is refused in one line
+    stop = QUICK_STOP if args.quick else SUITE_STOP
+    variants = [Options(runtime=runtime, dtype=dtype, threads=args.threads, stop=stop)
+                for dtype in dict.fromkeys(args.dtype) for runtime in dict.fromkeys(args.runtime)]
+    for o in variants:
+        o.validate()
+    targets = [*stage_blocks(args.kinds), *(args.networks or []), *_models(args.model, args.input_shape)]
+    out = args.out or results_root() / "export"
+    artifacts = export_artifacts(targets or [network_target("container_light")], args.batch_sizes or [1], variants,
+                                 out, progress=not args.no_progress, command=getattr(args, "command_line", ""))
+    return 0 if all(a.ok for a in artifacts) else 1
+
+
 @dataclass(frozen=True)
 class Command:
     configure: Callable[[argparse.ArgumentParser], None]
@@ -246,6 +300,8 @@ COMMANDS = {
     "machine": Command(configure_machine, machine, "this machine's reference speed (what latency_norm_ms is "
                                                    "normalised to); --refresh measures it again"),
     "repeat": Command(configure_repeat, repeat, "run the same measurement N times and report how well the runs agree"),
+    "export": Command(configure_export, export, "write the deployable artifact a runtime runs (model.onnx, OpenVINO "
+                                                "IR, model.pt2), timed and checked, with a manifest"),
 }
 
 

@@ -8,6 +8,7 @@ import platform
 import shutil
 import subprocess
 from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 
 import psutil
@@ -76,6 +77,22 @@ def machine_summary(env: dict) -> str:
     isa = f" ({env['cpu_capability']})" if env.get("cpu_capability") else ""
     gpu = f", GPU {env['gpu_name']} (driver {env.get('gpu_driver') or '?'})" if env.get("gpu_name") else ""
     return f"{env.get('cpu_model', '?')}{isa}, {env.get('cpu_cores_logical', '?')} logical cores{gpu}"
+
+
+# The packages whose versions decide what a converted model computes and how fast (package_versions).
+RUNTIME_PACKAGES = ("torch", "numpy", "onnx", "onnxscript", "onnxruntime", "openvino")
+
+
+def package_versions(packages: tuple[str, ...] = RUNTIME_PACKAGES) -> dict[str, str | None]:
+    """Python's version and each package's installed version (None: not installed), from the package
+    metadata: nothing is imported."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for package in packages:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
 
 
 def environment(device: str = "cpu", threads: int | None = None) -> dict[str, object]:

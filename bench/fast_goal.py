@@ -6,6 +6,10 @@ at most the fastest of those runtimes' in the same run (the table gives the rati
 and fast reaches GOAL_KERNEL_FRACTION of the harness's kernel bound (bench.profiler.kernel_bound). A row
 either meets both or the table says which it misses. Given an earlier run (`before`, its results.csv), each
 row also shows fast's ratio to the best runtime there.
+
+Where the run has `aot` rows (the AOTInductor package, itself compiled from the faster of the reference and
+fast modules), a `torch-native / best` column beside it: the faster of fast and aot on the workload against the
+same best deployment runtime, with its 95% interval; which of the two it was is in `torch-native`.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from bench.targets import BenchInputError
 GOAL_KERNEL_FRACTION = 0.9
 FAST = "fast"
 DEPLOYED = ("onnxruntime", "openvino")  # the runtimes fast is held against
+TORCH_NATIVE = (FAST, "aot")  # deployments that stay in torch: the fast path, and its AOTInductor package
 WORKLOAD = SAME_WORKLOAD + ["dtype"]
 
 
@@ -35,13 +40,24 @@ def _ratios(frame: pd.DataFrame) -> pd.DataFrame:
     merged = fast.merge(best[keys + ["runtime", "median", "rounds"]], on=keys, how="inner", suffixes=("", "_best"))
     kernel = merged.get("fraction_of_kernel_bound", pd.Series(np.nan, index=merged.index))
     interval = [ratio_interval(a, b) for a, b in zip(merged["rounds"], merged["rounds_best"])]
-    return pd.DataFrame({
+    table = pd.DataFrame({
         **{k: merged[k] for k in keys},
         "fast (ms)": merged["median"], "best runtime": merged["runtime_best"], "best (ms)": merged["median_best"],
         "fast / best": merged["median"] / merged["median_best"],
         "low": [lo for lo, _ in interval], "high": [hi for _, hi in interval],
         "% of kernel bound": 100 * kernel,
     })
+    if "aot" not in set(frame["runtime"]):
+        return table  # torch-native would be fast itself
+    native = frame[frame["runtime"].isin(TORCH_NATIVE) & frame["median"].notna()]
+    native = native.loc[native.groupby(keys, dropna=False)["median"].idxmin()] if len(native) else native
+    both = merged.merge(native[keys + ["runtime", "median", "rounds"]], on=keys, how="left",
+                        suffixes=("", "_native"))
+    interval = [ratio_interval(a, b) if isinstance(a, list) else (np.nan, np.nan)
+                for a, b in zip(both["rounds_native"], both["rounds_best"])]
+    return table.assign(**{"torch-native": both["runtime_native"].to_numpy(),
+                           "torch-native / best": (both["median_native"] / both["median_best"]).to_numpy(),
+                           "native low": [lo for lo, _ in interval], "native high": [hi for _, hi in interval]})
 
 
 
@@ -66,6 +82,14 @@ def fast_against_best(frame: pd.DataFrame, before: pd.DataFrame | None = None) -
     table.loc[table["fast (ms)"].isna(), "goal"] = "no fast figure"
     table.insert(table.columns.get_loc("low"), "fast / best 95% CI",
                  [interval_text(lo, hi) for lo, hi in zip(table.pop("low"), table.pop("high"))])
+    if "torch-native / best" in table:
+        table.insert(table.columns.get_loc("native low"), "torch-native / best 95% CI",
+                     [interval_text(lo, hi) for lo, hi in zip(table.pop("native low"), table.pop("native high"))])
+        # beside fast's: the goal columns (kernel bound, goal) stay fast's own
+        moved = ["torch-native", "torch-native / best", "torch-native / best 95% CI"]
+        rest = [c for c in table if c not in moved]
+        at = rest.index("fast / best 95% CI") + 1
+        table = table[rest[:at] + moved + rest[at:]]
     out = table.rename(columns={"batch_size": "batch"}).drop(
         columns=[c for c in ("device", "channels_last", "compile", "mode") if table[c].nunique(dropna=False) <= 1],
         errors="ignore")
@@ -98,7 +122,10 @@ def goal_summary(table: pd.DataFrame) -> str:
     if "fast / best before" in table and table["fast / best before"].notna().any():
         before = float(np.exp(np.log(table["fast / best before"].dropna()).mean()))
         text += f" (before: {before:.2f})"
+    if "torch-native / best" in table and table["torch-native / best"].notna().any():
+        native = float(np.exp(np.log(table["torch-native / best"].dropna()).mean()))
+        text += f"; of torch-native (the faster of fast and aot) / best {native:.2f}"
     return text + "."
 
 
-__all__ = ["DEPLOYED", "GOAL_KERNEL_FRACTION", "fast_against_best", "earlier_run", "goal_summary"]
+__all__ = ["DEPLOYED", "GOAL_KERNEL_FRACTION", "TORCH_NATIVE", "fast_against_best", "earlier_run", "goal_summary"]

@@ -5,7 +5,8 @@
 - CPU, process: the peak resident set of an isolated worker process (see bench.isolated).
 - CUDA: the caching allocator's own peak counters, reset before the call.
 
-The allocator figures exist only where torch allocates: the torch runtimes (reference, fast).
+The allocator figures exist only where torch allocates: the torch runtimes (reference, fast), and aot,
+whose AOTInductor package takes its buffers from torch's allocator.
 onnxruntime and openvino allocate on their own, so for them bench.profile gives the process
 figure only (bench.runtimes.Converted.torch_allocates).
 """

@@ -24,7 +24,7 @@ class Options:
     channels_last: bool = False  # torch runtimes only
     compile: bool = False  # torch.compile: torch runtimes only
     mode: str = "inference"  # or "train": forward, backward, optimizer step (torch runtimes only)
-    runtime: str = "reference"  # reference, fast (container.optimize), onnxruntime, openvino
+    runtime: str = "reference"  # reference, fast (container.optimize), onnxruntime, openvino, aot (AOTInductor)
     threads: int | None = None
     stop: StopRule = field(default_factory=StopRule)
 

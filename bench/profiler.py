@@ -78,11 +78,9 @@ def profile_variants(target: Target, batch_size: int, variants: Sequence[Options
 def _time_variants(parts: list["_Parts"], device: torch.device, threads: int, label: str,
                    stop: StopRule) -> list[LatencyStats | None]:
     """Every variant's latency from one measure_rounds; out of memory while timing: each variant alone."""
-    calibration = machine_calibration(str(device), threads)
     try:
-        return measure_rounds([p.workload.step for p in parts], device=device, threads=threads, stop=stop,
-                              labels=[label] * len(parts), calibration=calibration,
-                              settle_s=[p.workload.settle_s for p in parts])
+        return time_steps([p.workload.step for p in parts], device=device, threads=threads, stop=stop, label=label,
+                          settle_s=[p.workload.settle_s for p in parts])
     except Exception as failure:
         if not is_out_of_memory(failure):
             raise
@@ -91,10 +89,20 @@ def _time_variants(parts: list["_Parts"], device: torch.device, threads: int, la
             return [None]
     stats: list[LatencyStats | None] = []
     for part in parts:
-        alone = part.guard(device, measure_rounds, [part.workload.step], device=device, threads=threads, stop=stop,
-                           labels=[label], calibration=calibration, settle_s=[part.workload.settle_s])
+        alone = part.guard(device, time_steps, [part.workload.step], device=device, threads=threads, stop=stop,
+                           label=label, settle_s=[part.workload.settle_s])
         stats.append(alone[0] if alone else None)
     return stats
+
+
+def time_steps(steps: Sequence[Callable[[], object]], *, device: str | torch.device, threads: int, stop: StopRule,
+               label: str = "", settle_s: Sequence[float] = ()) -> list[LatencyStats]:
+    """How a row's latency is timed: the variants `steps` in bench.timing.measure_rounds with this machine's
+    calibration workload between their blocks (bench.machine), so each figure also comes at the machine's
+    reference speed (norm_ms, machine_speed). `settle_s[i]`: Converted.settle_s of step i."""
+    calibration = machine_calibration(str(torch.device(device)), threads)
+    return measure_rounds(list(steps), device=device, threads=threads, stop=stop, labels=[label] * len(steps),
+                          calibration=calibration, settle_s=settle_s)
 
 
 class _Parts:

@@ -45,7 +45,7 @@ def _two_digits(values: pd.Series) -> pd.Series:
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     """The human-sized view of a run: one line per row, units in the column names. Memory, each labelled:
     the isolated-process peak RSS (every runtime: the comparable figure) and the torch allocator's peak
-    (torch runtimes only: the others allocate outside torch)."""
+    (torch runtimes and aot only: the others allocate outside torch)."""
     def col(name: str, scale: float = 1.0) -> pd.Series:
         return _column(frame, name) * scale
 
@@ -226,6 +226,8 @@ def goal_section(frame: pd.DataFrame, before: pd.DataFrame | None = None) -> lis
             + (" (`before`: the same ratio in the earlier run given with --before)" if "fast / best before" in goal
                else "")
             + f". The goal: fast / best <= 1 and >= {100 * GOAL_KERNEL_FRACTION:.0f}% of the kernel bound. "
+            + ("`torch-native / best`: the faster of fast and aot (the AOTInductor package) over the same best. "
+               if "torch-native / best" in goal else "")
             + goal_summary(goal), "", markdown_table(goal), ""]
 
 
@@ -245,7 +247,7 @@ def write_report(frame: pd.DataFrame, out_dir: Path, rooflines: list[Roofline],
     lines += ["", "FLOPs = 2 x fvcore multiply-adds of the reference module (GMACs column), whatever the runtime. "
               "Latency: median over timed runs after warm-up. Memory: `RSS peak`, the peak resident set of the "
               "workload alone in a fresh process (every runtime: the comparable figure); `torch alloc peak`, "
-              "allocator-exact peak above the level before the call (torch runtimes only).", ""]
+              "allocator-exact peak above the level before the call (torch runtimes and aot only).", ""]
     lines += [markdown_table(summary_table(frame)), ""]
     comparison = runtime_comparison(frame)
     if not comparison.empty:
@@ -258,10 +260,11 @@ def write_report(frame: pd.DataFrame, out_dir: Path, rooflines: list[Roofline],
                   "`kernel bound` with the fused-attention calls at the speed they reach when timed alone "
                   "(fp32 or this dtype, whichever is faster) and every other FLOP at the GEMM peak; "
                   "`% of kernel bound`: how close the runtime comes to it. `convert (s)`: the one-off conversion "
-                  "(ONNX export and session, OpenVINO conversion and compilation, or torch.compile), not in the "
-                  "latency. `max rel error`: max |out - ref| / max |ref| against the reference module on the same "
-                  "input; over the tolerance (fp32 1e-4, bf16/fp16 2e-2) the row is a mismatch and gets no "
-                  "latency. Geometric means are over the workloads where the runtime has a figure.", "",
+                  "(ONNX export and session, OpenVINO conversion and compilation, AOTInductor export, compilation "
+                  "and choice of its source module, or its cache hit, or torch.compile), not in the latency. "
+                  "`max rel error`: max |out - ref| / max |ref| against the reference module on the same input; "
+                  "over the tolerance (fp32 1e-4, bf16/fp16 2e-2) the row is a mismatch and gets no latency. "
+                  "Geometric means are over the workloads where the runtime has a figure.", "",
                   markdown_table(comparison), ""]
     lines += goal_section(frame, before)
     lines += [f"![{p.stem}]({p.name})" for p in plots]

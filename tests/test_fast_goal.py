@@ -75,3 +75,21 @@ def test_report_section_has_the_goal_table_with_before():
     assert "## container.optimize against the best runtime" in text and "fast / best before" in text
     assert "1 of 1 workloads meet the goal" in text and "(before: 2.00)" in text
     assert goal_section(_rows({("a", "reference"): 3.0})) == []
+
+
+def test_torch_native_is_the_faster_of_fast_and_aot_against_the_same_best():
+    times = {("a", "fast"): 2.0, ("a", "aot"): 1.5, ("a", "openvino"): 2.5, ("b", "fast"): 4.0, ("b", "aot"): 5.0,
+             ("b", "onnxruntime"): 2.0}
+    run = _rows(times)
+    run["latency_rounds_norm_ms"] = [[ms * f for f in (1.0, 1.02, 0.98, 1.01, 0.99)] for ms in times.values()]
+    table = fast_against_best(run).set_index("name")
+    # aot is not a deployed runtime: a's best is still openvino, and the goal stays fast's own
+    assert table.loc["a", "best runtime"] == "openvino" and table.loc["a", "fast / best"] == pytest.approx(0.8)
+    assert table.loc["a", "torch-native"] == "aot" and table.loc["a", "torch-native / best"] == pytest.approx(0.6)
+    assert table.loc["b", "torch-native"] == "fast" and table.loc["b", "torch-native / best"] == pytest.approx(2.0)
+    low, high = map(float, table.loc["a", "torch-native / best 95% CI"].split("-"))
+    assert low <= 0.6 <= high
+    columns = list(table.columns)
+    assert columns.index("torch-native / best") == columns.index("fast / best 95% CI") + 2
+    assert "torch-native (the faster of fast and aot) / best" in goal_summary(table.reset_index())
+    assert "torch-native / best" not in fast_against_best(run[run["runtime"] != "aot"])

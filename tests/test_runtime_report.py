@@ -71,7 +71,8 @@ def test_a_row_without_a_latency_keeps_its_line_with_its_reason_and_no_figure(fr
 def test_geometric_means_per_runtime_over_the_workloads_with_a_figure(frame):
     table = runtime_comparison(frame)
     means = table[table["name"].str.startswith("geometric mean")].set_index("runtime")
-    assert list(means.index) == list(RUNTIMES)  # one per runtime, blocks only: a single network has none
+    ran = [r for r in RUNTIMES if r in set(frame["runtime"])]  # in the order of bench.runtimes.RUNTIMES
+    assert list(means.index) == ran  # one per runtime, blocks only: a single network has none
     assert means.loc["fast", "name"] == "geometric mean of 2 blocks"
     assert means.loc["fast", "speedup"] == pytest.approx(2.0)
     assert means.loc["onnxruntime", "speedup"] == pytest.approx(math.sqrt(4.0 * 3.0), abs=1e-3)
@@ -79,7 +80,7 @@ def test_geometric_means_per_runtime_over_the_workloads_with_a_figure(frame):
     assert means.loc["openvino", "speedup"] == pytest.approx(1.6)
     # the rows of a workload stay together, in the order of bench.runtimes.RUNTIMES, whatever the frame's order
     shuffled = runtime_comparison(frame.iloc[::-1])
-    assert list(shuffled["runtime"][:4]) == list(RUNTIMES)
+    assert list(shuffled["runtime"][:4]) == ran
 
 
 def test_one_runtime_alone_has_no_comparison(frame):

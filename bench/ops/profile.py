@@ -7,6 +7,9 @@ Each runtime is read by its own profiler, on the callable that bench times, buil
                      child's time twice and sum to the total
     openvino         the compiled model with PERF_COUNT; each node's real time, the mean over calls
     onnxruntime      the session's profiler (enable_profiling); each node's kernel time, the median over calls
+    aot              torch.profiler around the package bench times, compiled again with a record around each
+                     generated kernel and extern call (bench.runtimes.aot_runtime.profiling_package): self CPU
+                     time per kernel and per aten op (with its input shapes) as for the torch runtimes
 
 Every row gets one of CATEGORIES from `categorize`, so the runtimes compare category by category. The
 profilers add their own overhead per op (torch's the most), so the figures locate the time; bench's
@@ -28,6 +31,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench.options import Options
+from bench.runtimes.aot_runtime import load_package, profiling_package
 from bench.runtimes.onnx_runtime import onnxruntime_session
 from bench.runtimes.openvino_runtime import compile_openvino
 from bench.targets import BenchInputError, Target
@@ -86,13 +90,36 @@ CATEGORY_PATTERNS: dict[str, tuple[tuple[str, str], ...]] = {
          r"Identity|Shape|Pad", LAYOUT),
         (r"GlobalAveragePool|AveragePool|MaxPool|ReduceMean|ReduceSum", POOLING),
     ),
+    # aot: the aten ops its package calls are named as in eager torch (the "torch" patterns); a call through
+    # AOTInductor's C shim ("aoti_torch_cpu_addmm_out") by the op it calls; a generated kernel
+    # ("graph_0_cpp_fused_add_gelu_3") by the ops Inductor fused into it: the first of these that the name
+    # mentions, so a kernel fusing a norm with the residual add feeding it counts as the norm.
+    "aot-fused": (
+        (r"softmax|bmm|scaled_dot_product", ATTENTION),
+        (r"norm|var_mean", NORM),
+        (r"gelu|relu|sigmoid|silu|tanh|hardswish|erf", ACTIVATION),
+        (r"mean|sum|avg_pool|max_pool|amax", POOLING),
+        (r"add|mul|sub|div|sqrt|pow|neg", ELEMENTWISE),
+        (r"clone|copy|cat|permute|transpose|view|reshape|expand|pad|slice|select|squeeze|stack|split|strided",
+         LAYOUT),
+    ),
 }
+TORCH_PROFILED = ("reference", "fast", "aot")  # read by torch.profiler: aten op names
+_AOTI_SHIM = re.compile(r"aoti_torch_(?:cpu|cuda)_(\w+?)(?:_out)?")
+_AOTI_KERNEL = re.compile(r"(?:graph_\d+_)?cpp_fused_(\w+?)(?:_\d+)?")
 
 
 def categorize(op: str, runtime: str, shape_info: Sequence[Sequence[int]] = ()) -> str:
     """The category (one of CATEGORIES) of an op as `runtime`'s profiler names it, from its name and its
     input shapes; "other" for anything unknown, never an error."""
-    profiler = "torch" if runtime in ("reference", "fast") else runtime
+    profiler = "torch" if runtime in TORCH_PROFILED else runtime
+    if runtime == "aot":
+        kernel = _AOTI_KERNEL.fullmatch(op)
+        if kernel:
+            return next((category for pattern, category in CATEGORY_PATTERNS["aot-fused"]
+                         if re.search(pattern, kernel.group(1))), OTHER)
+        shim = _AOTI_SHIM.fullmatch(op)
+        op = shim.group(1) if shim else op
     name = op.split("::")[-1] if profiler == "torch" else op
     for pattern, category in CATEGORY_PATTERNS.get(profiler, ()):
         if re.fullmatch(pattern, name):
@@ -155,7 +182,8 @@ def profile_ops(target: Target, batch_size: int, options: Options, runs: int = 2
     keep_freed_memory()  # as bench.timing does before it times
     threads = options.threads or torch.get_num_threads()
     options = options.replace(threads=threads)
-    read = {"openvino": _openvino_times, "onnxruntime": _onnxruntime_times}.get(options.runtime, _torch_times)
+    read = {"openvino": _openvino_times, "onnxruntime": _onnxruntime_times, "aot": _aot_times}.get(
+        options.runtime, _torch_times)
     times, wall_ms = read(target, batch_size, options, runs)
     return _profile(target.name, options.runtime, batch_size, threads, runs, times, wall_ms)
 
@@ -167,11 +195,22 @@ def _wall_ms(call: Callable[[], object], runs: int) -> float:
 
 def _torch_times(target: Target, batch_size: int, options: Options, runs: int) -> tuple[list[OpTime], float]:
     workload = build_workload(target, batch_size, options, check=False)
+    return _torch_profiler_times(workload.step, options, runs)
+
+
+def _aot_times(target: Target, batch_size: int, options: Options, runs: int) -> tuple[list[OpTime], float]:
+    module, x = build_reference(target, batch_size, options)
+    runner = load_package(profiling_package(module, x, options), x.device)
+    return _torch_profiler_times(lambda: runner(x), options, runs)
+
+
+def _torch_profiler_times(call: Callable[[], object], options: Options, runs: int) -> tuple[list[OpTime], float]:
+    """Self CPU time per (op, input shapes) of `runs` calls after a warm-up, and the wall-clock ms per call."""
     with intra_op_threads(options.threads):  # as bench.timing.measure_latency runs workload.step
         for _ in range(WARMUP_CALLS):
-            workload.step()
+            call()
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as profiler:
-            wall_ms = _wall_ms(workload.step, runs)
+            wall_ms = _wall_ms(call, runs)
     times = [OpTime(e.key, tuple(tuple(s) for s in e.input_shapes), e.count / runs, e.self_cpu_time_total / runs / 1e3)
              for e in profiler.key_averages(group_by_input_shape=True) if e.self_cpu_time_total > 0]
     return times, wall_ms
@@ -299,4 +338,5 @@ def compare(profiles: Sequence[OpProfile]) -> pd.DataFrame:
     return table
 
 
-__all__ = ["CATEGORIES", "CATEGORY_PATTERNS", "OpProfile", "OpTime", "categorize", "compare", "profile_ops"]
+__all__ = ["CATEGORIES", "CATEGORY_PATTERNS", "TORCH_PROFILED", "OpProfile", "OpTime", "categorize", "compare",
+           "profile_ops"]

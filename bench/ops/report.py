@@ -1,6 +1,7 @@
 """`python -m bench ops`: profile each (target, batch, runtime) op by op and write what was found.
 
-DIR/ops.csv      every row of every profile (torch: an op at its input shapes; openvino, onnxruntime: a node)
+DIR/ops.csv      every row of every profile (torch, aot: an op or kernel at its input shapes; openvino,
+                 onnxruntime: a node)
 DIR/categories.csv  bench.ops.profile.compare: ms per call by category, one column per runtime
 DIR/report.md    per target and batch: the category table, then each runtime's top ops
 DIR/ops.png      per target and batch: a bar per runtime, stacked by category
@@ -111,10 +112,12 @@ def write_report(profiles: Sequence[OpProfile], failures: Sequence[OpFailure], p
              "How each runtime is read: `reference` and `fast` by torch.profiler (each op's self CPU time, per op "
              "and input shapes, so no time is counted twice); `openvino` by PERF_COUNT (each node's real time, "
              "the mean over calls: the plugin gives no single call's); `onnxruntime` by its session profiler (each "
-             "node's kernel time, the median over calls). A profiler adds overhead to every op it records, torch's "
-             "the most: the figures say where the time goes; bench's latency is the figure to quote. `attention` "
-             "holds softmax attention and every batched product over tokens (the dense affinities too); `other` "
-             "is mostly allocation.", ""]
+             "node's kernel time, the median over calls); `aot` by torch.profiler too, on its package compiled again "
+             "with a record around each generated kernel (named by the ops fused into it, categorized by the first "
+             "it names) and each extern call (its aten ops as for torch). A profiler adds overhead to every op it "
+             "records, torch's the most: the figures say where the time goes; bench's latency is the figure to "
+             "quote. `attention` holds softmax attention and every batched product over tokens (the dense "
+             "affinities too); `other` is mostly allocation.", ""]
     table = compare(profiles)
     for (target, batch), group in table.groupby(["target", "batch"], sort=False):
         lines += [f"## {target}, batch {batch}", "", _category_markdown(group), ""]

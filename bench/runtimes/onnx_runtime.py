@@ -1,6 +1,7 @@
 """`onnxruntime`: the network exported by torch.onnx.export(..., dynamo=True) and run by an InferenceSession.
 
-The model goes to the session in memory, never through a file. CPU execution provider, or CUDA's
+In a run the model goes to the session in memory, never through a file; `python -m bench export`
+writes the same bytes as model.onnx and times a session loaded from it. CPU execution provider, or CUDA's
 where the row's device is cuda (onnxruntime-gpu). The session's own thread pool is pinned to the
 row's thread count: intra-op threads = threads, one inter-op thread, sequential execution.
 """
@@ -25,24 +26,37 @@ if TYPE_CHECKING:  # annotations only: bench.options imports bench.runtimes.regi
 SPIN_SETTLE_S = 0.05
 
 
-def onnxruntime_session(module: nn.Module, x: torch.Tensor, options: Options, *, profile_prefix: str | None = None):
-    """`module` exported by torch.onnx.export(..., dynamo=True) and loaded, in memory, into an
-    onnxruntime.InferenceSession with the row's settings. With `profile_prefix` the session also profiles
-    (SessionOptions.enable_profiling, its trace written at that prefix: what bench.ops.profile reads), which
-    is the only difference from what bench times. Raises ExportFailed (one line)."""
-    import onnxruntime as ort  # here: bench imports without it
-
-    threads = options.threads or torch.get_num_threads()
-    cuda = torch.device(options.device).type == "cuda"
+def onnx_model(module: nn.Module, x: torch.Tensor) -> bytes:
+    """`module` exported by torch.onnx.export(..., dynamo=True) on `x`: the serialized ModelProto, weights
+    included (what a session loads, and what `python -m bench export` writes as model.onnx). Raises
+    ExportFailed (one line)."""
     module.eval()
     try:
         with quiet():
             program = torch.onnx.export(module, (x,), dynamo=True, verbose=False)
-            model = program.model_proto.SerializeToString()
+            return program.model_proto.SerializeToString()
+    except Exception as error:
+        raise ExportFailed(one_line(error)) from error
+
+
+def session_settings(options: Options) -> dict[str, object]:
+    """The SessionOptions fields set for the row (threads pinned, sequential execution), by name."""
+    return {"intra_op_num_threads": options.threads or torch.get_num_threads(), "inter_op_num_threads": 1,
+            "execution_mode": "ORT_SEQUENTIAL"}
+
+
+def load_session(model: bytes | str, options: Options, *, profile_prefix: str | None = None):
+    """An onnxruntime.InferenceSession on `model` (a serialized ModelProto, or the path of a .onnx file) with
+    the row's settings (session_settings). With `profile_prefix` the session also profiles
+    (SessionOptions.enable_profiling, its trace written at that prefix: what bench.ops.profile reads).
+    Raises ExportFailed (one line)."""
+    import onnxruntime as ort  # here: bench imports without it
+
+    cuda = torch.device(options.device).type == "cuda"
+    try:
         settings = ort.SessionOptions()
-        settings.intra_op_num_threads = threads
-        settings.inter_op_num_threads = 1
-        settings.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        for name, value in session_settings(options).items():
+            setattr(settings, name, getattr(ort.ExecutionMode, value) if name == "execution_mode" else value)
         settings.log_severity_level = 3  # errors only
         if profile_prefix is not None:
             settings.enable_profiling = True
@@ -53,11 +67,22 @@ def onnxruntime_session(module: nn.Module, x: torch.Tensor, options: Options, *,
         raise ExportFailed(one_line(error)) from error
 
 
+def onnxruntime_session(module: nn.Module, x: torch.Tensor, options: Options, *, profile_prefix: str | None = None):
+    """`module` exported (onnx_model) and loaded, in memory, into an onnxruntime.InferenceSession with the
+    row's settings (load_session); with `profile_prefix` it profiles too, which is the only difference from
+    what bench times. Raises ExportFailed (one line)."""
+    return load_session(onnx_model(module, x), options, profile_prefix=profile_prefix)
+
+
 def convert_onnxruntime(module: nn.Module, x: torch.Tensor, options: Options) -> Converted:
-    device = torch.device(options.device)
     start = time.perf_counter()
     session = onnxruntime_session(module, x, options)
-    convert_s = time.perf_counter() - start
+    return session_converted(session, x, options, time.perf_counter() - start)
+
+
+def session_converted(session, x: torch.Tensor, options: Options, convert_s: float) -> Converted:
+    """What bench times of an InferenceSession on `x`: one session.run, reading x in place."""
+    device = torch.device(options.device)
     (source,), (sink,) = session.get_inputs(), session.get_outputs()
     if device.type == "cuda":
         binding = session.io_binding()  # input and output stay on the GPU, as torch's do
