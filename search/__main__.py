@@ -1,7 +1,8 @@
 """`python -m search --budget-ms 25`: the best Container-style network under a latency budget on this device.
 
 Latency is measured on the runtime the network will be deployed on (`--runtime`, default `fast`:
-container.optimize; `reference`, `onnxruntime` and `openvino` are the others). The objective is a
+container.optimize; `reference`, `onnxruntime`, `openvino` and `aot`, an AOTInductor package compiled once per
+network and cached, are the others). The objective is a
 training-free score, or with `--objective accuracy --data fashion-mnist|FILE.npz|DIR` the validation
 accuracy of every feasible candidate trained on that data (weak ones pruned early, `--pruner`).
 

@@ -241,7 +241,8 @@ class MachineLock:
 
 class BenchLatency:
     """Times a config on this machine through bench.profile, on the deployment's runtime (bench converts
-    the network once per measurement for onnxruntime / openvino), holding the machine lock throughout.
+    the network once per measurement for onnxruntime / openvino; aot finds its package in the cache after the
+    first), holding the machine lock throughout.
 
     bench.measure_latency does every warm-up (a process's first measurement warms up longer), so the
     first trial is timed like the others without a warm-up here."""
