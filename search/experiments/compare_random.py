@@ -41,8 +41,7 @@ from search.experiments.compare_report import markdown, plot_accuracy, table
 from search.latency import Deployment, LatencySource, default_stop
 from search.scoring.proxies import Scorer
 from search.settings import (DEFAULT_OBJECTIVE, SAMPLERS, Measuring, NoFeasibleNetworkError, Reporting, Sampling,
-                             Scoring, SearchSettings, StudyStorage, add_runtime_argument, list_objectives,
-                             parse_budget)
+                             Scoring, SearchSettings, StudyStorage, add_runtime_argument, list_objectives, parse_budget)
 from search.space import SearchInputError, SearchSpace
 from search.study import run_search
 from search.scoring.training import TrainingSettings
@@ -89,7 +88,7 @@ class CompareSettings:
 # --- one latency cache for every study -----------------------------------------------------------------------------
 
 
-def _share_cache(shared: Path, study_dir: Path) -> None:
+def share_cache(shared: Path, study_dir: Path) -> None:
     """Give a study the latencies measured so far (same machine and deployment: the keys say so)."""
     study_cache = study_dir / SHARED_CACHE
     if shared.exists() and not study_cache.exists():
@@ -97,7 +96,7 @@ def _share_cache(shared: Path, study_dir: Path) -> None:
         write_text(study_cache, shared.read_text())
 
 
-def _collect_cache(shared: Path, study_dir: Path) -> None:
+def collect_cache(shared: Path, study_dir: Path) -> None:
     """Add a study's new measurements to the shared cache."""
     def entries(path: Path) -> dict[str, Any]:
         try:
@@ -152,6 +151,15 @@ class WinnerTrainer:
         return stored
 
 
+def winner_trainer(data: str | Path | Dataset, training: TrainingSettings, workers: int, out_dir: Path,
+                   protocol: ValidationProtocol | None = None) -> tuple[Dataset, WinnerTrainer]:
+    """The data set and the trainer of a comparison's winners (its trainings.csv in `out_dir`, reused on a rerun)."""
+    dataset = data if isinstance(data, Dataset) else load_data(data)
+    protocol = protocol or ValidationProtocol(dataset, training)
+    return dataset, WinnerTrainer(TrainingPool(protocol, data, workers), out_dir / "trainings.csv",
+                                  {"data": dataset.digest, "training": protocol.settings.identity()})
+
+
 # --- the run -----------------------------------------------------------------------------------------------------
 
 
@@ -163,10 +171,7 @@ def compare_random(settings: CompareSettings, *, latency_source: LatencySource |
     start = time.perf_counter()
     out = settings.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    dataset = settings.data if isinstance(settings.data, Dataset) else load_data(settings.data)
-    protocol = protocol or ValidationProtocol(dataset, settings.training)
-    trainer = WinnerTrainer(TrainingPool(protocol, settings.data, settings.workers), out / "trainings.csv",
-                            {"data": dataset.digest, "training": protocol.settings.identity()})
+    dataset, trainer = winner_trainer(settings.data, settings.training, settings.workers, out, protocol)
     shared = out / SHARED_CACHE
     searches: list[tuple[int, str, SearchSettings, pd.DataFrame, dict[str, Any]]] = []
     total = len(settings.seeds) * len(SAMPLERS) * (1 + len(settings.train_seeds))
@@ -174,9 +179,9 @@ def compare_random(settings: CompareSettings, *, latency_source: LatencySource |
         for seed in settings.seeds:
             for sampler in SAMPLERS:
                 s = settings.search(seed, sampler, dataset)
-                _share_cache(shared, s.study_dir)
+                share_cache(shared, s.study_dir)
                 result = run_search(s, latency_source=latency_source, scorer=scorer(s) if scorer else None)
-                _collect_cache(shared, s.study_dir)
+                collect_cache(shared, s.study_dir)
                 advance(f"seed {seed}, {sampler}: {len(result.trials)} trials")
                 searches.append((seed, sampler, s, result.ranking,
                                  {"trials_run": len(result.trials), "latency_measured": result.cache_misses,
@@ -312,7 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["COMPARE_DIR", "CompareSettings", "WinnerTrainer", "compare_random", "main", "parser", "verdict"]
+__all__ = ["COMPARE_DIR", "CompareSettings", "WinnerTrainer", "collect_cache", "compare_random", "main", "parser",
+           "share_cache", "verdict", "winner_trainer"]
 
 
 if __name__ == "__main__":
