@@ -13,8 +13,8 @@ from bench.kit import (fraction, non_negative_float, non_negative_int, positive_
 
 from search.scoring.accuracy import PRUNERS
 from search.latency import DEFAULT_STOP, Deployment, default_stop
-from search.settings import (DEFAULT_OBJECTIVE, DEFAULT_RESULTS_DIR, SAMPLERS, Measuring, Reporting, Sampling, Scoring,
-                             SearchSettings, StudyStorage, add_runtime_argument, list_objectives)
+from search.settings import (DEFAULT_OBJECTIVE, DEFAULT_RESULTS_DIR, SAMPLERS, STARTS, Measuring, Reporting, Sampling,
+                             Scoring, SearchSettings, StudyStorage, add_runtime_argument, list_objectives)
 from search.space import SearchSpace
 from search.storage import STORAGE_ENV
 from search.scoring.training import TrainingSettings
@@ -40,7 +40,10 @@ def add_search_arguments(p: argparse.ArgumentParser, *, single_run: bool = True)
                    help="score to maximise: a training-free proxy, params / flops, or accuracy (trained on --data)")
     g.add_argument("--pareto", action="store_true", help="two objectives: score up, latency down")
     g.add_argument("--sampler", choices=SAMPLERS, default="tpe",
-                   help="tpe (the search), or random: uniform random search, the baseline (see compare-random)")
+                   help="tpe (the search), or random: uniform random search, the baseline (see compare --arms)")
+    g.add_argument("--start", choices=STARTS, default=None,
+                   help="the study's first trials: scaled (the scaled Container-Light members that fit the budget; "
+                        "default with tpe) or random (the sampler's own start-up proposals; default with random)")
     g.add_argument("--space", type=Path, default=None, metavar="FILE", help="search space as JSON or YAML")
     g.add_argument("--space-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override the space, e.g. 'stages[2].kind=[conv,attn]', 'kernel_size=[3,5]', "
@@ -132,7 +135,8 @@ def settings_from_args(args: argparse.Namespace, budget_ms: float, space: Search
                                 threads=args.train_threads)
     return SearchSettings(
         budget_ms=budget_ms, deployment=deployment, space=space, objective=args.objective, pareto=args.pareto,
-        sampling=Sampling(sampler=args.sampler, n_trials=args.trials, timeout_s=args.timeout, seed=args.seed),
+        sampling=Sampling(sampler=args.sampler, n_trials=args.trials, timeout_s=args.timeout, seed=args.seed,
+                          start=args.start),
         measuring=Measuring(stop=stop, lock_file=args.lock_file and str(args.lock_file), predictor=args.predictor,
                             predictor_margin=args.predictor_margin),
         scoring=Scoring(proxy_inits=args.proxy_inits, proxy_batch=args.proxy_batch,

@@ -229,6 +229,7 @@ def write_report(result: SearchResult, study: optuna.Study, settings: SearchSett
         # The storage as it may be written down: a URL's password never is (search.storage.redacted).
         "study": result.study_name, "storage": redacted(settings.storage.url) or str(out / "study.journal"),
         "budget_ms": settings.budget_ms, "objective": settings.objective, "pareto": settings.pareto,
+        "sampler": settings.sampling.sampler, "start": settings.sampling.starts_from,
         "deployment": settings.deployment.to_dict(), "fingerprint": settings.deployment.fingerprint(),
         "environment": study.user_attrs.get("environment"), "space": settings.space.to_dict(),
         "reference_speed": study.user_attrs.get("reference_speed"),
@@ -348,6 +349,10 @@ def markdown(result: SearchResult, settings: SearchSettings, study: optuna.Study
         f"- objective: `{settings.objective}` (higher is better"
         + (f", averaged over {scoring.proxy_inits} initialisations" if settings.objective in ("synflow", "naswot")
            else "") + ")" + ("; two objectives (score up, latency down)" if settings.pareto else ""),
+        f"- sampler: {settings.sampling.sampler}, seed {settings.sampling.seed}; "
+        + (f"the first {n(trials['start'] == 'scaled')} trials are the scaled Container-Light members that fit "
+           "(search.scaled, `start` in trials.csv)" if len(trials) and "start" in trials
+           and (trials["start"] == "scaled").any() else "its start-up trials are its own proposals"),
         f"- trials: {len(trials)} ({n(complete)} complete, {n(fits)} feasible, {n(complete & ~fits)} over budget, "
         + (f"{n(trials['state'] == 'PRUNED')} pruned, " if settings.objective == ACCURACY and len(trials) else "")
         + f"{n(trials['state'] == 'FAIL') if len(trials) else 0} failed); {len(dropped)} dropped on re-measurement",

@@ -36,6 +36,9 @@ VALIDATION_DIR = results_root() / "proxy_validation"
 # ranks trained accuracy with Spearman 0.82 [0.67, 0.89] (0.78 at widths / 4); naswot, the default before, 0.03.
 DEFAULT_OBJECTIVE = "params"
 SAMPLERS = ("tpe", "random")  # --sampler: Optuna's TPE (constrained), or uniform random search as its baseline
+# --start: the study's first trials are the scaled Container-Light members that fit (search.scaled), or the sampler's
+# own (random) start-up proposals. TPE starts from the family by default; random search stays uniform.
+STARTS = ("scaled", "random")
 
 
 def list_objectives() -> list[str]:
@@ -83,14 +86,22 @@ class Sampling:
     n_trials: int | None = 30  # the study's target number of finished trials (a resume runs the rest)
     timeout_s: float | None = None
     seed: int | None = 0  # the sampler's, and the proxies' and the training's initialisation seed
+    start: str | None = None  # None: "scaled" for TPE, "random" for random search
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise SearchInputError(f"--sampler {self.sampler!r}: valid samplers: {', '.join(SAMPLERS)}")
+        if self.start is not None and self.start not in STARTS:
+            raise SearchInputError(f"--start {self.start!r}: valid starts: {', '.join(STARTS)}")
         if self.n_trials is not None and (isinstance(self.n_trials, bool) or self.n_trials < 1):
             raise SearchInputError(f"--trials {self.n_trials}: must be >= 1")
         if self.timeout_s is not None and not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
             raise SearchInputError(f"--timeout {self.timeout_s}: must be a number of seconds > 0")
+
+    @property
+    def starts_from(self) -> str:
+        """The study's first trials: `start` as given, else "scaled" for TPE and "random" for random search."""
+        return self.start or ("scaled" if self.sampler == "tpe" else "random")
 
 
 @dataclass
@@ -266,5 +277,5 @@ class SearchSettings:
 
 
 __all__ = ["DEFAULT_OBJECTIVE", "DEFAULT_RESULTS_DIR", "Measuring", "NoFeasibleNetworkError", "PREDICTOR_DIR",
-           "Reporting", "SAMPLERS", "Sampling", "Scoring", "SearchSettings", "StudyStorage", "VALIDATION_DIR",
+           "Reporting", "SAMPLERS", "STARTS", "Sampling", "Scoring", "SearchSettings", "StudyStorage", "VALIDATION_DIR",
            "WorkerMismatchError", "add_runtime_argument", "list_objectives", "parse_budget"]

@@ -290,6 +290,27 @@ class SearchSpace:
             stages.append(self._stage(s, values))
         return self._network(stages, image_size)
 
+    def nearest_params(self, config: NetworkConfig) -> dict[str, Any] | None:
+        """The Optuna params of the network in the space nearest to `config`, stage by stage: depth clipped to the
+        range; dim, head_dim, kernel size and MLP ratio the nearest choice (the smaller on a tie); the block kind
+        kept where the stage allows it, else the stage's first. None when the stage counts differ. What
+        `study.enqueue_trial` takes to start a study from a hand-designed network outside the space."""
+        if len(config.stages) != len(self.stages):
+            return None
+        params: dict[str, Any] = {}
+        for i, (s, c) in enumerate(zip(self.stages, config.stages)):
+            values = {"depth": min(max(c.depth, s.depth[0]), s.depth[1]),
+                      "dim": _nearest(s.dim, c.dim), "head_dim": _nearest(s.head_dim, c.dim // c.heads),
+                      "kernel_size": _nearest(s.kernel_size, c.kernel_size),
+                      "kind": c.kind if c.kind in s.kind else s.kind[0],
+                      "mlp_ratio": _nearest(s.mlp_ratio, c.mlp_ratio)}
+            if s.depth[0] < s.depth[1]:
+                params[self.param_name(i, "depth")] = values["depth"]
+            for name in _PARAM_FIELDS[1:]:
+                if len(getattr(s, name)) > 1:
+                    params[self.param_name(i, name)] = values[name]
+        return params
+
     @staticmethod
     def _fixed(s: StageSpace, name: str) -> Any:
         return s.depth[0] if name == "depth" else getattr(s, name)[0]
@@ -335,6 +356,10 @@ class SearchSpace:
             n *= (s.depth[1] - s.depth[0] + 1) * len(s.dim) * len(s.head_dim) * len(s.kernel_size) \
                 * len(s.kind) * len(s.mlp_ratio)
         return n
+
+
+def _nearest(choices: Sequence[Any], value: float) -> Any:
+    return min(choices, key=lambda c: (abs(c - value), c))
 
 
 def _kind_cost(kind: str, dim: int, tokens: int, kernel: int) -> float:

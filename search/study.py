@@ -24,7 +24,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 import container
-from container import NetworkConfig
+from container import NetworkConfig, container_light_config
 
 from search.scoring.accuracy import ACCURACY, AccuracyScorer, is_training_scorer, make_pruner, train_trial
 from search.latency import (BenchLatency, CachedLatency, Latency, LatencySource, MachineLock, MeasurementError,
@@ -33,6 +33,7 @@ from search.predictor import LatencyPredictor
 from search.progress import SearchProgress
 from search.scoring.proxies import ProxyScorer, Scorer, Scores, count_flops, count_params
 from search.report import ranking, write_report
+from search.scaled import starting_params
 from search.settings import NoFeasibleNetworkError, SearchSettings
 from search.storage import (join_study, make_storage, recover_lost_trials, share_reference_speed, this_worker,
                             worker_ordinal)
@@ -142,6 +143,24 @@ class SearchStudy:
                 f"{s.deployment.image_size}px on {s.deployment.device} with runtime {s.deployment.runtime}; "
                 f"raise the budget or shrink the space")
         return latency
+
+    def start_from_family(self) -> int:
+        """With `--start scaled`, a new study's first trials are the scaled Container-Light members nearest in the
+        space that fit the budget (search.scaled.starting_params; measured through the study's cache, so the trials
+        reuse the figures). Enqueued once: a study that already holds trials, or the same params, is left alone.
+        Returns how many were enqueued."""
+        s = self.settings
+        if s.sampling.starts_from != "scaled" or self.study is None or self.trials():
+            return 0
+        try:
+            base = container_light_config(image_size=s.deployment.image_size, num_classes=s.space.num_classes,
+                                          in_chans=s.space.in_chans)
+        except ValueError:  # an image size Container-Light cannot take: the sampler starts on its own
+            return 0
+        starts = starting_params(s.space, base, s.budget_ms, self.cache)
+        for params in starts:
+            self.study.enqueue_trial(params, user_attrs=TrialRecord(start="scaled").to_attrs(), skip_if_exists=True)
+        return len(starts)
 
     def prepare_predictor(self) -> None:
         """Calibrate the predictor for this setting if it is not yet (cached per machine under results/)."""
@@ -332,6 +351,7 @@ def run_search(settings: SearchSettings, *, latency_source: LatencySource | None
                 except NoFeasibleNetworkError:
                     runner.discard_if_new()
                     raise
+            runner.start_from_family()
             runner.prepare_predictor()
             with SearchProgress(runner, title=f"search {settings.name}", target=settings.sampling.n_trials,
                                 budget_ms=settings.budget_ms, objective=settings.objective,

@@ -29,7 +29,7 @@ TRIAL_COLUMNS = ["trial", "state", "score", "score_spread", "params", "flops", "
                  "latency_iqr_ms", "latency_cached", "latency_source", "latency_predicted_ms", "runtime", "accuracy",
                  "epochs_trained", "train_s", "feasible",
                  "rechecked", "recheck_norm_ms", "recheck_median_ms", "recheck_p90_ms", "dropped", "error",
-                 "interrupted", "retry_of", "duration_s", "config_key", "config"]
+                 "interrupted", "retry_of", "start", "duration_s", "config_key", "config"]
 
 
 @dataclass
@@ -75,6 +75,7 @@ class TrialRecord:
     interrupted: bool = False  # cut short by Ctrl-C / SIGTERM (queued again on resume)
     lost: bool = False  # its worker died (queued again by search.storage.recover_lost_trials)
     retry_of: int | None = None  # the trial number this one retries
+    start: str | None = None  # "scaled": enqueued from the scaled Container-Light family (search.scaled)
 
     NAMES: ClassVar[tuple[str, ...]]
     _FLAGS: ClassVar[frozenset[str]] = frozenset({"interrupted", "lost"})
@@ -254,7 +255,7 @@ def trials_frame(trials: list[FrozenTrial], recheck_limit_ms: float, rechecks: M
             "recheck_p90_ms": rc.p90_ms if rc else None,
             "dropped": bool(is_feasible and rc is not None and not rc.kept(recheck_limit_ms)),
             "error": r.error, "interrupted": r.cut_short,
-            "retry_of": r.retry_of,
+            "retry_of": r.retry_of, "start": r.start,
             "duration_s": t.duration.total_seconds() if t.duration else None,
             "config_key": r.config_key,
             "config": json.dumps(r.config, sort_keys=False) if r.config is not None else None,

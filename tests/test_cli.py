@@ -191,7 +191,7 @@ def test_bench_top_level_help_shows_the_run_options_and_lists_the_commands(capsy
 def test_search_help_lists_the_commands(capsys):
     assert exit_code(search.__main__.main, ["--help"]) == 0
     out = capsys.readouterr().out
-    for command in ("predictor-report", "predictor-bench", "validate-proxy", "compare-random"):
+    for command in ("predictor-report", "predictor-bench", "validate-proxy", "compare", "compare-random", "repeat"):
         assert f"\n  {command} " in out
 
 

@@ -4,16 +4,16 @@ Three arms at each budget, each giving one winner per `--seeds` seed:
 
 * `search`: exactly what `python -m search` ships (its default sampler, TPE, and default settings), one study per seed;
 * `random`: the same study with uniform random search (`--sampler random`);
-* `scaled`: the hand-designed baseline (search.experiments.scaled): Container-Light scaled by width and depth
+* `scaled`: the hand-designed baseline (search.scaled): Container-Light scaled by width and depth
   multipliers, every member timed through the search's latency stack, the best member by the study's objective
   that fits the budget (the same member for every seed).
 
 Studies and the family share one latency cache (`--out-dir`/latency_cache.json). Each winner is trained with
-validate-proxy's protocol (search.experiments.evidence; compare-random's WinnerTrainer, trainings.csv, reused on a
-rerun) and re-measured on the deployed runtime: all winners at a budget in `--remeasure-rounds` rounds, each round
-every winner once with the search's BenchLatency, in a seeded shuffled order (a drift of the machine lands on all
-arms alike); the re-measured figure is the median over rounds of the search's deciding (normalised) latency. A
-winner whose re-measured figure exceeds its budget is listed in the report. Per budget: each arm's mean accuracy and
+validate-proxy's protocol (search.experiments.evidence's WinnerTrainer; trainings.csv, reused on a rerun) and
+re-measured on the deployed runtime: all winners at a budget in `--remeasure-rounds` rounds, each round every winner
+once with the search's BenchLatency, in a seeded shuffled order (a drift of the machine lands on all arms alike); the
+re-measured figure is the median over rounds of the search's deciding (normalised) latency. A winner whose
+re-measured figure exceeds its budget is listed in the report. Per budget: each arm's mean accuracy and
 the paired differences search - scaled and search - random over seeds, with percentile bootstrap intervals.
 
 Writes `--out-dir` (default results/compare/): report.md, accuracy_latency.png, winners.csv, report.json (`winners`:
@@ -40,11 +40,12 @@ from bench.kit import (Parser, fail, non_negative_float, non_negative_int, posit
 from container import NetworkConfig, container_light_config
 
 from search.experiments.compare_arms_report import markdown, plot_accuracy_latency, write_report
-from search.experiments.compare_random import SHARED_CACHE, collect_cache, share_cache, winner_trainer
 from search.experiments.evidence import (VALIDATION_SEEDS, VALIDATION_TRAINING, ValidationProtocol, bootstrap_mean,
-                                         training_progress)
-from search.experiments.scaled import DEPTHS, WIDTHS, ScaledMember, best_member, measure_family, scaled_family
-from search.latency import BenchLatency, CachedLatency, Deployment, LatencySource, MachineLock, config_key, default_stop
+                                         training_progress, winner_trainer)
+from search.experiments.shared_cache import SHARED_CACHE, collect_cache, share_cache
+from search.scaled import DEPTHS, WIDTHS, ScaledMember, best_member, measure_family, scaled_family
+from search.latency import (BenchLatency, CachedLatency, Deployment, Latency, LatencySource, MachineLock, config_key,
+                            default_stop)
 from search.scoring.accuracy import ACCURACY
 from search.scoring.data import FASHION_MNIST, Dataset
 from search.scoring.proxies import ProxyScorer, Scorer
@@ -104,9 +105,7 @@ class ArmsSettings:
 
     def study(self, budget: float, arm: str, seed: int, dataset: Dataset) -> SearchSettings:
         """The study of the `search` arm (python -m search's defaults) or the `random` arm (the same, random)."""
-        sampling = Sampling(n_trials=self.trials, seed=seed)
-        if arm == "random":
-            sampling = replace(sampling, sampler="random")
+        sampling = Sampling(n_trials=self.trials, seed=seed, sampler="random" if arm == "random" else "tpe")
         s = SearchSettings(budget_ms=budget, deployment=self.deployment, space=self.space, objective=self.objective,
                            sampling=sampling, measuring=Measuring(stop=self.stop, lock_file=self.lock_file),
                            scoring=Scoring(data=dataset if self.objective == ACCURACY else None),
@@ -181,9 +180,8 @@ def _search_rows(settings: ArmsSettings, dataset: Dataset, latency_source: Laten
     return rows
 
 
-def _scaled_rows(settings: ArmsSettings, members: list[ScaledMember], cache: CachedLatency,
+def _scaled_rows(settings: ArmsSettings, members: list[ScaledMember], latencies: list[Latency],
                  score: Callable[[NetworkConfig], float]) -> list[dict]:
-    latencies = measure_family(members, cache)
     rows = []
     for budget in settings.budgets:
         chosen = best_member(members, latencies, budget, score)
@@ -248,18 +246,29 @@ def compare(settings: ArmsSettings, *, latency_source: LatencySource | None = No
     with training_progress("compare: searches and trainings (at most)", total, 0,
                            enabled=settings.progress) as advance:
         rows: list[dict] = []
+        family_latency: list[Latency] = []
         if members:  # first, so that every study finds the family's latencies in the shared cache
-            cache = CachedLatency(source, out / SHARED_CACHE, context, lock=lock)
-            rows += _scaled_rows(settings, members, cache, _scaled_score(settings, scorer, dataset))
+            family_latency = measure_family(members, CachedLatency(source, out / SHARED_CACHE, context, lock=lock))
+            rows += _scaled_rows(settings, members, family_latency, _scaled_score(settings, scorer, dataset))
         rows = _search_rows(settings, dataset, latency_source, scorer, advance) + rows
-        configs = sorted({r["config"] for r in rows if r.get("config")})
+        # Every member is trained, not only the chosen ones: the family's whole accuracy-latency curve is the
+        # baseline a user would draw by hand.
+        configs = sorted({r["config"] for r in rows if r.get("config")} | {m.config.to_json(sort_keys=True)
+                                                                           for m in members})
         trainer.train([(NetworkConfig.from_json(c), t) for c in configs for t in settings.train_seeds], advance)
+
+    def accuracy(config: NetworkConfig) -> float:
+        return float(np.mean([trainer.accuracy(config, t) for t in settings.train_seeds]))
+
     for r in rows:
         if r.get("config"):
-            accs = [trainer.accuracy(NetworkConfig.from_json(r["config"]), t) for t in settings.train_seeds]
-            r |= {"winner": NetworkConfig.from_json(r["config"]).describe_short(), "accuracy": float(np.mean(accs))}
+            config = NetworkConfig.from_json(r["config"])
+            r |= {"winner": config.describe_short(), "accuracy": accuracy(config)}
+    family = [{"width": m.width, "depth": m.depth, "config": m.config.to_dict(), "winner": m.config.describe_short(),
+               "latency_ms": lat.deciding_ms, "accuracy": accuracy(m.config)}
+              for m, lat in zip(members, family_latency)]
     remeasure(settings, rows, source, context)
-    summary = _summary(settings, rows, members, time.perf_counter() - start)
+    summary = _summary(settings, rows, family, time.perf_counter() - start)
     write_table(pd.DataFrame(rows), out / "winners.csv")
     write_json(out / "report.json", summary)
     write_report(summary, out)
@@ -267,7 +276,7 @@ def compare(settings: ArmsSettings, *, latency_source: LatencySource | None = No
     return summary
 
 
-def _summary(settings: ArmsSettings, rows: list[dict], members: list[ScaledMember], wall_s: float) -> dict[str, Any]:
+def _summary(settings: ArmsSettings, rows: list[dict], family: list[dict], wall_s: float) -> dict[str, Any]:
     winners = [{"budget_ms": r["budget_ms"], "arm": r["arm"], "seed": r["seed"],
                 "accuracy": _nan_to_none(r.get("accuracy", math.nan)),
                 "latency_ms": _nan_to_none(r.get("latency_ms", math.nan)),
@@ -293,7 +302,7 @@ def _summary(settings: ArmsSettings, rows: list[dict], members: list[ScaledMembe
             "seeds": list(settings.seeds), "objective": settings.objective,
             "deployment": settings.deployment.to_dict(), "training": asdict(settings.training),
             "train_seeds": list(settings.train_seeds), "remeasure_rounds": settings.remeasure_rounds,
-            "family": [{"width": m.width, "depth": m.depth, "config": m.config.to_dict()} for m in members],
+            "family": family,
             "winners": winners, "per_budget": budgets,
             "over_budget": [{k: w[k] for k in ("budget_ms", "arm", "seed", "latency_ms", "winner")} for w in over],
             "environment": env, "machine": bench.machine_summary(env), "wall_s": wall_s,

@@ -1,5 +1,6 @@
 """`python -m search compare`'s report: per budget each arm's winners and the paired differences; the plot of
-accuracy against re-measured latency (every arm's winners, the scaled family's curve, the search's Pareto front)."""
+accuracy against re-measured latency (every arm's winners, the scaled family's members and front, the search's
+Pareto front)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -87,10 +88,30 @@ def markdown(summary: dict[str, Any]) -> str:
           for name, d in b["differences"].items()],
         "", "## Winners over budget when re-measured", "", *over_lines, "",
         "## Every winner", "", markdown_table(runs, align="rlrlrrrr"), "",
+        *(["## The scaled family", "",
+           "Every member, trained with the same protocol; latency as the search measured it (normalised).", "",
+           family_table(s), ""] if len(_family(s)) else []),
         "![test accuracy against re-measured latency](accuracy_latency.png)", "",
         "Files: `winners.csv`, `trainings.csv` (every training), `remeasured.json`, `report.json`, `studies/`.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _family(summary: dict[str, Any]) -> pd.DataFrame:
+    """The scaled family's trained members (width, depth, winner, latency_ms, accuracy); empty when none was."""
+    family = pd.DataFrame(summary.get("family") or [])
+    if not len(family) or not {"latency_ms", "accuracy"} <= set(family):
+        return pd.DataFrame(columns=["width", "depth", "winner", "latency_ms", "accuracy"])
+    return family.dropna(subset=["latency_ms", "accuracy"]).sort_values("latency_ms")
+
+
+def family_table(summary: dict[str, Any]) -> str:
+    family = _family(summary)
+    rows = pd.DataFrame({"width": family["width"].map(lambda v: f"x{v:g}"),
+                         "depth": family["depth"].map(lambda v: f"x{v:g}"), "network": family["winner"],
+                         "latency (ms)": family["latency_ms"].map(lambda v: f"{v:.2f}"),
+                         "test accuracy": family["accuracy"].map(lambda v: f"{v:.4f}")})
+    return markdown_table(rows, align="rrlrr")
 
 
 def plot_accuracy_latency(summary: dict[str, Any], path: Path) -> None:
@@ -105,9 +126,14 @@ def plot_accuracy_latency(summary: dict[str, Any], path: Path) -> None:
     for arm in summary["arms"]:
         a = w[w["arm"] == arm]
         ax.scatter(a["latency_ms"], a["accuracy"], s=18, alpha=0.7, color=COLORS[arm], label=f"{arm} winners")
-    scaled = w[w["arm"] == "scaled"].drop_duplicates("budget_ms").sort_values("latency_ms")
-    if len(scaled):
-        ax.plot(scaled["latency_ms"], scaled["accuracy"], "-", color=COLORS["scaled"], label="scaled family")
+    family = _family(summary)
+    if len(family):
+        ax.scatter(family["latency_ms"], family["accuracy"], s=22, facecolors="none", edgecolors=COLORS["scaled"],
+                   lw=0.8, label="scaled family (every member)")
+        front = family[pareto_mask(family["accuracy"].to_numpy(float), family["latency_ms"].to_numpy(float))]
+        front = front.sort_values("latency_ms")
+        ax.step(front["latency_ms"], front["accuracy"], where="post", color=COLORS["scaled"], lw=1.0,
+                label="scaled family's front")
     found = w[w["arm"] == "search"]
     if len(found):
         mask = pareto_mask(found["accuracy"].to_numpy(float), found["latency_ms"].to_numpy(float))
@@ -131,4 +157,4 @@ def write_report(summary: dict[str, Any], out: Path) -> None:
     write_text(out / "report.md", markdown(summary))
 
 
-__all__ = ["markdown", "plot_accuracy_latency", "sentence", "table", "write_report"]
+__all__ = ["family_table", "markdown", "plot_accuracy_latency", "sentence", "table", "write_report"]

@@ -1,5 +1,6 @@
-"""The evidence protocol shared by `validate-proxy` and `compare-random`: train an architecture at the validation's
-fidelity and measure its accuracy on the data's test split, and the rank statistics the reports publish.
+"""The evidence protocol shared by `validate-proxy` and `compare`: train an architecture at the validation's
+fidelity and measure its accuracy on the data's test split, train a comparison's winners once each (WinnerTrainer),
+and the rank statistics the reports publish.
 
 Training is search.scoring.training's (the same adaptation rule and loop as `--objective accuracy`). The validation
 split held out of the training set gives the per-epoch curve (its first point is the one-epoch, low-fidelity score); the
@@ -8,6 +9,7 @@ test split gives the measured accuracy after the last epoch and is never used to
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import multiprocessing
 import os
@@ -20,13 +22,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bench.kit import write_table
 from container import NetworkConfig
 
 from search.scoring.data import Dataset, load_data
 from search.space import SearchInputError
 from search.scoring.training import TrainingData, TrainingSettings, adapt_config, prepare, resize, train
 
-# validate-proxy's and compare-random's fidelity, sized by a pilot on Fashion-MNIST on a 2-core CPU (12 architectures
+# validate-proxy's and compare's fidelity, sized by a pilot on Fashion-MNIST on a 2-core CPU (12 architectures
 # x 2 seeds, 1 thread): seed-to-seed Spearman 0.87 [0.46, 0.98], 40 s per training on a busy machine. 3 epochs on
 # 2000 images were as fast but far noisier (seed-to-seed standard deviation 0.9 points against 0.3); 2 epochs on
 # 6000 were quieter still (0.26) but slower than the hour allows.
@@ -146,6 +149,57 @@ class TrainingPool:
                     future.cancel()
 
 
+# --- a comparison's winners ----------------------------------------------------------------------------------
+
+
+class WinnerTrainer:
+    """Trains winners with the validation protocol, once per architecture and training seed (trainings.csv)."""
+
+    def __init__(self, pool: TrainingPool, path: Path, identity: dict[str, Any]):
+        self.pool, self.path, self.identity = pool, path, json.dumps(identity, sort_keys=True)
+        self.rows: list[dict[str, Any]] = []
+        try:
+            old = pd.read_csv(path)
+            self.rows = old[old["protocol"] == self.identity].to_dict(orient="records")
+        except (OSError, ValueError, KeyError, pd.errors.EmptyDataError):
+            pass
+
+    def _stored(self, config: NetworkConfig, seed: int) -> float | None:
+        key = config.to_json(sort_keys=True)
+        return next((float(r["accuracy"]) for r in self.rows if r["config"] == key and int(r["seed"]) == seed), None)
+
+    def train(self, pairs: Sequence[tuple[NetworkConfig, int]], advance: Callable[[str], None]) -> None:
+        """Train every (config, seed) not trained yet, in the pool; each result is written as it comes."""
+        jobs, seen = [], set()
+        for config, seed in pairs:
+            key = (config.to_json(sort_keys=True), seed)
+            if key not in seen:
+                seen.add(key)
+                if self._stored(config, seed) is None:
+                    jobs.append((key, config, seed))
+        for (key, seed), result in self.pool.run(jobs):
+            self.rows.append({"config": key, "seed": seed, "accuracy": result.test_accuracy,
+                              "train_s": result.train_s, "protocol": self.identity})
+            write_table(pd.DataFrame(self.rows), self.path)
+            advance(f"winner {NetworkConfig.from_json(key).describe_short()}, training seed {seed}: "
+                    f"test accuracy {result.test_accuracy:.3f}")
+
+    def accuracy(self, config: NetworkConfig, seed: int) -> float:
+        stored = self._stored(config, seed)
+        if stored is None:
+            raise KeyError(f"{config.describe_short()} seed {seed} was not trained")
+        return stored
+
+
+def winner_trainer(data: str | Path | Dataset, training: TrainingSettings, workers: int, out_dir: Path,
+                   protocol: ValidationProtocol | None = None) -> tuple[Dataset, WinnerTrainer]:
+    """The data set and the trainer of a comparison's winners (its trainings.csv in `out_dir`, reused on a rerun)."""
+    dataset = data if isinstance(data, Dataset) else load_data(data)
+    protocol = protocol or ValidationProtocol(dataset, training)
+    return dataset, WinnerTrainer(TrainingPool(protocol, data, workers), out_dir / "trainings.csv",
+                                  {"data": dataset.digest, "training": protocol.settings.identity()})
+
+
 # --- statistics -------------------------------------------------------------------------------------------------
 
 
@@ -251,5 +305,5 @@ def training_progress(title: str, total: int, done: int, *, enabled: bool = True
 
 
 __all__ = ["DATA_SEED", "ValidationProtocol", "SIZE_SCORES", "Trained", "TrainingPool", "VALIDATION_SEEDS",
-           "VALIDATION_TRAINING", "bootstrap_mean", "finite_ranks", "noise_ceiling", "rank_correlations",
-           "supported_objective", "training_progress", "worker_threads"]
+           "VALIDATION_TRAINING", "WinnerTrainer", "bootstrap_mean", "finite_ranks", "noise_ceiling",
+           "rank_correlations", "supported_objective", "training_progress", "winner_trainer", "worker_threads"]

@@ -1,4 +1,4 @@
-"""The hand-designed baseline of `python -m search compare`: Container-Light scaled by width and depth multipliers.
+"""Container-Light scaled by width and depth multipliers: where the search starts, and the baseline it must beat.
 
 What a practitioner does without a search: take the published network and shrink it uniformly until it fits. Each
 member keeps Container-Light's block kinds, kernel sizes, MLP ratios and patch sizes; every stage's dim is the base
@@ -6,6 +6,10 @@ dim times the width multiplier, rounded to a multiple of the stage's head_dim (a
 depth the base depth times the depth multiplier, rounded, at least 1. Members are reported as they are, whether or
 not the search's space contains them. At a budget the arm's choice is the best member, by the study's objective,
 whose latency (the search's deciding figure) fits.
+
+The search starts from the same family (`starting_params`): its members nearest in the space that fit the budget are
+the study's first trials, so that TPE begins where a practitioner would end, and the winner is never smaller than the
+best of them.
 """
 from __future__ import annotations
 
@@ -16,10 +20,11 @@ from typing import Callable, Sequence
 from container import NetworkConfig
 
 from search.latency import Latency, LatencySource
-from search.space import SearchInputError
+from search.space import SearchInputError, SearchSpace
 
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
 DEPTHS = (0.5, 0.75, 1.0)
+STARTING_MEMBERS = 5  # at most this many fitting members start a study (of TPE's 10 start-up trials)
 
 
 @dataclass(frozen=True)
@@ -83,4 +88,20 @@ def measure_family(members: Sequence[ScaledMember], source: LatencySource) -> li
     return [source.measure(m.config) for m in members]
 
 
-__all__ = ["DEPTHS", "ScaledMember", "WIDTHS", "best_member", "measure_family", "scale_config", "scaled_family"]
+def starting_params(space: SearchSpace, base: NetworkConfig, budget_ms: float, source: LatencySource, *,
+                    widths: Sequence[float] = WIDTHS, depths: Sequence[float] = DEPTHS,
+                    limit: int = STARTING_MEMBERS) -> list[dict]:
+    """The Optuna params of the family's members projected into `space` (SearchSpace.nearest_params) whose latency
+    from `source` fits `budget_ms`, the slowest (largest) first, at most `limit` of them."""
+    seen: dict[str, dict] = {}
+    for member in scaled_family(base, widths, depths):
+        params = space.nearest_params(member.config)
+        if params is not None:
+            seen.setdefault(repr(sorted(params.items())), params)
+    measured = [(source.measure(space.config_from_params(p, base.image_size)).deciding_ms, p) for p in seen.values()]
+    fitting = sorted(((ms, p) for ms, p in measured if ms <= budget_ms), key=lambda mp: -mp[0])
+    return [p for _, p in fitting[:limit]]
+
+
+__all__ = ["DEPTHS", "STARTING_MEMBERS", "ScaledMember", "WIDTHS", "best_member", "measure_family", "scale_config",
+           "scaled_family", "starting_params"]
