@@ -85,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from_args(args, budget, space, StudyStorage(study_name=args.study, url=args.storage,
                                                                         results_dir=args.results_dir))
         settings.dataset()  # --objective accuracy: a bad --data fails here, before anything is measured
+        settings.finalists.dataset()  # ... and a bad --finalist-data
     except (SearchInputError, bench.BenchInputError) as e:
         return fail("search", str(e))
 

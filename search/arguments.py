@@ -13,8 +13,10 @@ from bench.kit import (fraction, non_negative_float, non_negative_int, positive_
 
 from search.scoring.accuracy import PRUNERS
 from search.latency import DEFAULT_STOP, Deployment, default_stop
-from search.settings import (DEFAULT_OBJECTIVE, DEFAULT_RESULTS_DIR, SAMPLERS, STARTS, Measuring, Reporting, Sampling,
-                             Scoring, SearchSettings, StudyStorage, add_runtime_argument, list_objectives)
+from search.scoring.data import FASHION_MNIST
+from search.settings import (DEFAULT_OBJECTIVE, DEFAULT_RESULTS_DIR, FINALISTS, SAMPLERS, STARTS, Finalists, Measuring,
+                             Reporting, Sampling, Scoring, SearchSettings, StudyStorage, add_runtime_argument,
+                             list_objectives)
 from search.space import SearchSpace
 from search.storage import STORAGE_ENV
 from search.scoring.training import TrainingSettings
@@ -58,6 +60,12 @@ def add_search_arguments(p: argparse.ArgumentParser, *, single_run: bool = True)
                    help="re-measure the top N feasible architectures before the report (default: all of them)")
     g.add_argument("--recheck-margin", type=fraction, default=0.05, metavar="F",
                    help="headroom for the re-measurement: it must fit budget x (1 - F) to stay in the ranking")
+    g.add_argument("--finalists", type=int, default=FINALISTS, metavar="N",
+                   help=f"train the top N by the objective and the best scaled Container-Light member the study "
+                        f"started from, and rank them by validation accuracy (default {FINALISTS}; 0: by the "
+                        f"objective alone)")
+    g.add_argument("--finalist-data", default=FASHION_MNIST, metavar="SPEC",
+                   help="the finalists' training data (default fashion-mnist; skipped if it is not installed)")
     train = TrainingSettings()
     g = p.add_argument_group("training (--objective accuracy; the network is the candidate adapted to the data, "
                              "see search/scoring/training.py)")
@@ -142,7 +150,8 @@ def settings_from_args(args: argparse.Namespace, budget_ms: float, space: Search
         scoring=Scoring(proxy_inits=args.proxy_inits, proxy_batch=args.proxy_batch,
                         score_infeasible=args.score_infeasible, data=args.data, training=training, pruner=args.pruner),
         storage=storage or StudyStorage(),
-        report=Reporting(recheck=args.recheck, recheck_margin=args.recheck_margin, progress=not args.no_progress))
+        report=Reporting(recheck=args.recheck, recheck_margin=args.recheck_margin, progress=not args.no_progress),
+        finalists=Finalists(count=args.finalists, data=args.finalist_data))
 
 
 __all__ = ["add_search_arguments", "settings_from_args", "space_from_args"]

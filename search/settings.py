@@ -21,7 +21,7 @@ from bench.runtimes import RUNTIMES
 
 from search.scoring.accuracy import ACCURACY, PRUNERS
 from search.scoring.data import USAGE as DATA_USAGE
-from search.scoring.data import Dataset, load_data
+from search.scoring.data import FASHION_MNIST, Dataset, load_data
 from search.latency import DEFAULT_MARGIN, Deployment, default_stop
 from search.scoring.proxies import PROXIES, list_proxies
 from search.space import SearchInputError, SearchSpace
@@ -152,6 +152,41 @@ class Scoring:
         return self._dataset
 
 
+FINALISTS = 2  # the top architectures by the objective that are trained (the best scaled member comes on top)
+# The validation's fidelity (search.experiments.evidence.VALIDATION_TRAINING): seed-to-seed Spearman 0.87 there.
+FINALIST_TRAINING = TrainingSettings(epochs=2, train_images=4000, val_images=1000, width_div=8)
+
+
+@dataclass
+class Finalists:
+    """How the winner is chosen: `count` top architectures by the objective (0: by the objective alone), trained on
+    `data` at `training`. The default data, Fashion-MNIST, may be missing (a Debian package): then nothing is
+    trained and the report says why; data given explicitly must load (SearchInputError naming --finalist-data)."""
+
+    count: int = FINALISTS
+    data: str | Path | Dataset | None = FASHION_MNIST
+    training: TrainingSettings = field(default_factory=lambda: FINALIST_TRAINING)
+    unavailable: str | None = field(default=None, init=False, repr=False, compare=False)
+    _dataset: Dataset | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 0:
+            raise SearchInputError(f"--finalists {self.count!r}: must be an integer >= 0 (0: by the objective alone)")
+
+    def dataset(self) -> Dataset | None:
+        if self._dataset is None and self.data is not None and self.unavailable is None:
+            if isinstance(self.data, Dataset):
+                self._dataset = self.data
+            else:
+                try:
+                    self._dataset = load_data(self.data)
+                except SearchInputError as e:
+                    if str(self.data) != FASHION_MNIST:
+                        raise SearchInputError(str(e).replace("--data", "--finalist-data", 1)) from None
+                    self.unavailable = str(e)
+        return self._dataset
+
+
 @dataclass
 class StudyStorage:
     """Where the study lives: its name (None: derived from the setting), the storage URL (None: a journal file in
@@ -197,6 +232,7 @@ class SearchSettings:
     scoring: Scoring = field(default_factory=Scoring)
     storage: StudyStorage = field(default_factory=StudyStorage)
     report: Reporting = field(default_factory=Reporting)
+    finalists: Finalists = field(default_factory=Finalists)
 
     def __post_init__(self) -> None:
         self.budget_ms = parse_budget(self.budget_ms)
@@ -276,6 +312,7 @@ class SearchSettings:
                 "space": self.space.to_dict(), "sampler": self.sampling.sampler}
 
 
-__all__ = ["DEFAULT_OBJECTIVE", "DEFAULT_RESULTS_DIR", "Measuring", "NoFeasibleNetworkError", "PREDICTOR_DIR",
-           "Reporting", "SAMPLERS", "STARTS", "Sampling", "Scoring", "SearchSettings", "StudyStorage", "VALIDATION_DIR",
-           "WorkerMismatchError", "add_runtime_argument", "list_objectives", "parse_budget"]
+__all__ = ["DEFAULT_OBJECTIVE", "DEFAULT_RESULTS_DIR", "FINALISTS", "FINALIST_TRAINING", "Finalists", "Measuring",
+           "NoFeasibleNetworkError", "PREDICTOR_DIR", "Reporting", "SAMPLERS", "STARTS", "Sampling", "Scoring",
+           "SearchSettings", "StudyStorage", "VALIDATION_DIR", "WorkerMismatchError", "add_runtime_argument",
+           "list_objectives", "parse_budget"]

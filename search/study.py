@@ -21,6 +21,7 @@ import warnings
 from typing import Any, Callable, Iterator
 
 import optuna
+import pandas as pd
 from optuna.trial import FrozenTrial
 
 import container
@@ -32,6 +33,8 @@ from search.latency import (BenchLatency, CachedLatency, Latency, LatencySource,
 from search.predictor import LatencyPredictor
 from search.progress import SearchProgress
 from search.scoring.proxies import ProxyScorer, Scorer, Scores, count_flops, count_params
+from search.finalists import choose as choose_finalists
+from search.finalists import train_finalists
 from search.report import ranking, write_report
 from search.scaled import starting_params
 from search.settings import NoFeasibleNetworkError, SearchSettings
@@ -41,6 +44,7 @@ from search.trials import (CONSTRAINT, Recheck, SearchResult, TrialRecord, count
                            trials_frame)
 
 RECHECK_PREFIX = "recheck:"  # a study user attribute per re-checked architecture: recheck:<config_key> -> Recheck
+FINALIST_PREFIX = "finalist:"  # a study user attribute per trained finalist: finalist:<config_key> -> accuracy
 
 if not hasattr(optuna.trial.Trial, "set_constraint"):  # pragma: no cover - depends on the installed Optuna
     raise ImportError(f"search needs optuna>=5.0 (trial.set_constraint); this is optuna {optuna.__version__}")
@@ -283,6 +287,30 @@ class SearchStudy:
         return done
 
 
+    # --- choosing the winner among the finalists ------------------------------------------------------------
+
+    def train_finalists(self) -> int:
+        """Train the finalists (search.finalists) not trained yet; the ranking puts them first, by accuracy. Not
+        with --objective accuracy (the score is trained accuracy), --pareto, or --finalists 0."""
+        s = self.settings
+        if s.objective == ACCURACY or s.pareto or s.finalists.count == 0:
+            return 0
+        frame = self.frame()
+        return train_finalists(frame, choose_finalists(frame, s.finalists.count), s.finalists, s.sampling.seed or 0,
+                               lambda key, accuracy: self.study.set_user_attr(f"{FINALIST_PREFIX}{key}", accuracy),
+                               self.lock)
+
+    def finalist_accuracies(self) -> dict[str, float]:
+        """Every finalist's validation accuracy so far, by config_key."""
+        return {k.removeprefix(FINALIST_PREFIX): float(v) for k, v in self.study.user_attrs.items()
+                if k.startswith(FINALIST_PREFIX)}
+
+    def frame(self) -> pd.DataFrame:
+        """The trials' table with their re-checks and the finalists' accuracies."""
+        s = self.settings
+        return trials_frame(self.trials(), s.recheck_limit_ms, self.rechecks(), self.finalist_accuracies())
+
+
 def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
     """`--sampler`: TPE reads the latency constraint; random search ignores it (the baseline TPE must beat)."""
     if name == "random":
@@ -363,6 +391,7 @@ def run_search(settings: SearchSettings, *, latency_source: LatencySource | None
                 if not interrupted:
                     try:
                         runner.recheck(on_progress=progress.recheck)
+                        runner.train_finalists()
                     except KeyboardInterrupt:
                         interrupted = True
         except KeyboardInterrupt:
@@ -370,7 +399,7 @@ def run_search(settings: SearchSettings, *, latency_source: LatencySource | None
             if runner.study is None or (runner.created and runner.counted_trials() == 0):
                 runner.discard_if_new()
                 raise
-    frame = trials_frame(runner.trials(), settings.recheck_limit_ms, runner.rechecks())
+    frame = runner.frame()
     result = SearchResult(study_name=settings.name, study_dir=settings.study_dir, budget_ms=settings.budget_ms,
                           runtime=settings.deployment.runtime, trials=frame, ranking=ranking(frame), best_config=None,
                           interrupted=interrupted,

@@ -29,7 +29,7 @@ TRIAL_COLUMNS = ["trial", "state", "score", "score_spread", "params", "flops", "
                  "latency_iqr_ms", "latency_cached", "latency_source", "latency_predicted_ms", "runtime", "accuracy",
                  "epochs_trained", "train_s", "feasible",
                  "rechecked", "recheck_norm_ms", "recheck_median_ms", "recheck_p90_ms", "dropped", "error",
-                 "interrupted", "retry_of", "start", "duration_s", "config_key", "config"]
+                 "interrupted", "retry_of", "start", "finalist_accuracy", "duration_s", "config_key", "config"]
 
 
 @dataclass
@@ -226,7 +226,8 @@ def rank_key(t: FrozenTrial) -> tuple[float, float, int]:
     return (-(score if score is not None else -math.inf), record.deciding_ms, t.number)
 
 
-def trials_frame(trials: list[FrozenTrial], recheck_limit_ms: float, rechecks: Mapping[str, Recheck]) -> pd.DataFrame:
+def trials_frame(trials: list[FrozenTrial], recheck_limit_ms: float, rechecks: Mapping[str, Recheck],
+                 finalists: Mapping[str, float] | None = None) -> pd.DataFrame:
     """One row per trial: state, score, #params, FLOPs, latency, feasibility, re-check, config.
 
     A feasible trial is `dropped` when its re-measured median exceeds `recheck_limit_ms` (or the
@@ -256,6 +257,7 @@ def trials_frame(trials: list[FrozenTrial], recheck_limit_ms: float, rechecks: M
             "dropped": bool(is_feasible and rc is not None and not rc.kept(recheck_limit_ms)),
             "error": r.error, "interrupted": r.cut_short,
             "retry_of": r.retry_of, "start": r.start,
+            "finalist_accuracy": (finalists or {}).get(r.config_key) if r.config_key else None,
             "duration_s": t.duration.total_seconds() if t.duration else None,
             "config_key": r.config_key,
             "config": json.dumps(r.config, sort_keys=False) if r.config is not None else None,

@@ -14,7 +14,7 @@ from typing import Any, Callable, Union
 import bench
 import container
 from container import NetworkConfig
-from search import (Deployment, Latency, MeasurementError, Measuring, Reporting, Sampling, Scores, Scoring,
+from search import (Deployment, Finalists, Latency, MeasurementError, Measuring, Reporting, Sampling, Scores, Scoring,
                     SearchSettings, SearchSpace, StudyStorage)
 
 TINY_SPACE = {
@@ -95,6 +95,8 @@ def settings(tmp_path: Path, budget_ms: float = 3.0, *, sampling: GroupOverrides
               for name, value in given.items() if value is not None}
     kwargs: dict[str, Any] = dict(budget_ms=budget_ms, deployment=Deployment(image_size=IMAGE, threads=1),
                                   space=tiny_space(), objective="params")
+    # No finalists unless a test asks (tests/test_finalists.py): they would train on Fashion-MNIST.
+    kwargs["finalists"] = Finalists(count=0)
     return SearchSettings(**{**kwargs, **defaults, **groups, **top})
 
 

@@ -13,6 +13,7 @@ import optuna
 import pytest
 
 from container import NetworkConfig, container_light_config
+from search import Finalists
 from search.__main__ import COMMANDS
 from search.__main__ import main as search_main
 from search.experiments import compare as compare_module
@@ -51,6 +52,9 @@ def _npz(tmp_path: Path) -> Path:
     np.savez(path, x_train=rng.random((20, 8, 8)), y_train=np.arange(20) % 2, x_test=rng.random((6, 8, 8)),
              y_test=np.arange(6) % 2)
     return path
+
+
+NO_FINALISTS = Finalists(count=0)  # search.finalists is tested in test_finalists.py; here it would train
 
 
 def base() -> NetworkConfig:
@@ -102,7 +106,7 @@ def _cheap_family(config: NetworkConfig) -> float:
 @pytest.mark.slow
 def test_compare_end_to_end_with_fakes(tmp_path):
     fake, protocol = FakeLatency(_cheap_family), FakeProtocol()
-    s = ArmsSettings(budgets=(3.0, 6.0), trials=6, seeds=(0, 1), objective="params",
+    s = ArmsSettings(budgets=(3.0, 6.0), trials=6, seeds=(0, 1), objective="params", finalists=NO_FINALISTS,
                      deployment=Deployment(image_size=IMAGE, threads=1), space=tiny_space(), stop=FAST_STOP,
                      data=str(_npz(tmp_path)), train_seeds=(0, 1), widths=(0.25, 0.5), depths=(0.5, 1.0),
                      remeasure_rounds=2, bootstrap=50, out_dir=tmp_path / "cmp", lock_file=str(tmp_path / "lock"),
@@ -149,7 +153,7 @@ def test_compare_end_to_end_with_fakes(tmp_path):
 def test_a_winner_over_budget_when_re_measured_is_reported(tmp_path):
     # the re-measurement (second call of a config) doubles the latency: every winner is then over budget
     fake = FakeLatency(_cheap_family, remeasure=lambda c: 2 * _cheap_family(c))
-    s = ArmsSettings(budgets=(3.0,), arms=("search", "scaled"), trials=3, seeds=(0, 1),
+    s = ArmsSettings(budgets=(3.0,), arms=("search", "scaled"), trials=3, seeds=(0, 1), finalists=NO_FINALISTS,
                      deployment=Deployment(image_size=IMAGE, threads=1), space=tiny_space(), stop=FAST_STOP,
                      data=str(_npz(tmp_path)), train_seeds=(0,), widths=(0.25,), depths=(0.5,), remeasure_rounds=1,
                      bootstrap=20, out_dir=tmp_path / "o", lock_file=str(tmp_path / "lock"), progress=False)
@@ -162,6 +166,7 @@ def test_a_winner_over_budget_when_re_measured_is_reported(tmp_path):
 def test_search_against_random_shares_one_latency_cache_and_pairs_the_seeds(tmp_path):
     fake, protocol = FakeLatency(), FakeProtocol()
     s = ArmsSettings(budgets=(3.0,), arms=("search", "random"), trials=6, seeds=(0, 1), objective="params",
+                     finalists=NO_FINALISTS,
                      deployment=Deployment(image_size=IMAGE, threads=1), space=tiny_space(), stop=FAST_STOP,
                      data=str(_npz(tmp_path)), train_seeds=(0,), remeasure_rounds=1, bootstrap=50,
                      out_dir=tmp_path / "cmp", lock_file=str(tmp_path / "lock"), progress=False)

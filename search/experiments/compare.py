@@ -2,8 +2,9 @@
 
 Three arms at each budget, each giving one winner per `--seeds` seed:
 
-* `search`: exactly what `python -m search` ships (its default sampler, TPE, and default settings), one study per seed;
-* `random`: the same study with uniform random search (`--sampler random`);
+* `search`: exactly what `python -m search` ships (TPE started from the scaled family, the winner the most accurate
+  of its finalists: search.finalists), one study per seed;
+* `random`: uniform random search (`--sampler random`), its winner the best by the objective (no finalists);
 * `scaled`: the hand-designed baseline (search.scaled): Container-Light scaled by width and depth
   multipliers, every member timed through the search's latency stack, the best member by the study's objective
   that fits the budget (the same member for every seed).
@@ -50,8 +51,9 @@ from search.scoring.accuracy import ACCURACY
 from search.scoring.data import FASHION_MNIST, Dataset
 from search.scoring.proxies import ProxyScorer, Scorer
 from search.scoring.training import TrainingSettings
-from search.settings import (DEFAULT_OBJECTIVE, Measuring, NoFeasibleNetworkError, Reporting, Sampling, Scoring,
-                             SearchSettings, StudyStorage, add_runtime_argument, list_objectives, parse_budget)
+from search.settings import (DEFAULT_OBJECTIVE, Finalists, Measuring, NoFeasibleNetworkError, Reporting, Sampling,
+                             Scoring, SearchSettings, StudyStorage, add_runtime_argument, list_objectives,
+                             parse_budget)
 from search.space import SearchInputError, SearchSpace
 from search.study import run_search
 
@@ -84,6 +86,9 @@ class ArmsSettings:
     widths: tuple[float, ...] = WIDTHS
     depths: tuple[float, ...] = DEPTHS
     remeasure_rounds: int = 3
+    # How the search arm chooses its winner (python -m search's default: search.finalists); random search's winner is
+    # its best by the objective, the plain baseline.
+    finalists: Finalists = field(default_factory=Finalists)
     bootstrap: int = 2000
     out_dir: Path = COMPARE_ARMS_DIR
     lock_file: str | None = None
@@ -110,7 +115,8 @@ class ArmsSettings:
                            sampling=sampling, measuring=Measuring(stop=self.stop, lock_file=self.lock_file),
                            scoring=Scoring(data=dataset if self.objective == ACCURACY else None),
                            storage=StudyStorage(results_dir=self.out_dir / "studies"),
-                           report=Reporting(progress=False))
+                           report=Reporting(progress=False),
+                           finalists=self.finalists if arm == "search" else Finalists(count=0))
         s.storage.study_name = f"{s.name}-seed{seed}"
         return s
 

@@ -36,8 +36,8 @@ from container import NetworkConfig
 from search.latency import DEFAULT_MARGIN, Deployment, MachineLock
 from search.predictor import DEFAULT_FIT, FIT_SEED, LatencyPredictor
 from search.space import SearchInputError, SearchSpace, config_id, sample_configs
-from search.settings import (DEFAULT_OBJECTIVE, PREDICTOR_DIR, Measuring, Reporting, Sampling, SearchSettings,
-                             StudyStorage, add_runtime_argument)
+from search.settings import (DEFAULT_OBJECTIVE, PREDICTOR_DIR, Finalists, Measuring, Reporting, Sampling,
+                             SearchSettings, StudyStorage, add_runtime_argument)
 from search.study import run_search
 
 EVAL_SEED = 2000
@@ -253,7 +253,7 @@ def predictor_bench(deployment: Deployment, budget_ms: float, *, seconds: float 
                 measuring=Measuring(lock_file=lock_file, predictor=mode == "predictor gate", predictor_margin=margin,
                                     predictor_dir=out_dir),
                 storage=StudyStorage(study_name="bench", results_dir=work / mode.replace(" ", "-")),
-                report=Reporting(recheck=0, progress=False))
+                report=Reporting(recheck=0, progress=False), finalists=Finalists(count=0))
             _log(f"bench: {mode}, {seconds:.0f} s at --budget-ms {budget_ms:g}")
             t0 = time.perf_counter()
             result = run_search(settings, report=False)

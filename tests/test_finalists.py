@@ -1,0 +1,104 @@
+"""The finalists: which candidates are trained after the search, that the winner is the most accurate of them, that a
+resumed study trains nothing twice, and when nothing is trained."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+from container import NetworkConfig
+from search import Deployment, Finalists, SearchInputError, SearchSpace, make_storage, ranking, run_search
+from search.finalists import choose
+from search.scoring.accuracy import AccuracyScorer
+from search.scoring.training import TrainingSettings
+from search.trials import TRIAL_COLUMNS
+from tests.search_helpers import FakeLatency, FakeScorer, cost, settings
+
+IMAGE = 224
+TINY_TRAINING = TrainingSettings(epochs=2, train_images=40, val_images=10, batch_size=16, width_div=8, threads=1)
+
+
+def _npz(tmp_path) -> str:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x_train=rng.random((60, 16, 16)).astype(np.float32), y_train=np.arange(60) % 10,
+             x_test=rng.random((20, 16, 16)).astype(np.float32), y_test=np.arange(20) % 10)
+    return str(path)
+
+
+def _frame(rows: list[tuple[int, float, str | None, float | None]]) -> pd.DataFrame:
+    """(trial, score, start, finalist_accuracy) rows of feasible, kept trials with distinct configs."""
+    def row(t: int, score: float, start: str | None, accuracy: float | None) -> dict:
+        config = NetworkConfig.from_dict({"stages": [{"depth": 1, "dim": 8 * (t + 1)}], "image_size": 32})
+        return dict.fromkeys(TRIAL_COLUMNS) | {
+            "trial": t, "state": "COMPLETE", "score": score, "feasible": True, "dropped": False, "latency_norm_ms": 1.0,
+            "config_key": f"k{t}", "start": start, "finalist_accuracy": accuracy, "config": config.to_json()}
+    return pd.DataFrame([row(*r) for r in rows])
+
+
+def test_the_finalists_are_the_top_by_the_objective_and_the_best_scaled_start():
+    frame = _frame([(0, 5.0, "scaled", None), (1, 7.0, "scaled", None), (2, 9.0, None, None), (3, 8.0, None, None),
+                    (4, 6.0, None, None)])
+    assert choose(frame, 2) == [2, 3, 1]  # trial 1 is the best of the scaled starts
+    assert choose(frame, 3) == [2, 3, 1]  # already among the top: not twice
+    assert choose(frame.assign(start=None), 2) == [2, 3]
+    assert choose(frame, 0) == []
+
+
+def test_the_ranking_puts_the_finalists_first_most_accurate_first():
+    frame = _frame([(0, 9.0, None, 0.70), (1, 8.0, None, 0.80), (2, 7.0, "scaled", 0.75), (3, 9.5, None, None)])
+    assert list(ranking(frame)["trial"]) == [1, 2, 0, 3]
+    assert list(ranking(frame.assign(finalist_accuracy=math.nan))["trial"]) == [3, 0, 1, 2]
+
+
+def _search(tmp_path, finalists: Finalists, n_trials: int = 8):
+    s = settings(tmp_path, budget_ms=120.0, space=SearchSpace.default(), deployment=Deployment(image_size=IMAGE,
+                 threads=1), sampling={"n_trials": n_trials}, report={"recheck_margin": 0.0})
+    s.finalists = finalists
+    result = run_search(s, latency_source=FakeLatency(cost), scorer=FakeScorer())
+    return result, optuna.load_study(study_name="t", storage=make_storage(None, tmp_path / "results" / "t"))
+
+
+@pytest.mark.slow
+def test_the_winner_is_the_most_accurate_finalist_and_a_resume_trains_nothing(tmp_path, monkeypatch):
+    trained: list[str] = []
+    real_train = AccuracyScorer.train
+
+    def counting(self, config, on_epoch=None):
+        trained.append(config.to_json())
+        assert self.seed == 10_000  # the search's seed 0 + SEED_OFFSET: never an evaluation's training seed
+        return real_train(self, config, on_epoch)
+
+    monkeypatch.setattr(AccuracyScorer, "train", counting)
+    result, study = _search(tmp_path, Finalists(count=2, data=_npz(tmp_path), training=TINY_TRAINING))
+    accuracies = {k.removeprefix("finalist:"): v for k, v in study.user_attrs.items() if k.startswith("finalist:")}
+    chosen = result.trials.set_index("trial").loc[choose(result.trials, 2)]  # the top two and the best scaled start
+    assert len(chosen) >= 2 and (chosen["start"] == "scaled").any()
+    assert len(accuracies) == len(trained) == len(chosen) and set(chosen["config_key"]) == set(accuracies)
+    ranked = result.ranking
+    assert ranked["finalist_accuracy"].iloc[0] == max(accuracies.values())  # the winner: the most accurate
+    top = ranked[ranked["duplicate_of"].isna()]["finalist_accuracy"].iloc[:len(chosen)]
+    assert list(top) == sorted(accuracies.values(), reverse=True)
+    trained.clear()
+    _search(tmp_path, Finalists(count=2, data=_npz(tmp_path), training=TINY_TRAINING))  # resumed, nothing new
+    assert trained == []
+
+
+def test_no_finalists_without_data_or_with_count_zero(tmp_path, monkeypatch):
+    monkeypatch.setattr(AccuracyScorer, "train", lambda *a, **k: pytest.fail("nothing should be trained"))
+    missing = Finalists(count=2, data="fashion-mnist")
+    monkeypatch.setattr("search.scoring.data.FASHION_MNIST_DIR", tmp_path / "not-installed")
+    result, _ = _search(tmp_path / "a", missing)
+    assert missing.unavailable and result.ranking["finalist_accuracy"].isna().all()
+    result, _ = _search(tmp_path / "b", Finalists(count=0))
+    assert result.ranking["score"].is_monotonic_decreasing
+
+
+def test_bad_finalist_settings_name_the_flag(tmp_path):
+    with pytest.raises(SearchInputError, match="--finalists -1"):
+        Finalists(count=-1)
+    with pytest.raises(SearchInputError, match="--finalist-data"):
+        Finalists(data=str(tmp_path / "nope.npz")).dataset()
