@@ -296,14 +296,26 @@ class SearchStudy:
         if s.objective == ACCURACY or s.pareto or s.finalists.count == 0:
             return 0
         frame = self.frame()
-        return train_finalists(frame, choose_finalists(frame, s.finalists.count), s.finalists, s.sampling.seed or 0,
-                               lambda key, accuracy: self.study.set_user_attr(f"{FINALIST_PREFIX}{key}", accuracy),
-                               self.lock)
+        identity = s.finalists.identity(self.finalist_seed)
+
+        def store(key: str, accuracy: float) -> None:
+            self.study.set_user_attr(f"{FINALIST_PREFIX}{key}", {"accuracy": accuracy, "identity": identity})
+        return train_finalists(frame, choose_finalists(frame, s.finalists.count), s.finalists, self.finalist_seed,
+                               store, self.lock)
+
+    @property
+    def finalist_seed(self) -> int:
+        return self.settings.sampling.seed or 0
 
     def finalist_accuracies(self) -> dict[str, float]:
-        """Every finalist's validation accuracy so far, by config_key."""
-        return {k.removeprefix(FINALIST_PREFIX): float(v) for k, v in self.study.user_attrs.items()
-                if k.startswith(FINALIST_PREFIX)}
+        """Every finalist's validation accuracy so far, by config_key: those trained as this run would train them
+        (the same data, fidelity and seed; search.settings.Finalists.identity)."""
+        s = self.settings
+        if s.finalists.count == 0 or s.finalists.dataset() is None:
+            return {}
+        identity = s.finalists.identity(self.finalist_seed)
+        return {k.removeprefix(FINALIST_PREFIX): float(v["accuracy"]) for k, v in self.study.user_attrs.items()
+                if k.startswith(FINALIST_PREFIX) and isinstance(v, dict) and v.get("identity") == identity}
 
     def frame(self) -> pd.DataFrame:
         """The trials' table with their re-checks and the finalists' accuracies."""

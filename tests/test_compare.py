@@ -14,6 +14,7 @@ import pytest
 
 from container import NetworkConfig, container_light_config
 from search import Finalists
+from search.scoring.data import load_data
 from search.__main__ import COMMANDS
 from search.__main__ import main as search_main
 from search.experiments import compare as compare_module
@@ -124,6 +125,7 @@ def test_compare_end_to_end_with_fakes(tmp_path):
         assert w["accuracy"] == pytest.approx(0.5 + width / 1000 + 0.0005)
         if w["arm"] == "scaled":
             assert len(config.stages) == 4 and w["width"] in (0.25, 0.5) and w["depth"] in (0.5, 1.0)
+            assert w["search_latency_ms"] <= 0.95 * w["budget_ms"]  # the search's re-check headroom
     assert report["over_budget"] == []
     # Every member of the family is trained and reported, chosen or not: the plot's family curve.
     family = report["family"]
@@ -224,6 +226,16 @@ def test_each_pair_of_arms_gets_one_sentence_whichever_way_it_goes():
     assert "search is not shown to beat random" in sentence("search - random", d(0.0, -0.01, 0.01), 20)
     assert "includes zero" in sentence("search - scaled", d(0.0, -0.01, 0.01), 35)
     assert "no seed gave both arms" in sentence("search - random", d(math.nan, math.nan, math.nan, 0), 20)
+
+
+def test_the_search_arm_is_the_shipped_search_and_random_is_plain_random_search(tmp_path):
+    data = load_data(_npz(tmp_path))
+    s = ArmsSettings(budgets=(20.0,), out_dir=tmp_path / "cmp")
+    search, rnd = s.study(20.0, "search", 3, data), s.study(20.0, "random", 3, data)
+    assert (search.sampling.sampler, search.sampling.starts_from) == ("tpe", "scaled")
+    assert search.finalists.count == Finalists().count and search.finalists.dataset() is data  # evaluation's data
+    assert (rnd.sampling.sampler, rnd.sampling.starts_from, rnd.finalists.count) == ("random", "random", 0)
+    assert search.name.endswith("-seed3") and rnd.name.endswith("-random-seed3")
 
 
 def test_sampler_random_is_a_random_sampler_study_and_part_of_the_identity(tmp_path):

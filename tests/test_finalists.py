@@ -3,6 +3,7 @@ resumed study trains nothing twice, and when nothing is trained."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import optuna
@@ -74,7 +75,8 @@ def test_the_winner_is_the_most_accurate_finalist_and_a_resume_trains_nothing(tm
 
     monkeypatch.setattr(AccuracyScorer, "train", counting)
     result, study = _search(tmp_path, Finalists(count=2, data=_npz(tmp_path), training=TINY_TRAINING))
-    accuracies = {k.removeprefix("finalist:"): v for k, v in study.user_attrs.items() if k.startswith("finalist:")}
+    accuracies = {k.removeprefix("finalist:"): v["accuracy"] for k, v in study.user_attrs.items()
+                  if k.startswith("finalist:")}
     chosen = result.trials.set_index("trial").loc[choose(result.trials, 2)]  # the top two and the best scaled start
     assert len(chosen) >= 2 and (chosen["start"] == "scaled").any()
     assert len(accuracies) == len(trained) == len(chosen) and set(chosen["config_key"]) == set(accuracies)
@@ -85,6 +87,9 @@ def test_the_winner_is_the_most_accurate_finalist_and_a_resume_trains_nothing(tm
     trained.clear()
     _search(tmp_path, Finalists(count=2, data=_npz(tmp_path), training=TINY_TRAINING))  # resumed, nothing new
     assert trained == []
+    # Another fidelity: the stored accuracies are not this run's, so the finalists are trained again.
+    _search(tmp_path, Finalists(count=2, data=_npz(tmp_path), training=replace(TINY_TRAINING, val_images=12)))
+    assert len(trained) == len(chosen)
 
 
 def test_no_finalists_without_data_or_with_count_zero(tmp_path, monkeypatch):

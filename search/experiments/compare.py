@@ -116,7 +116,9 @@ class ArmsSettings:
                            scoring=Scoring(data=dataset if self.objective == ACCURACY else None),
                            storage=StudyStorage(results_dir=self.out_dir / "studies"),
                            report=Reporting(progress=False),
-                           finalists=self.finalists if arm == "search" else Finalists(count=0))
+                           # The search's finalists train on the data the winners are evaluated on (its split held out
+                           # for validation; the test split is the evaluation's).
+                           finalists=replace(self.finalists, data=dataset) if arm == "search" else Finalists(count=0))
         s.storage.study_name = f"{s.name}-seed{seed}"
         return s
 
@@ -190,7 +192,9 @@ def _scaled_rows(settings: ArmsSettings, members: list[ScaledMember], latencies:
                  score: Callable[[NetworkConfig], float]) -> list[dict]:
     rows = []
     for budget in settings.budgets:
-        chosen = best_member(members, latencies, budget, score)
+        # The search's own rule: a member fits when it is within the re-check's headroom (budget - 5%), as the
+        # search's winners must be; a member at the budget would be over it, re-measured, half the time.
+        chosen = best_member(members, latencies, budget * (1 - Reporting().recheck_margin), score)
         for seed in settings.seeds:
             row: dict[str, Any] = {"budget_ms": budget, "arm": "scaled", "seed": seed, "study": "scaled family"}
             if chosen is not None:

@@ -73,10 +73,12 @@ def markdown(summary: dict[str, Any]) -> str:
         f"{dep['batch_size']}, {dep['image_size']}px, {dep['dtype']}, runtime {dep['runtime']}, threads "
         f"{dep['threads']}; {s['trials']} trials per study; objective `{s['objective']}`; seeds "
         f"{', '.join(map(str, s['seeds']))}; arms {', '.join(s['arms'])}",
-        "- arms: `search` is `python -m search` as shipped (TPE, default settings), its winner the study's best "
-        "feasible architecture after the re-check; `random` the same study with `--sampler random`; `scaled` "
+        "- arms: `search` is `python -m search` as shipped (TPE started from the scaled family; its winner the most "
+        "accurate of its finalists, trained on the same data at the same fidelity, validation split; "
+        "search.finalists); `random` uniform random search (`--sampler random`), its winner the best feasible "
+        "architecture by the objective after the re-check; `scaled` "
         f"Container-Light scaled by width and depth multipliers ({len(s['family'])} members), the best member by the "
-        "objective whose latency fits (the same for every seed)",
+        "objective whose latency fits within the search's re-check headroom (budget - 5%; the same for every seed)",
         f"- re-measured: every winner at a budget in {s['remeasure_rounds']} rounds (one BenchLatency measurement "
         "each, seeded shuffled order), median of the search's deciding (normalised) latency",
         f"- winners trained with validate-proxy's protocol: {t['epochs']} epochs on {t['train_images'] or 'all'} "
