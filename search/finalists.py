@@ -9,9 +9,10 @@ out of the training images; the test split is never used to choose. Their traini
 SEED_OFFSET, so that an evaluation with training seeds 0, 1, ... never re-uses the run the choice was made on.
 
 Each finalist's accuracy is stored in the study (a user attribute `finalist:<config_key>`, read back into the trials'
-`finalist_accuracy` column): a resumed study trains nothing twice. Without
-data (Fashion-MNIST not installed, and no `--finalist-data`), or with `--finalists 0`, `--objective accuracy` (the
-score is trained accuracy already) or `--pareto`, the winner is the objective's best, as before.
+`finalist_accuracy` column), with the data, fidelity and seed it was trained under: a resumed study trains nothing
+twice, and one resumed under other finalist settings trains again. Without data (Fashion-MNIST not installed, and no
+`--finalist-data`), or with `--finalists 0`, `--objective accuracy` (the score is trained accuracy already) or
+`--pareto`, the winner is the objective's best, as before.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from search.scoring.accuracy import AccuracyScorer
 from search.settings import Finalists
 
 SEED_OFFSET = 10_000
+
 
 def choose(frame: pd.DataFrame, count: int) -> list[int]:
     """The finalists' trial numbers: the top `count` distinct architectures of the ranking (feasible, kept by the

@@ -8,8 +8,8 @@ not the search's space contains them. At a budget the arm's choice is the best m
 whose latency (the search's deciding figure) fits.
 
 The search starts from the same family (`starting_params`): its members nearest in the space that fit the budget are
-the study's first trials, so that TPE begins where a practitioner would end, and the winner is never smaller than the
-best of them.
+the study's first trials, so that TPE begins where a practitioner would end; the best of them is always among the
+finalists (search.finalists).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
-from container import NetworkConfig
+from container import NetworkConfig, container_light_config
 
 from search.latency import Latency, LatencySource
 from search.space import SearchInputError, SearchSpace
@@ -38,6 +38,12 @@ class ScaledMember:
     @property
     def name(self) -> str:
         return f"width x{self.width:g}, depth x{self.depth:g}"
+
+
+def base_network(space: SearchSpace, image_size: int) -> NetworkConfig:
+    """Container-Light at the search's image size, classes and input channels: the family's base. Raises ValueError
+    for an image size Container-Light cannot take."""
+    return container_light_config(image_size=image_size, num_classes=space.num_classes, in_chans=space.in_chans)
 
 
 def _check(name: str, values: Sequence[float]) -> tuple[float, ...]:
@@ -103,5 +109,5 @@ def starting_params(space: SearchSpace, base: NetworkConfig, budget_ms: float, s
     return [p for _, p in fitting[:limit]]
 
 
-__all__ = ["DEPTHS", "STARTING_MEMBERS", "ScaledMember", "WIDTHS", "best_member", "measure_family", "scale_config",
-           "scaled_family", "starting_params"]
+__all__ = ["DEPTHS", "STARTING_MEMBERS", "ScaledMember", "WIDTHS", "base_network", "best_member", "measure_family",
+           "scale_config", "scaled_family", "starting_params"]

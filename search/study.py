@@ -25,7 +25,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial
 
 import container
-from container import NetworkConfig, container_light_config
+from container import NetworkConfig
 
 from search.scoring.accuracy import ACCURACY, AccuracyScorer, is_training_scorer, make_pruner, train_trial
 from search.latency import (BenchLatency, CachedLatency, Latency, LatencySource, MachineLock, MeasurementError,
@@ -36,7 +36,7 @@ from search.scoring.proxies import ProxyScorer, Scorer, Scores, count_flops, cou
 from search.finalists import choose as choose_finalists
 from search.finalists import train_finalists
 from search.report import ranking, write_report
-from search.scaled import starting_params
+from search.scaled import base_network, starting_params
 from search.settings import NoFeasibleNetworkError, SearchSettings
 from search.storage import (join_study, make_storage, recover_lost_trials, share_reference_speed, this_worker,
                             worker_ordinal)
@@ -44,7 +44,8 @@ from search.trials import (CONSTRAINT, Recheck, SearchResult, TrialRecord, count
                            trials_frame)
 
 RECHECK_PREFIX = "recheck:"  # a study user attribute per re-checked architecture: recheck:<config_key> -> Recheck
-FINALIST_PREFIX = "finalist:"  # a study user attribute per trained finalist: finalist:<config_key> -> accuracy
+# A study user attribute per trained finalist: finalist:<config_key> -> {"accuracy", "identity" (Finalists.identity)}
+FINALIST_PREFIX = "finalist:"
 
 if not hasattr(optuna.trial.Trial, "set_constraint"):  # pragma: no cover - depends on the installed Optuna
     raise ImportError(f"search needs optuna>=5.0 (trial.set_constraint); this is optuna {optuna.__version__}")
@@ -157,8 +158,7 @@ class SearchStudy:
         if s.sampling.starts_from != "scaled" or self.study is None or self.trials():
             return 0
         try:
-            base = container_light_config(image_size=s.deployment.image_size, num_classes=s.space.num_classes,
-                                          in_chans=s.space.in_chans)
+            base = base_network(s.space, s.deployment.image_size)
         except ValueError:  # an image size Container-Light cannot take: the sampler starts on its own
             return 0
         starts = starting_params(s.space, base, s.budget_ms, self.cache)
@@ -285,7 +285,6 @@ class SearchStudy:
         if on_progress:
             on_progress(len(todo), len(todo))
         return done
-
 
     # --- choosing the winner among the finalists ------------------------------------------------------------
 

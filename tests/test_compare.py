@@ -23,7 +23,7 @@ from search.experiments.compare_arms_report import sentence
 from search.experiments.evidence import VALIDATION_TRAINING, Trained
 from search.experiments.shared_cache import SHARED_CACHE, collect_cache, share_cache
 from search.scaled import best_member, measure_family, scale_config, scaled_family
-from search.latency import Deployment
+from search.latency import Deployment, Latency
 from search.settings import WorkerMismatchError
 from search.space import SearchInputError
 from search.study import SearchStudy
@@ -102,6 +102,16 @@ def test_the_member_chosen_at_a_budget_is_the_best_fitting_one_by_the_objective(
 def _cheap_family(config: NetworkConfig) -> float:
     """The tiny space's fake latency; the four-stage scaled family ten times cheaper, so that it fits too."""
     return cost(config) / (10 if len(config.stages) == 4 else 1)
+
+
+def test_the_scaled_member_must_fit_the_search_re_check_headroom():
+    members = scaled_family(base(), (0.5, 1.0), (1.0,))
+    small, large = members
+    latencies = [Latency(median_ms=ms, p90_ms=ms) for ms in (8.0, 9.8)]  # the large one within 5% of 10 ms
+    rows = compare_module._scaled_rows(ArmsSettings(budgets=(10.0,), seeds=(0, 1)), members, latencies,
+                                       lambda c: sum(s.dim for s in c.stages))
+    assert {r["config"] for r in rows} == {small.config.to_json(sort_keys=True)}
+    assert large.config.to_json(sort_keys=True) != small.config.to_json(sort_keys=True)
 
 
 @pytest.mark.slow

@@ -38,13 +38,13 @@ import pandas as pd
 import bench
 from bench.kit import (Parser, fail, non_negative_float, non_negative_int, positive_float, positive_int, results_root,
                        writable_dir, write_json, write_table)
-from container import NetworkConfig, container_light_config
+from container import NetworkConfig
 
 from search.experiments.compare_arms_report import markdown, plot_accuracy_latency, write_report
 from search.experiments.evidence import (VALIDATION_SEEDS, VALIDATION_TRAINING, ValidationProtocol, bootstrap_mean,
                                          training_progress, winner_trainer)
 from search.experiments.shared_cache import SHARED_CACHE, collect_cache, share_cache
-from search.scaled import DEPTHS, WIDTHS, ScaledMember, best_member, measure_family, scaled_family
+from search.scaled import DEPTHS, WIDTHS, ScaledMember, base_network, best_member, measure_family, scaled_family
 from search.latency import (BenchLatency, CachedLatency, Deployment, Latency, LatencySource, MachineLock, config_key,
                             default_stop)
 from search.scoring.accuracy import ACCURACY
@@ -125,8 +125,7 @@ class ArmsSettings:
     def base(self) -> NetworkConfig:
         """Container-Light at the run's image size and class count."""
         try:
-            return container_light_config(image_size=self.deployment.image_size, num_classes=self.space.num_classes,
-                                          in_chans=self.space.in_chans)
+            return base_network(self.space, self.deployment.image_size)
         except ValueError as e:
             raise SearchInputError(f"--image-size {self.deployment.image_size}: the scaled arm's Container-Light "
                                    f"cannot take it ({e})") from None
