@@ -44,7 +44,7 @@ def add_search_arguments(p: argparse.ArgumentParser, *, single_run: bool = True)
     g.add_argument("--sampler", choices=SAMPLERS, default="tpe",
                    help="tpe (the search), or random: uniform random search, the baseline (see compare --arms)")
     g.add_argument("--start", choices=STARTS, default=None,
-                   help="the study's first trials: scaled (every scaled Container-Light member, in a fixed order; "
+                   help="the study's first trials: scaled (the scaled Container-Light members that fit the budget; "
                         "default with tpe) or random (the sampler's own start-up proposals; default with random)")
     g.add_argument("--space", type=Path, default=None, metavar="FILE", help="search space as JSON or YAML")
     g.add_argument("--space-set", action="append", default=[], metavar="KEY=VALUE",

@@ -251,8 +251,8 @@ def markdown(result: SearchResult, settings: SearchSettings, study: optuna.Study
         + (f", averaged over {scoring.proxy_inits} initialisations" if settings.objective in ("synflow", "naswot")
            else "") + ")" + ("; two objectives (score up, latency down)" if settings.pareto else ""),
         f"- sampler: {settings.sampling.sampler}, seed {settings.sampling.seed}; "
-        + (f"the first {n(trials['start'] == 'scaled')} trials are the scaled Container-Light members, "
-           "fitting or not (search.scaled, `start` in trials.csv)" if len(trials) and "start" in trials
+        + (f"the first {n(trials['start'] == 'scaled')} trials are the scaled Container-Light members that fit "
+           "(search.scaled, `start` in trials.csv)" if len(trials) and "start" in trials
            and (trials["start"] == "scaled").any() else "its start-up trials are its own proposals"),
         f"- winner: {_winner_rule(trials, settings)}",
         f"- trials: {len(trials)} ({n(complete)} complete, {n(fits)} feasible, {n(complete & ~fits)} over budget, "

@@ -7,11 +7,9 @@ depth the base depth times the depth multiplier, rounded, at least 1. Members ar
 not the search's space contains them. At a budget the arm's choice is the best member, by the study's objective,
 whose latency (the search's deciding figure) fits.
 
-The search starts from the same family (`starting_params`): every member's nearest network in the space is one of the
-study's first trials, so that TPE begins where a practitioner would end; the best that fits is always among the
-finalists (search.finalists). Every member starts, whether it fits or not: which members fit is a measurement, and a
-start chosen by measurements near the budget made two runs of one seeded search part at their first trial
-(results/reproducibility/).
+The search starts from the same family (`starting_params`): its members nearest in the space that fit the budget are
+the study's first trials, so that TPE begins where a practitioner would end; the best of them is always among the
+finalists (search.finalists).
 """
 from __future__ import annotations
 
@@ -26,6 +24,7 @@ from search.space import SearchInputError, SearchSpace
 
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
 DEPTHS = (0.5, 0.75, 1.0)
+STARTING_MEMBERS = 5  # at most this many fitting members start a study (of TPE's 10 start-up trials)
 
 
 @dataclass(frozen=True)
@@ -95,17 +94,20 @@ def measure_family(members: Sequence[ScaledMember], source: LatencySource) -> li
     return [source.measure(m.config) for m in members]
 
 
-def starting_params(space: SearchSpace, base: NetworkConfig, *, widths: Sequence[float] = WIDTHS,
-                    depths: Sequence[float] = DEPTHS) -> list[dict]:
-    """The Optuna params of every family member projected into `space` (SearchSpace.nearest_params), each once, the
-    largest multipliers first: a list fixed by the space alone, the same on every run and every machine."""
+def starting_params(space: SearchSpace, base: NetworkConfig, budget_ms: float, source: LatencySource, *,
+                    widths: Sequence[float] = WIDTHS, depths: Sequence[float] = DEPTHS,
+                    limit: int = STARTING_MEMBERS) -> list[dict]:
+    """The Optuna params of the family's members projected into `space` (SearchSpace.nearest_params) whose latency
+    from `source` fits `budget_ms`, the slowest (largest) first, at most `limit` of them."""
     seen: dict[str, dict] = {}
-    for member in reversed(scaled_family(base, widths, depths)):
+    for member in scaled_family(base, widths, depths):
         params = space.nearest_params(member.config)
         if params is not None:
             seen.setdefault(repr(sorted(params.items())), params)
-    return list(seen.values())
+    measured = [(source.measure(space.config_from_params(p, base.image_size)).deciding_ms, p) for p in seen.values()]
+    fitting = sorted(((ms, p) for ms, p in measured if ms <= budget_ms), key=lambda mp: -mp[0])
+    return [p for _, p in fitting[:limit]]
 
 
-__all__ = ["DEPTHS", "ScaledMember", "WIDTHS", "base_network", "best_member", "measure_family",
+__all__ = ["DEPTHS", "STARTING_MEMBERS", "ScaledMember", "WIDTHS", "base_network", "best_member", "measure_family",
            "scale_config", "scaled_family", "starting_params"]

@@ -37,7 +37,7 @@ VALIDATION_DIR = results_root() / "proxy_validation"
 # ranks trained accuracy with Spearman 0.82 [0.67, 0.89] (0.78 at widths / 4); naswot, the default before, 0.03.
 DEFAULT_OBJECTIVE = "params"
 SAMPLERS = ("tpe", "random")  # --sampler: Optuna's TPE (constrained), or uniform random search as its baseline
-# --start: the study's first trials are the scaled Container-Light members (search.scaled), or the sampler's
+# --start: the study's first trials are the scaled Container-Light members that fit (search.scaled), or the sampler's
 # own (random) start-up proposals. TPE starts from the family by default; random search stays uniform.
 STARTS = ("scaled", "random")
 

@@ -150,10 +150,10 @@ class SearchStudy:
         return latency
 
     def start_from_family(self) -> int:
-        """With `--start scaled`, a new study's first trials are the scaled Container-Light members' nearest networks
-        in the space, all of them in a fixed order (search.scaled.starting_params); they count toward --trials.
-        Enqueued once: a study that already holds trials, or the same params, is left alone. Returns how many were
-        enqueued."""
+        """With `--start scaled`, a new study's first trials are the scaled Container-Light members nearest in the
+        space that fit the budget (search.scaled.starting_params; measured through the study's cache, so the trials
+        reuse the figures). Enqueued once: a study that already holds trials, or the same params, is left alone.
+        Returns how many were enqueued."""
         s = self.settings
         if s.sampling.starts_from != "scaled" or self.study is None or self.trials():
             return 0
@@ -161,7 +161,7 @@ class SearchStudy:
             base = base_network(s.space, s.deployment.image_size)
         except ValueError:  # an image size Container-Light cannot take: the sampler starts on its own
             return 0
-        starts = starting_params(s.space, base)[:s.sampling.n_trials]  # n_trials None: all of them
+        starts = starting_params(s.space, base, s.budget_ms, self.cache)
         for params in starts:
             self.study.enqueue_trial(params, user_attrs=TrialRecord(start="scaled").to_attrs(), skip_if_exists=True)
         return len(starts)

@@ -9,8 +9,8 @@ import pytest
 
 from container import NetworkConfig, container_light_config
 from search import Deployment, Sampling, SearchInputError, SearchSpace, make_storage, run_search
-from search.scaled import scale_config, scaled_family, starting_params
-from search.trials import TrialRecord, feasible
+from search.scaled import STARTING_MEMBERS, scale_config, scaled_family, starting_params
+from search.trials import TrialRecord
 from tests.search_helpers import FakeLatency, FakeScorer, cost, settings
 
 IMAGE = 224
@@ -45,51 +45,41 @@ def test_a_space_of_another_stage_count_takes_no_projection():
     assert two_stages.nearest_params(base()) is None
 
 
-def test_the_start_is_every_distinct_projected_member_largest_first():
-    space = SearchSpace.default()
-    starts = starting_params(space, base())
-    configs = [space.config_from_params(p, IMAGE).to_json() for p in starts]
+def test_starting_params_are_the_fitting_members_slowest_first():
+    space, budget = SearchSpace.default(), 150.0
+    fake = FakeLatency(cost)
+    starts = [space.config_from_params(p, IMAGE) for p in starting_params(space, base(), budget, fake)]
     projected = {space.config_from_params(space.nearest_params(m.config), IMAGE).to_json()
                  for m in scaled_family(base())}
-    assert len(configs) == len(set(configs)) and set(configs) == projected
-    assert space.config_from_params(starts[0], IMAGE) == base()  # width x1, depth x1: Container-Light itself
-    assert starting_params(space, base()) == starts  # fixed: nothing measured decides it
+    costs = [cost(NetworkConfig.from_json(c)) for c in projected]
+    fitting = sorted((ms for ms in costs if ms <= budget), reverse=True)
+    assert len(fitting) > STARTING_MEMBERS, "the fake latencies must leave more fitting members than are taken"
+    assert [cost(c) for c in starts] == fitting[:STARTING_MEMBERS]
+    assert starting_params(space, base(), 1.0, fake) == []  # nothing fits: the sampler starts on its own
 
 
 def _study(tmp_path, **sampling) -> tuple[object, optuna.Study]:
     s = settings(tmp_path, budget_ms=90.0, space=SearchSpace.default(), deployment=Deployment(image_size=IMAGE,
-                 threads=1), sampling={"n_trials": 12, **sampling}, report={"recheck_margin": 0.0})
+                 threads=1), sampling={"n_trials": 8, **sampling}, report={"recheck_margin": 0.0})
     result = run_search(s, latency_source=FakeLatency(cost), scorer=FakeScorer())
     return result, optuna.load_study(study_name="t", storage=make_storage(None, tmp_path / "results" / "t"))
 
 
-def test_tpe_starts_from_the_whole_family_once(tmp_path):
+def test_tpe_starts_from_the_family_once(tmp_path):
     result, study = _study(tmp_path)
     trials = study.get_trials()
-    expected = [SearchSpace.default().config_from_params(p, IMAGE).to_json()
-                for p in starting_params(SearchSpace.default(), base())]
+    expected = [space_config.to_json() for space_config in (
+        SearchSpace.default().config_from_params(p, IMAGE)
+        for p in starting_params(SearchSpace.default(), base(), 90.0, FakeLatency(cost)))]
     first = [NetworkConfig.from_dict(TrialRecord.of(t).config).to_json() for t in trials[:len(expected)]]
     assert first == expected
-    assert [TrialRecord.of(t).start for t in trials] == ["scaled"] * len(expected) + [None] * (12 - len(expected))
+    assert [TrialRecord.of(t).start for t in trials] == ["scaled"] * len(expected) + [None] * (8 - len(expected))
     assert list(result.trials["start"][:len(expected)]) == ["scaled"] * len(expected)
-    starts = trials[:len(expected)]
-    assert any(feasible(t) for t in starts) and not all(feasible(t) for t in starts), \
-        "the fake latencies must put the budget inside the family: members over it start too"
-    # The winner is at least the best fitting starting member by the objective (no re-check headroom here).
-    best_start = max(FakeScorer().evaluate(NetworkConfig.from_dict(TrialRecord.of(t).config)).score
-                     for t in starts if feasible(t))
+    # The winner is at least the best starting member by the objective (no re-check headroom here).
+    best_start = max(FakeScorer().evaluate(NetworkConfig.from_json(c)).score for c in expected)
     assert result.ranking["score"].iloc[0] >= best_start
-    _study(tmp_path, n_trials=14)  # resumed: no second family
+    _study(tmp_path, n_trials=12)  # resumed: no second family
     assert sum(TrialRecord.of(t).start == "scaled" for t in study.get_trials()) == len(expected)
-
-
-def test_fewer_trials_than_members_take_the_first_members_and_leave_none_waiting(tmp_path):
-    _, study = _study(tmp_path, n_trials=4)
-    trials = study.get_trials()
-    assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-    expected = [SearchSpace.default().config_from_params(p, IMAGE).to_json()
-                for p in starting_params(SearchSpace.default(), base())[:4]]
-    assert [NetworkConfig.from_dict(TrialRecord.of(t).config).to_json() for t in trials] == expected
 
 
 @pytest.mark.parametrize("sampling", [{"sampler": "random"}, {"start": "random"}])
