@@ -14,9 +14,9 @@ from bench.kit import (fraction, non_negative_float, non_negative_int, positive_
 from search.scoring.accuracy import PRUNERS
 from search.latency import DEFAULT_STOP, Deployment, default_stop
 from search.scoring.data import FASHION_MNIST
-from search.settings import (DEFAULT_OBJECTIVE, DEFAULT_RESULTS_DIR, FINALISTS, SAMPLERS, STARTS, Finalists, Measuring,
-                             Reporting, Sampling, Scoring, SearchSettings, StudyStorage, add_runtime_argument,
-                             list_objectives)
+from search.settings import (DEFAULT_OBJECTIVE, DEFAULT_RESULTS_DIR, FINALIST_SEEDS, FINALISTS, SAMPLERS, STARTS,
+                             Finalists, Measuring, Reporting, Sampling, Scoring, SearchSettings, StudyStorage,
+                             add_runtime_argument, list_objectives)
 from search.space import SearchSpace
 from search.storage import STORAGE_ENV
 from search.scoring.training import TrainingSettings
@@ -66,6 +66,8 @@ def add_search_arguments(p: argparse.ArgumentParser, *, single_run: bool = True)
                         f"objective alone)")
     g.add_argument("--finalist-data", default=FASHION_MNIST, metavar="SPEC",
                    help="the finalists' training data (default fashion-mnist; skipped if it is not installed)")
+    g.add_argument("--finalist-seeds", type=int, default=FINALIST_SEEDS, metavar="N",
+                   help=f"training seeds per finalist, its accuracy their mean (default {FINALIST_SEEDS})")
     train = TrainingSettings()
     g = p.add_argument_group("training (--objective accuracy; the network is the candidate adapted to the data, "
                              "see search/scoring/training.py)")
@@ -151,7 +153,7 @@ def settings_from_args(args: argparse.Namespace, budget_ms: float, space: Search
                         score_infeasible=args.score_infeasible, data=args.data, training=training, pruner=args.pruner),
         storage=storage or StudyStorage(),
         report=Reporting(recheck=args.recheck, recheck_margin=args.recheck_margin, progress=not args.no_progress),
-        finalists=Finalists(count=args.finalists, data=args.finalist_data))
+        finalists=Finalists(count=args.finalists, data=args.finalist_data, seeds=args.finalist_seeds))
 
 
 __all__ = ["add_search_arguments", "settings_from_args", "space_from_args"]

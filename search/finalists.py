@@ -5,12 +5,14 @@ that fit a loose budget it does not: there a scaled Container-Light with fewer p
 search's #params winners (results/search_vs_scaled/). So after the re-check the search trains its finalists at the
 validation's low fidelity and ranks them by validation accuracy: the top `finalists` distinct architectures by the
 objective, and the best scaled Container-Light member it started from (search.scaled). The validation split is held
-out of the training images; the test split is never used to choose. Their training seed is the search's seed +
-SEED_OFFSET, so that an evaluation with training seeds 0, 1, ... never re-uses the run the choice was made on.
+out of the training images; the test split is never used to choose. Each finalist trains with `seeds` training seeds
+(`training_seeds`: the search's seed + SEED_OFFSET, + 2 x SEED_OFFSET, ...), so that an evaluation with training seeds
+0, 1, ... never re-uses the run the choice was made on; its accuracy is their mean.
 
-Each finalist's accuracy is stored in the study (a user attribute `finalist:<config_key>`, read back into the trials'
-`finalist_accuracy` column), with the data, fidelity and seed it was trained under: a resumed study trains nothing
-twice, and one resumed under other finalist settings trains again. Without data (Fashion-MNIST not installed, and no
+Each training's accuracy is stored in the study (a user attribute per finalist and training seed, their mean read back
+into the trials' `finalist_accuracy` column), with the data, fidelity and seed it was trained under: a resumed study
+trains nothing twice, one resumed under other finalist settings trains again, and one resumed with more seeds trains
+only the new ones. Without data (Fashion-MNIST not installed, and no
 `--finalist-data`), or with `--finalists 0`, `--objective accuracy` (the score is trained accuracy already) or
 `--pareto`, the winner is the objective's best, as before.
 """
@@ -44,22 +46,32 @@ def choose(frame: pd.DataFrame, count: int) -> list[int]:
     return chosen
 
 
-def train_finalists(frame: pd.DataFrame, numbers: Sequence[int], settings: Finalists, seed: int,
-                    store: Callable[[str, float], None], lock: ContextManager[Any]) -> int:
-    """Train each finalist (by trial number in `frame`, the trials' table) not trained yet and `store(config_key,
-    validation accuracy)`; returns how many were trained. Nothing when fewer than two are to be compared or there
-    is no data."""
+def training_seeds(search_seed: int, count: int) -> list[int]:
+    """The finalists' `count` training seeds: SEED_OFFSET + the search's seed, then 2 x SEED_OFFSET + it, ...; the
+    first is the same whatever the count."""
+    return [SEED_OFFSET * (k + 1) + search_seed for k in range(count)]
+
+
+def train_finalists(frame: pd.DataFrame, numbers: Sequence[int], settings: Finalists, seeds: Sequence[int],
+                    trained: Callable[[str, int], bool], store: Callable[[str, int, float], None],
+                    lock: ContextManager[Any]) -> int:
+    """Train each finalist (by trial number in `frame`, the trials' table) with each training seed in `seeds` it was
+    not `trained` with yet, and `store(config_key, seed, validation accuracy)`; returns how many trainings ran.
+    Nothing when fewer than two are to be compared or there is no data."""
     dataset = settings.dataset()
     if len(numbers) < 2 or dataset is None:
         return 0
     rows = frame.set_index("trial").loc[list(numbers)]
-    todo = rows[rows["finalist_accuracy"].isna()]
-    scorer = AccuracyScorer(dataset, settings.training, seed=SEED_OFFSET + seed, lock=lock)
-    for config_key, config in zip(todo["config_key"], todo["config"]):
-        accuracy = scorer.train(NetworkConfig.from_json(config)).accuracy
-        if math.isfinite(accuracy):
-            store(config_key, accuracy)
-    return len(todo)
+    ran = 0
+    for seed in seeds:
+        todo = [(key, config) for key, config in zip(rows["config_key"], rows["config"]) if not trained(key, seed)]
+        scorer = AccuracyScorer(dataset, settings.training, seed=seed, lock=lock)
+        for key, config in todo:
+            accuracy = scorer.train(NetworkConfig.from_json(config)).accuracy
+            if math.isfinite(accuracy):
+                store(key, seed, accuracy)
+        ran += len(todo)
+    return ran
 
 
-__all__ = ["SEED_OFFSET", "choose", "train_finalists"]
+__all__ = ["SEED_OFFSET", "choose", "train_finalists", "training_seeds"]

@@ -216,7 +216,9 @@ def _winner_rule(trials: pd.DataFrame, settings: SearchSettings) -> str:
         data = f.dataset()
         return (f"the most accurate of {trained} finalists (the top {f.count} by the objective and the best scaled "
                 f"start, search.finalists), trained on {data.describe() if data else f.data} at "
-                f"{f.training.describe()}; `finalist_accuracy` is their validation accuracy")
+                f"{f.training.describe()}" + (f", {f.seeds} training seeds" if f.seeds > 1 else "")
+                + "; `finalist_accuracy` is their validation accuracy" + (" (the mean over the seeds)" if f.seeds > 1
+                                                                         else ""))
     why = (f.unavailable.split(";")[0] if f.unavailable else "--finalists 0" if f.count == 0 else
            "--objective accuracy" if settings.objective == ACCURACY else "--pareto" if settings.pareto else
            "fewer than two candidates")

@@ -158,6 +158,7 @@ FINALISTS = 2  # the top architectures by the objective that are trained (the be
 # 5000 validation images, not 1000: with 1000 a finalist's accuracy is known to +-1.3 points (binomial standard error
 # at 0.8), as much as the finalists differ by at a loose budget (results/search_vs_scaled/).
 FINALIST_TRAINING = TrainingSettings(epochs=2, train_images=4000, val_images=5000, width_div=8)
+FINALIST_SEEDS = 1  # training seeds per finalist, its accuracy their mean
 
 
 @dataclass
@@ -168,6 +169,7 @@ class Finalists:
 
     count: int = FINALISTS
     data: str | Path | Dataset | None = FASHION_MNIST
+    seeds: int = FINALIST_SEEDS
     training: TrainingSettings = field(default_factory=lambda: FINALIST_TRAINING)
     unavailable: str | None = field(default=None, init=False, repr=False, compare=False)
     _dataset: Dataset | None = field(default=None, init=False, repr=False, compare=False)
@@ -175,6 +177,8 @@ class Finalists:
     def __post_init__(self) -> None:
         if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 0:
             raise SearchInputError(f"--finalists {self.count!r}: must be an integer >= 0 (0: by the objective alone)")
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
+            raise SearchInputError(f"--finalist-seeds {self.seeds!r}: must be an integer >= 1")
 
     def dataset(self) -> Dataset | None:
         if self._dataset is None and self.data is not None and self.unavailable is None:
@@ -189,12 +193,13 @@ class Finalists:
                     self.unavailable = str(e)
         return self._dataset
 
-    def identity(self, seed: int) -> str:
-        """What decides a finalist's accuracy (data, fidelity, training seed): an accuracy stored under another
-        identity is not reused."""
+    def identity(self, seed: int, replicate: int = 0) -> str:
+        """What decides one finalist training's accuracy (data, fidelity, the search's seed and which of its training
+        seeds): an accuracy stored under another identity is not reused. The first training seed's identity is the one
+        studies made before there were several."""
         data = self.dataset()
-        return json.dumps({"data": data.digest if data else None, "training": self.training.identity(),
-                           "seed": seed}, sort_keys=True)
+        fields = {"data": data.digest if data else None, "training": self.training.identity(), "seed": seed}
+        return json.dumps(fields | ({"replicate": replicate} if replicate else {}), sort_keys=True)
 
 
 @dataclass
@@ -322,7 +327,7 @@ class SearchSettings:
                 "space": self.space.to_dict(), "sampler": self.sampling.sampler}
 
 
-__all__ = ["DEFAULT_OBJECTIVE", "DEFAULT_RESULTS_DIR", "FINALISTS", "FINALIST_TRAINING", "Finalists", "Measuring",
-           "NoFeasibleNetworkError", "PREDICTOR_DIR", "Reporting", "SAMPLERS", "STARTS", "Sampling", "Scoring",
-           "SearchSettings", "StudyStorage", "VALIDATION_DIR", "WorkerMismatchError", "add_runtime_argument",
+__all__ = ["DEFAULT_OBJECTIVE", "DEFAULT_RESULTS_DIR", "FINALISTS", "FINALIST_SEEDS", "FINALIST_TRAINING", "Finalists",
+           "Measuring", "NoFeasibleNetworkError", "PREDICTOR_DIR", "Reporting", "SAMPLERS", "STARTS", "Sampling",
+           "Scoring", "SearchSettings", "StudyStorage", "VALIDATION_DIR", "WorkerMismatchError", "add_runtime_argument",
            "list_objectives", "parse_budget"]

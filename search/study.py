@@ -34,7 +34,7 @@ from search.predictor import LatencyPredictor
 from search.progress import SearchProgress
 from search.scoring.proxies import ProxyScorer, Scorer, Scores, count_flops, count_params
 from search.finalists import choose as choose_finalists
-from search.finalists import train_finalists
+from search.finalists import train_finalists, training_seeds
 from search.report import ranking, write_report
 from search.scaled import base_network, starting_params
 from search.settings import NoFeasibleNetworkError, SearchSettings
@@ -44,7 +44,8 @@ from search.trials import (CONSTRAINT, Recheck, SearchResult, TrialRecord, count
                            trials_frame)
 
 RECHECK_PREFIX = "recheck:"  # a study user attribute per re-checked architecture: recheck:<config_key> -> Recheck
-# A study user attribute per trained finalist: finalist:<config_key> -> {"accuracy", "identity" (Finalists.identity)}
+# A study user attribute per finalist training: finalist:<config_key> for the first training seed (the name it had
+# when there was one), finalist:<config_key>#<seed> for the others -> {"accuracy", "identity" (Finalists.identity)}
 FINALIST_PREFIX = "finalist:"
 
 if not hasattr(optuna.trial.Trial, "set_constraint"):  # pragma: no cover - depends on the installed Optuna
@@ -295,26 +296,40 @@ class SearchStudy:
         if s.objective == ACCURACY or s.pareto or s.finalists.count == 0:
             return 0
         frame = self.frame()
-        identity = s.finalists.identity(self.finalist_seed)
+        done = self.finalist_trainings()
+        seeds = self.finalist_seeds
+        search_seed = s.sampling.seed or 0
 
-        def store(key: str, accuracy: float) -> None:
-            self.study.set_user_attr(f"{FINALIST_PREFIX}{key}", {"accuracy": accuracy, "identity": identity})
-        return train_finalists(frame, choose_finalists(frame, s.finalists.count), s.finalists, self.finalist_seed,
-                               store, self.lock)
+        def store(key: str, seed: int, accuracy: float) -> None:
+            k = seeds.index(seed)
+            self.study.set_user_attr(f"{FINALIST_PREFIX}{key}" + (f"#{seed}" if k else ""),
+                                     {"accuracy": accuracy, "identity": s.finalists.identity(search_seed, k)})
+        return train_finalists(frame, choose_finalists(frame, s.finalists.count), s.finalists, seeds,
+                               lambda key, seed: (key, seed) in done, store, self.lock)
 
     @property
-    def finalist_seed(self) -> int:
-        return self.settings.sampling.seed or 0
+    def finalist_seeds(self) -> list[int]:
+        return training_seeds(self.settings.sampling.seed or 0, self.settings.finalists.seeds)
 
-    def finalist_accuracies(self) -> dict[str, float]:
-        """Every finalist's validation accuracy so far, by config_key: those trained as this run would train them
-        (the same data, fidelity and seed; search.settings.Finalists.identity)."""
+    def finalist_trainings(self) -> dict[tuple[str, int], float]:
+        """Every finalist training in the study that this run would train the same way (the same data, fidelity and
+        seed; search.settings.Finalists.identity): (config_key, training seed) -> validation accuracy."""
         s = self.settings
         if s.finalists.count == 0 or s.finalists.dataset() is None:
             return {}
-        identity = s.finalists.identity(self.finalist_seed)
-        return {k.removeprefix(FINALIST_PREFIX): float(v["accuracy"]) for k, v in self.study.user_attrs.items()
-                if k.startswith(FINALIST_PREFIX) and isinstance(v, dict) and v.get("identity") == identity}
+        seeds = self.finalist_seeds
+        identities = {s.finalists.identity(s.sampling.seed or 0, k): seed for k, seed in enumerate(seeds)}
+        return {(k.removeprefix(FINALIST_PREFIX).split("#")[0], identities[v["identity"]]): float(v["accuracy"])
+                for k, v in self.study.user_attrs.items()
+                if k.startswith(FINALIST_PREFIX) and isinstance(v, dict) and v.get("identity") in identities}
+
+    def finalist_accuracies(self) -> dict[str, float]:
+        """Every finalist's validation accuracy, by config_key: the mean over the training seeds, for those trained
+        with every one."""
+        by_key: dict[str, list[float]] = {}
+        for (key, _), accuracy in self.finalist_trainings().items():
+            by_key.setdefault(key, []).append(accuracy)
+        return {key: sum(a) / len(a) for key, a in by_key.items() if len(a) == len(self.finalist_seeds)}
 
     def frame(self) -> pd.DataFrame:
         """The trials' table with their re-checks and the finalists' accuracies."""

@@ -92,6 +92,33 @@ def test_the_winner_is_the_most_accurate_finalist_and_a_resume_trains_nothing(tm
     assert len(trained) == len(chosen)
 
 
+@pytest.mark.slow
+def test_a_second_training_seed_trains_only_it_and_ranks_by_the_mean(tmp_path, monkeypatch):
+    seeds: list[int] = []
+    real_train = AccuracyScorer.train
+
+    def counting(self, config, on_epoch=None):
+        seeds.append(self.seed)
+        return real_train(self, config, on_epoch)
+
+    monkeypatch.setattr(AccuracyScorer, "train", counting)
+    _search(tmp_path, Finalists(count=2, data=_npz(tmp_path), training=TINY_TRAINING))
+    first = len(seeds)
+    assert first >= 2 and set(seeds) == {10_000}
+    result, study = _search(tmp_path, Finalists(count=2, data=_npz(tmp_path), training=TINY_TRAINING, seeds=2))
+    assert seeds[first:] == [20_000] * first  # the stored first seed is kept; only the second one trains
+    runs: dict[str, list[float]] = {}
+    for k, v in study.user_attrs.items():
+        if k.startswith("finalist:"):
+            runs.setdefault(k.removeprefix("finalist:").split("#")[0], []).append(v["accuracy"])
+    assert all(len(a) == 2 for a in runs.values()) and len(runs) == first
+    means = {key: sum(a) / 2 for key, a in runs.items()}
+    trials = result.trials.drop_duplicates("config_key").set_index("config_key")
+    for key, mean in means.items():
+        assert trials.loc[key, "finalist_accuracy"] == pytest.approx(mean)
+    assert result.ranking["finalist_accuracy"].iloc[0] == pytest.approx(max(means.values()))
+
+
 def test_no_finalists_without_data_or_with_count_zero(tmp_path, monkeypatch):
     monkeypatch.setattr(AccuracyScorer, "train", lambda *a, **k: pytest.fail("nothing should be trained"))
     missing = Finalists(count=2, data="fashion-mnist")
@@ -105,5 +132,7 @@ def test_no_finalists_without_data_or_with_count_zero(tmp_path, monkeypatch):
 def test_bad_finalist_settings_name_the_flag(tmp_path):
     with pytest.raises(SearchInputError, match="--finalists -1"):
         Finalists(count=-1)
+    with pytest.raises(SearchInputError, match="--finalist-seeds 0"):
+        Finalists(seeds=0)
     with pytest.raises(SearchInputError, match="--finalist-data"):
         Finalists(data=str(tmp_path / "nope.npz")).dataset()
