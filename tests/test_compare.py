@@ -18,7 +18,7 @@ from search.scoring.data import load_data
 from search.__main__ import COMMANDS
 from search.__main__ import main as search_main
 from search.experiments import compare as compare_module
-from search.experiments.compare import ARMS, ArmsSettings, compare, main, parse_arms
+from search.experiments.compare import ARMS, ArmsSettings, compare, main, parse_arms, parser, settings_from_args
 from search.experiments.compare_arms_report import sentence
 from search.experiments.evidence import VALIDATION_TRAINING, Trained
 from search.experiments.shared_cache import SHARED_CACHE, collect_cache, share_cache
@@ -246,6 +246,14 @@ def test_the_search_arm_is_the_shipped_search_and_random_is_plain_random_search(
     assert search.finalists.count == Finalists().count and search.finalists.dataset() is data  # evaluation's data
     assert (rnd.sampling.sampler, rnd.sampling.starts_from, rnd.finalists.count) == ("random", "random", 0)
     assert search.name.endswith("-seed3") and rnd.name.endswith("-random-seed3")
+
+
+def test_finalist_seeds_reach_the_search_arm_and_a_bad_count_names_the_flag(tmp_path, capsys):
+    args = parser().parse_args(["--budget-ms", "20", "--finalist-seeds", "2", "--out-dir", str(tmp_path)])
+    s = settings_from_args(args)
+    assert s.study(20.0, "search", 0, load_data(_npz(tmp_path))).finalists.seeds == 2
+    assert main(["--budget-ms", "20", "--finalist-seeds", "0", "--out-dir", str(tmp_path)]) == 2
+    assert "--finalist-seeds 0" in capsys.readouterr().err
 
 
 def test_sampler_random_is_a_random_sampler_study_and_part_of_the_identity(tmp_path):

@@ -51,9 +51,9 @@ from search.scoring.accuracy import ACCURACY
 from search.scoring.data import FASHION_MNIST, Dataset
 from search.scoring.proxies import ProxyScorer, Scorer
 from search.scoring.training import TrainingSettings
-from search.settings import (DEFAULT_OBJECTIVE, Finalists, Measuring, NoFeasibleNetworkError, Reporting, Sampling,
-                             Scoring, SearchSettings, StudyStorage, add_runtime_argument, list_objectives,
-                             parse_budget)
+from search.settings import (DEFAULT_OBJECTIVE, FINALIST_SEEDS, Finalists, Measuring, NoFeasibleNetworkError,
+                             Reporting, Sampling, Scoring, SearchSettings, StudyStorage, add_runtime_argument,
+                             list_objectives, parse_budget)
 from search.space import SearchInputError, SearchSpace
 from search.study import run_search
 
@@ -311,7 +311,7 @@ def _summary(settings: ArmsSettings, rows: list[dict], family: list[dict], wall_
             "seeds": list(settings.seeds), "objective": settings.objective,
             "deployment": settings.deployment.to_dict(), "training": asdict(settings.training),
             "train_seeds": list(settings.train_seeds), "remeasure_rounds": settings.remeasure_rounds,
-            "family": family,
+            "finalist_seeds": settings.finalists.seeds, "family": family,
             "winners": winners, "per_budget": budgets,
             "over_budget": [{k: w[k] for k in ("budget_ms", "arm", "seed", "latency_ms", "winner")} for w in over],
             "environment": env, "machine": bench.machine_summary(env), "wall_s": wall_s,
@@ -363,6 +363,9 @@ def parser(prog: str = "python -m search compare") -> argparse.ArgumentParser:
     g.add_argument("--train-seeds", type=int, nargs="+", default=list(VALIDATION_SEEDS))
     g.add_argument("--train-threads", type=positive_int, default=None)
     g.add_argument("--workers", type=positive_int, default=1, help="winners trained at once, each in a process")
+    g.add_argument("--finalist-seeds", type=int, default=FINALIST_SEEDS, metavar="N",
+                   help=f"training seeds per finalist of the search arm (default {FINALIST_SEEDS}, as python -m "
+                        f"search ships)")
     p.add_argument("--space", type=Path, default=None, metavar="FILE")
     p.add_argument("--bootstrap", type=positive_int, default=2000)
     p.add_argument("--out-dir", "--results-dir", dest="out_dir", type=writable_dir, default=COMPARE_ARMS_DIR)
@@ -387,7 +390,8 @@ def settings_from_args(args: argparse.Namespace) -> ArmsSettings:
                          width_div=args.width_div, threads=args.train_threads),
         train_seeds=tuple(args.train_seeds), widths=tuple(args.widths), depths=tuple(args.depths),
         remeasure_rounds=args.remeasure_rounds, bootstrap=args.bootstrap, out_dir=args.out_dir,
-        lock_file=args.lock_file, workers=args.workers, progress=not args.no_progress)
+        lock_file=args.lock_file, workers=args.workers, progress=not args.no_progress,
+        finalists=Finalists(seeds=args.finalist_seeds))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
