@@ -68,6 +68,9 @@ def add_search_arguments(p: argparse.ArgumentParser, *, single_run: bool = True)
                    help="the finalists' training data (default fashion-mnist; skipped if it is not installed)")
     g.add_argument("--finalist-seeds", type=int, default=FINALIST_SEEDS, metavar="N",
                    help=f"training seeds per finalist, its accuracy their mean (default {FINALIST_SEEDS})")
+    g.add_argument("--finalist-margin", type=float, default=0.0, metavar="F",
+                   help="validation accuracy (e.g. 0.02: 2 points) by which a finalist must beat the best scaled "
+                        "start to win (default 0)")
     train = TrainingSettings()
     g = p.add_argument_group("training (--objective accuracy; the network is the candidate adapted to the data, "
                              "see search/scoring/training.py)")
@@ -153,7 +156,8 @@ def settings_from_args(args: argparse.Namespace, budget_ms: float, space: Search
                         score_infeasible=args.score_infeasible, data=args.data, training=training, pruner=args.pruner),
         storage=storage or StudyStorage(),
         report=Reporting(recheck=args.recheck, recheck_margin=args.recheck_margin, progress=not args.no_progress),
-        finalists=Finalists(count=args.finalists, data=args.finalist_data, seeds=args.finalist_seeds))
+        finalists=Finalists(count=args.finalists, data=args.finalist_data, seeds=args.finalist_seeds,
+                            margin=args.finalist_margin))
 
 
 __all__ = ["add_search_arguments", "settings_from_args", "space_from_args"]

@@ -7,7 +7,10 @@ validation's low fidelity and ranks them by validation accuracy: the top `finali
 objective, and the best scaled Container-Light member it started from (search.scaled). The validation split is held
 out of the training images; the test split is never used to choose. Each finalist trains with `seeds` training seeds
 (`training_seeds`: the search's seed + SEED_OFFSET, + 2 x SEED_OFFSET, ...), so that an evaluation with training seeds
-0, 1, ... never re-uses the run the choice was made on; its accuracy is their mean.
+0, 1, ... never re-uses the run the choice was made on; its accuracy is their mean. With a `margin`, the best scaled
+start stays the winner unless another finalist's accuracy is higher by more than it (search.report.ranking): one
+training's validation accuracy varies by 1.65 points (standard deviation) from seed to seed at this fidelity
+(results/search_vs_scaled/), so a difference of a point or two between finalists is mostly that noise.
 
 Each training's accuracy is stored in the study (a user attribute per finalist and training seed, their mean read back
 into the trials' `finalist_accuracy` column), with the data, fidelity and seed it was trained under: a resumed study

@@ -54,9 +54,10 @@ def pareto_mask(score: np.ndarray, latency: np.ndarray) -> np.ndarray:
     return mask
 
 
-def ranking(trials: pd.DataFrame) -> pd.DataFrame:
-    """Every feasible trial that survived its re-measurement: the finalists first, most accurate first; then best score
-    first (then faster, then earlier)."""
+def ranking(trials: pd.DataFrame, incumbent_margin: float = 0.0) -> pd.DataFrame:
+    """Every feasible trial that survived its re-measurement: the finalists first, most accurate first, a scaled start's
+    accuracy counted `incumbent_margin` higher (search.finalists); then best score first (then faster, then
+    earlier)."""
     if trials.empty:
         return pd.DataFrame(columns=RANKING_COLUMNS)
     keep = trials[trials["feasible"].astype(bool) & ~trials["dropped"].astype(bool)].copy()
@@ -66,7 +67,8 @@ def ranking(trials: pd.DataFrame) -> pd.DataFrame:
     # The finalists (search.finalists) first, by their trained accuracy; then the rest by the objective.
     finalist = keep["finalist_accuracy"] if "finalist_accuracy" in keep else pd.Series(math.nan, index=keep.index)
     keep["finalist_accuracy"] = pd.to_numeric(finalist, errors="coerce")
-    keep["_finalist"] = keep["finalist_accuracy"].fillna(-math.inf)
+    scaled = keep["start"].eq("scaled") if "start" in keep else pd.Series(False, index=keep.index)
+    keep["_finalist"] = (keep["finalist_accuracy"] + incumbent_margin * scaled).fillna(-math.inf)
     keep = keep.sort_values(["_finalist", "_score", "latency_norm_ms", "trial"], ascending=[False, False, True, True])
     keep = keep.drop(columns=["_score", "_finalist"]).reset_index(drop=True)
     keep.insert(0, "rank", np.arange(1, len(keep) + 1))
@@ -217,6 +219,7 @@ def _winner_rule(trials: pd.DataFrame, settings: SearchSettings) -> str:
         return (f"the most accurate of {trained} finalists (the top {f.count} by the objective and the best scaled "
                 f"start, search.finalists), trained on {data.describe() if data else f.data} at "
                 f"{f.training.describe()}" + (f", {f.seeds} training seeds" if f.seeds > 1 else "")
+                + (f", the scaled start kept unless beaten by more than {f.margin:g}" if f.margin else "")
                 + "; `finalist_accuracy` is their validation accuracy" + (" (the mean over the seeds)" if f.seeds > 1
                                                                          else ""))
     why = (f.unavailable.split(";")[0] if f.unavailable else "--finalists 0" if f.count == 0 else

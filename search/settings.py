@@ -170,6 +170,7 @@ class Finalists:
     count: int = FINALISTS
     data: str | Path | Dataset | None = FASHION_MNIST
     seeds: int = FINALIST_SEEDS
+    margin: float = 0.0  # validation accuracy a finalist must beat the best scaled start by (search.finalists)
     training: TrainingSettings = field(default_factory=lambda: FINALIST_TRAINING)
     unavailable: str | None = field(default=None, init=False, repr=False, compare=False)
     _dataset: Dataset | None = field(default=None, init=False, repr=False, compare=False)
@@ -179,6 +180,8 @@ class Finalists:
             raise SearchInputError(f"--finalists {self.count!r}: must be an integer >= 0 (0: by the objective alone)")
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
             raise SearchInputError(f"--finalist-seeds {self.seeds!r}: must be an integer >= 1")
+        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) or not 0 <= self.margin < 1:
+            raise SearchInputError(f"--finalist-margin {self.margin!r}: must be an accuracy difference in [0, 1)")
 
     def dataset(self) -> Dataset | None:
         if self._dataset is None and self.data is not None and self.unavailable is None:

@@ -427,7 +427,8 @@ def run_search(settings: SearchSettings, *, latency_source: LatencySource | None
                 raise
     frame = runner.frame()
     result = SearchResult(study_name=settings.name, study_dir=settings.study_dir, budget_ms=settings.budget_ms,
-                          runtime=settings.deployment.runtime, trials=frame, ranking=ranking(frame), best_config=None,
+                          runtime=settings.deployment.runtime, trials=frame,
+                          ranking=ranking(frame, settings.finalists.margin), best_config=None,
                           interrupted=interrupted,
                           elapsed_s=time.perf_counter() - start,
                           smallest_latency_ms=runner.smallest_latency.deciding_ms if runner.smallest_latency else None,

@@ -311,7 +311,8 @@ def _summary(settings: ArmsSettings, rows: list[dict], family: list[dict], wall_
             "seeds": list(settings.seeds), "objective": settings.objective,
             "deployment": settings.deployment.to_dict(), "training": asdict(settings.training),
             "train_seeds": list(settings.train_seeds), "remeasure_rounds": settings.remeasure_rounds,
-            "finalist_seeds": settings.finalists.seeds, "family": family,
+            "finalist_seeds": settings.finalists.seeds, "finalist_margin": settings.finalists.margin,
+            "family": family,
             "winners": winners, "per_budget": budgets,
             "over_budget": [{k: w[k] for k in ("budget_ms", "arm", "seed", "latency_ms", "winner")} for w in over],
             "environment": env, "machine": bench.machine_summary(env), "wall_s": wall_s,
@@ -366,6 +367,8 @@ def parser(prog: str = "python -m search compare") -> argparse.ArgumentParser:
     g.add_argument("--finalist-seeds", type=int, default=FINALIST_SEEDS, metavar="N",
                    help=f"training seeds per finalist of the search arm (default {FINALIST_SEEDS}, as python -m "
                         f"search ships)")
+    g.add_argument("--finalist-margin", type=float, default=0.0, metavar="F",
+                   help="the search arm's --finalist-margin (default 0, as python -m search ships)")
     p.add_argument("--space", type=Path, default=None, metavar="FILE")
     p.add_argument("--bootstrap", type=positive_int, default=2000)
     p.add_argument("--out-dir", "--results-dir", dest="out_dir", type=writable_dir, default=COMPARE_ARMS_DIR)
@@ -391,7 +394,7 @@ def settings_from_args(args: argparse.Namespace) -> ArmsSettings:
         train_seeds=tuple(args.train_seeds), widths=tuple(args.widths), depths=tuple(args.depths),
         remeasure_rounds=args.remeasure_rounds, bootstrap=args.bootstrap, out_dir=args.out_dir,
         lock_file=args.lock_file, workers=args.workers, progress=not args.no_progress,
-        finalists=Finalists(seeds=args.finalist_seeds))
+        finalists=Finalists(seeds=args.finalist_seeds, margin=args.finalist_margin))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

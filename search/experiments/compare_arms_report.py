@@ -75,7 +75,9 @@ def markdown(summary: dict[str, Any]) -> str:
         f"{', '.join(map(str, s['seeds']))}; arms {', '.join(s['arms'])}",
         "- arms: `search` is `python -m search` as shipped (TPE started from the scaled family; its winner the most "
         "accurate of its finalists, trained on the same data at the same fidelity, validation split"
-        + (f", {s['finalist_seeds']} training seeds each" if s.get("finalist_seeds", 1) > 1 else "") + "; "
+        + (f", {s['finalist_seeds']} training seeds each" if s.get("finalist_seeds", 1) > 1 else "")
+        + (f", the scaled start kept unless beaten by more than {s['finalist_margin']:g}"
+           if s.get("finalist_margin") else "") + "; "
         "search.finalists); `random` uniform random search (`--sampler random`), its winner the best feasible "
         "architecture by the objective after the re-check; `scaled` "
         f"Container-Light scaled by width and depth multipliers ({len(s['family'])} members), the best member by the "
