@@ -55,6 +55,16 @@ def test_the_ranking_puts_the_finalists_first_most_accurate_first():
     assert list(ranking(frame.assign(finalist_accuracy=math.nan))["trial"]) == [3, 0, 1, 2]
 
 
+def test_a_margin_keeps_the_scaled_start_unless_a_finalist_beats_it_by_more():
+    frame = _frame([(0, 9.0, None, 0.70), (1, 8.0, None, 0.80), (2, 7.0, "scaled", 0.75), (3, 9.5, None, None)])
+    assert list(ranking(frame, incumbent_margin=0.04)["trial"]) == [1, 2, 0, 3]  # 0.80 beats 0.75 by more than 0.04
+    assert list(ranking(frame, incumbent_margin=0.06)["trial"]) == [2, 1, 0, 3]  # not by more than 0.06
+    ranked = ranking(frame, incumbent_margin=0.06)
+    assert ranked.set_index("trial").loc[2, "finalist_accuracy"] == 0.75  # the table shows the accuracy as trained
+    with pytest.raises(SearchInputError, match="--finalist-margin 1.5"):
+        Finalists(margin=1.5)
+
+
 def _search(tmp_path, finalists: Finalists, n_trials: int = 8):
     s = settings(tmp_path, budget_ms=120.0, space=SearchSpace.default(), deployment=Deployment(image_size=IMAGE,
                  threads=1), sampling={"n_trials": n_trials}, report={"recheck_margin": 0.0})
