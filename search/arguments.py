@@ -14,9 +14,9 @@ from bench.kit import (fraction, non_negative_float, non_negative_int, positive_
 from search.scoring.accuracy import PRUNERS
 from search.latency import DEFAULT_STOP, Deployment, default_stop
 from search.scoring.data import FASHION_MNIST
-from search.settings import (DEFAULT_OBJECTIVE, DEFAULT_RESULTS_DIR, FINALIST_SEEDS, FINALISTS, SAMPLERS, STARTS,
-                             Finalists, Measuring, Reporting, Sampling, Scoring, SearchSettings, StudyStorage,
-                             add_runtime_argument, list_objectives)
+from search.settings import (DEFAULT_OBJECTIVE, DEFAULT_RESULTS_DIR, FINALIST_MARGIN, FINALIST_SEEDS, FINALISTS,
+                             SAMPLERS, STARTS, Finalists, Measuring, Reporting, Sampling, Scoring, SearchSettings,
+                             StudyStorage, add_runtime_argument, list_objectives)
 from search.space import SearchSpace
 from search.storage import STORAGE_ENV
 from search.scoring.training import TrainingSettings
@@ -68,9 +68,9 @@ def add_search_arguments(p: argparse.ArgumentParser, *, single_run: bool = True)
                    help="the finalists' training data (default fashion-mnist; skipped if it is not installed)")
     g.add_argument("--finalist-seeds", type=int, default=FINALIST_SEEDS, metavar="N",
                    help=f"training seeds per finalist, its accuracy their mean (default {FINALIST_SEEDS})")
-    g.add_argument("--finalist-margin", type=float, default=0.0, metavar="F",
-                   help="validation accuracy (e.g. 0.02: 2 points) by which a finalist must beat the best scaled "
-                        "start to win (default 0)")
+    g.add_argument("--finalist-margin", type=float, default=FINALIST_MARGIN, metavar="F",
+                   help=f"validation accuracy by which a finalist must beat the best scaled start to win (default "
+                        f"{FINALIST_MARGIN:g}, 2.33 points: the validation's noise; 0: the most accurate wins)")
     train = TrainingSettings()
     g = p.add_argument_group("training (--objective accuracy; the network is the candidate adapted to the data, "
                              "see search/scoring/training.py)")

@@ -3,6 +3,7 @@ resumed study trains nothing twice, and when nothing is trained."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from dataclasses import replace
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from container import NetworkConfig
 from search import Deployment, Finalists, SearchInputError, SearchSpace, make_storage, ranking, run_search
 from search.finalists import choose
+from search.settings import FINALIST_MARGIN
 from search.scoring.accuracy import AccuracyScorer
 from search.scoring.training import TrainingSettings
 from search.trials import TRIAL_COLUMNS
@@ -28,6 +30,11 @@ def _npz(tmp_path) -> str:
     np.savez(path, x_train=rng.random((60, 16, 16)).astype(np.float32), y_train=np.arange(60) % 10,
              x_test=rng.random((20, 16, 16)).astype(np.float32), y_test=np.arange(20) % 10)
     return str(path)
+
+
+def _most_accurate_wins(tmp_path, **overrides) -> Finalists:
+    """Two finalists on the tiny data, no margin for the scaled start: the most accurate wins."""
+    return Finalists(**{"count": 2, "data": _npz(tmp_path), "training": TINY_TRAINING, "margin": 0.0, **overrides})
 
 
 def _frame(rows: list[tuple[int, float, str | None, float | None]]) -> pd.DataFrame:
@@ -84,7 +91,7 @@ def test_the_winner_is_the_most_accurate_finalist_and_a_resume_trains_nothing(tm
         return real_train(self, config, on_epoch)
 
     monkeypatch.setattr(AccuracyScorer, "train", counting)
-    result, study = _search(tmp_path, Finalists(count=2, data=_npz(tmp_path), training=TINY_TRAINING))
+    result, study = _search(tmp_path, _most_accurate_wins(tmp_path))
     accuracies = {k.removeprefix("finalist:"): v["accuracy"] for k, v in study.user_attrs.items()
                   if k.startswith("finalist:")}
     chosen = result.trials.set_index("trial").loc[choose(result.trials, 2)]  # the top two and the best scaled start
@@ -95,11 +102,28 @@ def test_the_winner_is_the_most_accurate_finalist_and_a_resume_trains_nothing(tm
     top = ranked[ranked["duplicate_of"].isna()]["finalist_accuracy"].iloc[:len(chosen)]
     assert list(top) == sorted(accuracies.values(), reverse=True)
     trained.clear()
-    _search(tmp_path, Finalists(count=2, data=_npz(tmp_path), training=TINY_TRAINING))  # resumed, nothing new
+    _search(tmp_path, _most_accurate_wins(tmp_path))  # resumed, nothing new
     assert trained == []
+    assert Finalists().margin == FINALIST_MARGIN > 0
     # Another fidelity: the stored accuracies are not this run's, so the finalists are trained again.
-    _search(tmp_path, Finalists(count=2, data=_npz(tmp_path), training=replace(TINY_TRAINING, val_images=12)))
+    _search(tmp_path, _most_accurate_wins(tmp_path, training=replace(TINY_TRAINING, val_images=12)))
     assert len(trained) == len(chosen)
+
+
+def test_the_search_keeps_the_scaled_start_unless_a_finalist_beats_it_by_the_margin(tmp_path, monkeypatch):
+    monkeypatch.setattr(AccuracyScorer, "train", lambda self, config, on_epoch=None: SimpleNamespace(accuracy=0.5))
+    result, study = _search(tmp_path, _most_accurate_wins(tmp_path), n_trials=20)
+    chosen = result.trials.set_index("trial").loc[choose(result.trials, 2)]
+    scaled = set(chosen.index[chosen["start"] == "scaled"])
+    assert scaled and len(scaled) < len(chosen)
+    for trial, row in chosen.iterrows():  # the scaled starts 2 points less accurate than the other finalists
+        attr = study.user_attrs[f"finalist:{row['config_key']}"]
+        study.set_user_attr(f"finalist:{row['config_key']}", attr | {"accuracy": 0.80 if trial in scaled else 0.82})
+    monkeypatch.setattr(AccuracyScorer, "train", lambda *a, **k: pytest.fail("nothing should be trained again"))
+    result, _ = _search(tmp_path, _most_accurate_wins(tmp_path, margin=0.0), n_trials=20)
+    assert result.ranking["trial"].iloc[0] not in scaled  # no margin: the most accurate wins
+    result, _ = _search(tmp_path, _most_accurate_wins(tmp_path, margin=0.03), n_trials=20)
+    assert result.ranking["trial"].iloc[0] in scaled  # 2 points are within the margin
 
 
 @pytest.mark.slow
@@ -112,10 +136,10 @@ def test_a_second_training_seed_trains_only_it_and_ranks_by_the_mean(tmp_path, m
         return real_train(self, config, on_epoch)
 
     monkeypatch.setattr(AccuracyScorer, "train", counting)
-    _search(tmp_path, Finalists(count=2, data=_npz(tmp_path), training=TINY_TRAINING))
+    _search(tmp_path, _most_accurate_wins(tmp_path))
     first = len(seeds)
     assert first >= 2 and set(seeds) == {10_000}
-    result, study = _search(tmp_path, Finalists(count=2, data=_npz(tmp_path), training=TINY_TRAINING, seeds=2))
+    result, study = _search(tmp_path, _most_accurate_wins(tmp_path, seeds=2))
     assert seeds[first:] == [20_000] * first  # the stored first seed is kept; only the second one trains
     runs: dict[str, list[float]] = {}
     for k, v in study.user_attrs.items():

@@ -51,9 +51,9 @@ from search.scoring.accuracy import ACCURACY
 from search.scoring.data import FASHION_MNIST, Dataset
 from search.scoring.proxies import ProxyScorer, Scorer
 from search.scoring.training import TrainingSettings
-from search.settings import (DEFAULT_OBJECTIVE, FINALIST_SEEDS, Finalists, Measuring, NoFeasibleNetworkError,
-                             Reporting, Sampling, Scoring, SearchSettings, StudyStorage, add_runtime_argument,
-                             list_objectives, parse_budget)
+from search.settings import (DEFAULT_OBJECTIVE, FINALIST_MARGIN, FINALIST_SEEDS, Finalists, Measuring,
+                             NoFeasibleNetworkError, Reporting, Sampling, Scoring, SearchSettings, StudyStorage,
+                             add_runtime_argument, list_objectives, parse_budget)
 from search.space import SearchInputError, SearchSpace
 from search.study import run_search
 
@@ -367,8 +367,8 @@ def parser(prog: str = "python -m search compare") -> argparse.ArgumentParser:
     g.add_argument("--finalist-seeds", type=int, default=FINALIST_SEEDS, metavar="N",
                    help=f"training seeds per finalist of the search arm (default {FINALIST_SEEDS}, as python -m "
                         f"search ships)")
-    g.add_argument("--finalist-margin", type=float, default=0.0, metavar="F",
-                   help="the search arm's --finalist-margin (default 0, as python -m search ships)")
+    g.add_argument("--finalist-margin", type=float, default=FINALIST_MARGIN, metavar="F",
+                   help=f"the search arm's --finalist-margin (default {FINALIST_MARGIN:g}, as python -m search ships)")
     p.add_argument("--space", type=Path, default=None, metavar="FILE")
     p.add_argument("--bootstrap", type=positive_int, default=2000)
     p.add_argument("--out-dir", "--results-dir", dest="out_dir", type=writable_dir, default=COMPARE_ARMS_DIR)
