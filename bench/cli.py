@@ -29,8 +29,7 @@ from bench.machine import reference_path, reference_speed, speed_now
 from bench.ops.report import OpJob, run_ops
 from bench.repeat import check_repeat, repeat_check
 from bench.runtimes import RUNTIMES
-from bench.suite import (QUICK_STOP, SUITE_PASSES, SUITE_STOP, SUITES, Job, new_run_dir, resolve_devices, run_suite,
-                         suite_jobs)
+from bench.suite import QUICK_STOP, SUITE_STOP, SUITES, Job, new_run_dir, resolve_devices, run_suite, suite_jobs
 from bench.targets import STAGE_SHAPES, BenchInputError, BlockTarget, ModuleTarget, network_target, parse_shape
 from bench.workload import Options
 
@@ -96,10 +95,6 @@ def configure_run(p: argparse.ArgumentParser, out_help: str | None = None) -> No
                            "(export_failed otherwise)")
     add_threads(p)
     p.add_argument("--no-rss", action="store_true", help="skip the isolated-process peak RSS")
-    p.add_argument("--passes", type=positive_int, default=None,
-                   help=f"time every row in this many passes over the run, in alternating order, each with an even "
-                        f"share of its timing (default {SUITE_PASSES}; 1 with --quick): a drift of the machine's "
-                        f"speed during the run then lands on every row alike")
     p.add_argument("--out", type=writable_dir, default=None,
                    help=out_help or f"run directory (default {results_root() / 'runs'}/<time>-<commit>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -129,8 +124,7 @@ def run_jobs(args: argparse.Namespace) -> list[Job]:
 def run_settings(args: argparse.Namespace) -> dict:
     """run_suite's options from `run`'s command line."""
     return dict(rss=not (args.no_rss or args.quick), progress=not args.no_progress,
-                calibration_stop=QUICK_STOP if args.quick else None, before=args.before,
-                passes=args.passes or (1 if args.quick else SUITE_PASSES))
+                calibration_stop=QUICK_STOP if args.quick else None, before=args.before)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from bench.result import Bounds, FlopFigures, KernelBound, MemoryFigures, Profil
 from bench.roofline import Roofline, attention_kernel_ms
 from bench.runtimes import ExportFailed, is_out_of_memory, tolerance
 from bench.targets import Target, as_target
-from bench.timing import WARMUP_S, LatencyStats, StopRule, combine_passes, measure_rounds
+from bench.timing import LatencyStats, StopRule, measure_rounds
 from bench.workload import Workload, build_reference, convert_workload
 
 
@@ -48,64 +48,39 @@ def profile_variants(target: Target, batch_size: int, variants: Sequence[Options
     all on one device and thread count), timed together in randomized interleaved rounds
     (bench.timing.measure_rounds, with variants[0]'s stop rule), so that every ratio between them is
     measured under the same conditions. `rss[i]` says whether variant i gets the isolated-process RSS."""
-    group = PreparedVariants(target, batch_size, variants, flops=flops)
-    group.time(group.stop)
-    return group.finish(rooflines=rooflines, rss_worker=rss_worker, rss=rss, memory=memory)
-
-
-class PreparedVariants:
-    """The variants of one workload, converted and checked (and their FLOPs counted), ready to be timed in one
-    pass or several: bench.suite times every workload of a run in passes at different moments of it, so that a
-    drift of the machine over the run lands on every row alike. `finish` gives each variant's Profile with the
-    latency of all its passes together (bench.timing.combine_passes)."""
-
-    def __init__(self, target: Target, batch_size: int, variants: Sequence[Options], *, flops: bool = True) -> None:
-        variants = list(variants)
-        for options in variants:
-            options.validate()
-        if len({(torch.device(o.device), o.threads) for o in variants}) > 1:
-            raise ValueError("profile_variants: every variant runs on one device and thread count")
-        self.target, self.batch_size = target, batch_size
-        self.stop = variants[0].stop
-        self.threads = variants[0].threads or torch.get_num_threads()
-        self.device = torch.device(variants[0].device)
-        self.parts = [_Parts(options) for options in variants]
-        for part in self.parts:
-            part.prepare(target, batch_size, self.threads, flops)
-
-    def time(self, stop: StopRule, *, warmup_s: float = WARMUP_S) -> None:
-        """One pass: every variant still ok timed in one measure_rounds under `stop`."""
-        timed = [part for part in self.parts if part.status == "ok"]
-        if timed:
-            stats = _time_variants(timed, self.device, self.threads, self.target.name, stop, warmup_s)
-            for part, latency in zip(timed, stats):
-                if latency is not None:
-                    part.passes.append(latency)
-
-    def finish(self, *, rooflines: Sequence[Roofline | None] | None = None, rss_worker: RssWorker | None = None,
-               rss: Sequence[bool] | None = None, memory: bool = True) -> list[Profile]:
-        """Each variant's Profile (memory measured now, after its timing), in the variants' order."""
-        rooflines = list(rooflines or [None] * len(self.parts))
-        rss = list(rss if rss is not None else [True] * len(self.parts))
-        target, batch_size, threads, device = self.target, self.batch_size, self.threads, self.device
-        results = []
-        for part, roofline, with_rss in zip(self.parts, rooflines, rss):
-            if part.status == "ok" and part.passes:
-                part.latency = combine_passes(part.passes, self.stop)
-            if part.latency is not None and (memory or (rss_worker is not None and with_rss)):
-                part.guard(device, part.measure_memory, target, batch_size, threads, memory,
-                           rss_worker if with_rss else None)
-            result = part.result(target, batch_size, threads)
-            results.append(result if roofline is None else replace(result, bounds=_bounds(result, roofline)))
-        return results
+    variants = list(variants)
+    for options in variants:
+        options.validate()
+    if len({(torch.device(o.device), o.threads) for o in variants}) > 1:
+        raise ValueError("profile_variants: every variant runs on one device and thread count")
+    rooflines = list(rooflines or [None] * len(variants))
+    rss = list(rss if rss is not None else [True] * len(variants))
+    threads = variants[0].threads or torch.get_num_threads()
+    device = torch.device(variants[0].device)
+    parts = [_Parts(options) for options in variants]
+    for part in parts:
+        part.prepare(target, batch_size, threads, flops)
+    timed = [part for part in parts if part.status == "ok"]
+    if timed:
+        stats = _time_variants(timed, device, threads, target.name, variants[0].stop)
+        for part, latency in zip(timed, stats):
+            part.latency = latency
+    results = []
+    for part, roofline, with_rss in zip(parts, rooflines, rss):
+        if part.latency is not None and (memory or (rss_worker is not None and with_rss)):
+            part.guard(device, part.measure_memory, target, batch_size, threads, memory,
+                       rss_worker if with_rss else None)
+        result = part.result(target, batch_size, threads)
+        results.append(result if roofline is None else replace(result, bounds=_bounds(result, roofline)))
+    return results
 
 
 def _time_variants(parts: list["_Parts"], device: torch.device, threads: int, label: str,
-                   stop: StopRule, warmup_s: float) -> list[LatencyStats | None]:
+                   stop: StopRule) -> list[LatencyStats | None]:
     """Every variant's latency from one measure_rounds; out of memory while timing: each variant alone."""
     try:
         return time_steps([p.workload.step for p in parts], device=device, threads=threads, stop=stop, label=label,
-                          settle_s=[p.workload.settle_s for p in parts], warmup_s=warmup_s)
+                          settle_s=[p.workload.settle_s for p in parts])
     except Exception as failure:
         if not is_out_of_memory(failure):
             raise
@@ -115,19 +90,19 @@ def _time_variants(parts: list["_Parts"], device: torch.device, threads: int, la
     stats: list[LatencyStats | None] = []
     for part in parts:
         alone = part.guard(device, time_steps, [part.workload.step], device=device, threads=threads, stop=stop,
-                           label=label, settle_s=[part.workload.settle_s], warmup_s=warmup_s)
+                           label=label, settle_s=[part.workload.settle_s])
         stats.append(alone[0] if alone else None)
     return stats
 
 
 def time_steps(steps: Sequence[Callable[[], object]], *, device: str | torch.device, threads: int, stop: StopRule,
-               label: str = "", settle_s: Sequence[float] = (), warmup_s: float = WARMUP_S) -> list[LatencyStats]:
+               label: str = "", settle_s: Sequence[float] = ()) -> list[LatencyStats]:
     """How a row's latency is timed: the variants `steps` in bench.timing.measure_rounds with this machine's
     calibration workload between their blocks (bench.machine), so each figure also comes at the machine's
     reference speed (norm_ms, machine_speed). `settle_s[i]`: Converted.settle_s of step i."""
     calibration = machine_calibration(str(torch.device(device)), threads)
     return measure_rounds(list(steps), device=device, threads=threads, stop=stop, labels=[label] * len(steps),
-                          calibration=calibration, settle_s=settle_s, warmup_s=warmup_s)
+                          calibration=calibration, settle_s=settle_s)
 
 
 class _Parts:
@@ -138,7 +113,6 @@ class _Parts:
         self.params: int | None = None
         self.flops: FlopFigures | None = None
         self.latency: LatencyStats | None = None
-        self.passes: list[LatencyStats] = []  # one per pass that timed it (PreparedVariants.time)
         self.memory: MemoryFigures | None = None
         self.workload: Workload | None = None
         self.convert_s, self.error, self.reason = math.nan, None, ""

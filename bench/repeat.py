@@ -28,7 +28,7 @@ from bench.fast_goal import DEPLOYED, fast_against_best
 from bench.formatting import markdown_table, number
 from bench.kit import print_frame, table_console, write_json, write_table, write_text
 from bench.report import split_constant_columns
-from bench.suite import SUITE_PASSES, Job, run_suite
+from bench.suite import Job, run_suite
 from bench.targets import BenchInputError
 from bench.timing import StopRule
 
@@ -266,8 +266,7 @@ def check_repeat(times: int, pause_s: float) -> None:
 
 def repeat_runs(jobs: list[Job], out_dir: str | Path, times: int = 2, pause_s: float = 10.0, *,
                 console: Console | None = None, rss: bool = True, progress: bool = True,
-                calibration_stop: StopRule | None = None, before: pd.DataFrame | None = None,
-                passes: int = SUITE_PASSES) -> list[pd.DataFrame]:
+                calibration_stop: StopRule | None = None, before: pd.DataFrame | None = None) -> list[pd.DataFrame]:
     """Run `jobs` `times` times with run_suite, into out_dir/run-1, run-2, ..., pausing `pause_s` seconds between
     runs; the results rows of each run, in order."""
     check_repeat(times, pause_s)
@@ -280,7 +279,7 @@ def repeat_runs(jobs: list[Job], out_dir: str | Path, times: int = 2, pause_s: f
             time.sleep(pause_s)
         console.print(f"[bold]run {i}/{times}[/]: {out_dir / f'run-{i}'}")
         frames.append(run_suite(jobs, out_dir / f"run-{i}", rss=rss, console=console, progress=progress,
-                                calibration_stop=calibration_stop, before=before, passes=passes))
+                                calibration_stop=calibration_stop, before=before))
     return frames
 
 

@@ -16,13 +16,13 @@ import container
 from bench.env import environment, git_commit
 from bench.kit import results_root, table_console, write_json, write_table
 from bench.isolated import RssWorker
-from bench.profiler import PreparedVariants
+from bench.profiler import profile_variants
 from bench.report import print_summary, write_report
 from bench.result import SAMPLE_COLUMNS
 from bench.roofline import Roofline, calibrate
 from bench.targets import (STAGE_SHAPES, BenchInputError, BlockTarget, ModuleTarget, NetworkTarget, Target,
                            network_target)
-from bench.timing import WARMUP_S, StopRule
+from bench.timing import StopRule
 from bench.workload import Options
 
 # A suite's rows: every variant timed until its normalised median is known to +-2% (95% interval), for
@@ -30,10 +30,6 @@ from bench.workload import Options
 # table costs at most 1.5x what it did before its figures were normalised and interleaved.
 SUITE_STOP = StopRule(rel_iqr=0.05, min_runs=5, min_time_s=0.3, max_time_s=2.2, rel_interval=0.02)
 QUICK_STOP = StopRule(rel_iqr=0.10, min_runs=3, min_time_s=0.05, max_time_s=0.5)
-# The passes of a run over its workloads (run_suite): each row timed at two moments of the run, its stop rule's time
-# split between them; a later pass warms a workload up for REWARM_S only (it ran before in this process).
-SUITE_PASSES = 2
-REWARM_S = 0.05
 SWEEP_STAGE = 2  # the 320 @ 14x14 stage: every kind is cheap enough there to sweep the batch size
 SWEEP_BATCHES = (1, 8)
 QUICK_BATCH = 8
@@ -186,19 +182,13 @@ def new_run_dir(root: str | Path | None = None) -> Path:
 
 def run_suite(jobs: list[Job], out_dir: str | Path, *, rss: bool = True, console: Console | None = None,
               progress: bool = True, calibration_stop: StopRule | None = None,
-              before: pd.DataFrame | None = None, passes: int = SUITE_PASSES) -> pd.DataFrame:
-    """Measure every job and write results.csv / results.json as its workload is done, then the report (with an
+              before: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Measure every job and write results.csv / results.json after each one, then the report (with an
     earlier run's rows as `before`, its goal table shows fast's ratios there beside this run's).
 
-    Every workload is converted and checked first; then all are timed in `passes` passes, each with an even share
-    of the stop rule's time, the odd passes in reverse order: a workload timed early in one pass is timed late in
-    the next, so every row's figure spreads over the run and a drift of the machine's speed during it (which the
-    calibration follows only in part) lands on every row alike (Abedi and Brecht, ICPE 2017, across workloads).
     Each row gets the environment's columns (machine, commit, time), taken once per device and
     thread count in the run: bench.profile leaves them out, so a search trial does not pay for them.
     """
-    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
-        raise BenchInputError(f"--passes {passes!r}: must be an integer >= 1")
     console = console or table_console()
     out_dir = Path(out_dir)
     rooflines: dict[tuple[str, str], Roofline] = {}
@@ -209,39 +199,31 @@ def run_suite(jobs: list[Job], out_dir: str | Path, *, rss: bool = True, console
             environments[device, threads] = environment(device, threads)
         return environments[device, threads]
 
-    groups = workload_groups(jobs)
-    done: dict[int, list[dict]] = {}  # group index -> its rows, written in the groups' order
+    rows: list[dict] = []
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console, disable=not progress, transient=False) as bar, \
             (RssWorker() if rss else contextlib.nullcontext()) as worker:
-        task = bar.add_task("calibrating roofline", total=len(jobs) * (passes + 1))
-        prepared: list[PreparedVariants | None] = []
-        for group in groups:
+        task = bar.add_task("calibrating roofline", total=len(jobs))
+        for group in workload_groups(jobs):
             for job in group:
                 key = (job.options.device, job.options.dtype)
                 if key not in rooflines:
                     bar.update(task, description=f"calibrating {key[0]} {key[1]} roofline")
                     rooflines[key] = calibrate(*key, threads=job.options.threads,
                                                **({"stop": calibration_stop} if calibration_stop else {}))
-            bar.update(task, description=f"converting {_group_name(group)}")
-            prepared.append(PreparedVariants(group[0].target, group[0].batch_size, [job.options for job in group]))
+            first = group[0]
+            bar.update(task, description=f"{first.target.name} b{first.batch_size} {first.options.device}: "
+                                         f"{', '.join(_variant_name(job.options) for job in group)}")
+            results = profile_variants(first.target, first.batch_size, [job.options for job in group],
+                                       rooflines=[rooflines[job.options.device, job.options.dtype] for job in group],
+                                       rss_worker=worker if rss else None, rss=[job.rss for job in group])
+            for job, result in zip(group, results):
+                rows.append(result.row() | environment_of(result.options.device, result.threads)
+                            | {"group": job.group})
+            _write_rows(rows, out_dir)
             bar.advance(task, len(group))
-        for p in range(passes):
-            for i in (range(len(groups)) if p % 2 == 0 else reversed(range(len(groups)))):
-                group, variants = groups[i], prepared[i]
-                bar.update(task, description=f"pass {p + 1}/{passes}: {_group_name(group)}")
-                variants.time(group[0].options.stop.per_pass(passes), warmup_s=WARMUP_S if p == 0 else REWARM_S)
-                if p == passes - 1:
-                    results = variants.finish(rooflines=[rooflines[job.options.device, job.options.dtype]
-                                                         for job in group],
-                                              rss_worker=worker if rss else None, rss=[job.rss for job in group])
-                    done[i] = [result.row() | environment_of(result.options.device, result.threads)
-                               | {"group": job.group} for job, result in zip(group, results)]
-                    prepared[i] = None  # its converted runtimes are freed as soon as its rows are written
-                    _write_rows([row for j in sorted(done) for row in done[j]], out_dir)
-                bar.advance(task, len(group))
         bar.update(task, description="done")
-    frame = _write_rows([row for j in sorted(done) for row in done[j]], out_dir)
+    frame = _write_rows(rows, out_dir)
     threads = (jobs[0].options.threads if jobs else None) or torch.get_num_threads()
     write_json(out_dir / "environment.json",
                environment_of("cpu", threads) | {"rooflines": [vars(r) for r in rooflines.values()]})
@@ -249,12 +231,6 @@ def run_suite(jobs: list[Job], out_dir: str | Path, *, rss: bool = True, console
     print_summary(frame, console)
     console.print(f"results: [bold]{out_dir}[/] (results.csv, results.json, report.md)")
     return frame
-
-
-def _group_name(group: list[Job]) -> str:
-    first = group[0]
-    return (f"{first.target.name} b{first.batch_size} {first.options.device}: "
-            f"{', '.join(_variant_name(job.options) for job in group)}")
 
 
 def _write_rows(rows: list[dict], out_dir: Path) -> pd.DataFrame:

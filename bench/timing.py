@@ -40,7 +40,6 @@ from torch.utils.benchmark.utils.common import TaskSpec
 FIRST_WARMUP_S = 0.5
 _warmed_up: set[tuple[str, int]] = set()  # (device, threads) already measured in this process
 CALIBRATION_WARMUP_S = 0.2
-WARMUP_S = 0.2  # a variant's warm-up before its first block (measure_rounds), after the first of a process
 CALIBRATION_WINDOW = 2  # rounds either side whose calibration a round's is the median of (round_calibration)
 # A call shorter than this gets one untimed call before each of its blocks in a calibrated measurement:
 # the calibration workload (~14 MB) pushes the call's data out of the caches, and a short call's first
@@ -86,13 +85,6 @@ class StopRule:
         if elapsed_s >= self.max_time_s:
             return True
         return elapsed_s >= self.min_time_s and self.precise(normalised)
-
-    def per_pass(self, passes: int) -> "StopRule":
-        """The rule for one of `passes` passes over a suite (bench.suite): the same timing in all, split evenly."""
-        if passes == 1:
-            return self
-        return replace(self, min_runs=max(2, math.ceil(self.min_runs / passes)), min_time_s=self.min_time_s / passes,
-                       max_time_s=self.max_time_s / passes, decide_extra_s=self.decide_extra_s / passes)
 
 
 def relative_iqr(times: list[float]) -> float:
@@ -242,7 +234,7 @@ def intra_op_threads(threads: int | None) -> Iterator[int]:
 
 
 def measure_latency(fn: Callable[[], object], *, device: str | torch.device = "cpu", threads: int | None = None,
-                    stop: StopRule = StopRule(), warmup_s: float = WARMUP_S, min_block_s: float = 0.01,
+                    stop: StopRule = StopRule(), warmup_s: float = 0.2, min_block_s: float = 0.01,
                     label: str = "", calibration: Calibration | None = None) -> LatencyStats:
     """Time `fn()` the way every figure in this project is timed: `measure_rounds` with one variant."""
     return measure_rounds([fn], device=device, threads=threads, stop=stop, warmup_s=warmup_s,
@@ -250,7 +242,7 @@ def measure_latency(fn: Callable[[], object], *, device: str | torch.device = "c
 
 
 def measure_rounds(fns: Sequence[Callable[[], object]], *, device: str | torch.device = "cpu",
-                   threads: int | None = None, stop: StopRule = StopRule(), warmup_s: float = WARMUP_S,
+                   threads: int | None = None, stop: StopRule = StopRule(), warmup_s: float = 0.2,
                    min_block_s: float = 0.05, labels: Sequence[str] = (), calibration: Calibration | None = None,
                    seed: int = 0, settle_s: Sequence[float] = ()) -> list[LatencyStats]:
     """Time the variants `fns` of one workload in randomized multiple interleaved rounds.
@@ -365,32 +357,6 @@ class _Variant:
                        noisy=not stop.precise(self.normalised),
                        rounds_norm_ms=tuple(self.normalised),
                        untimed_calls=self.warm_calls * len(self.blocks))
-
-
-def combine_passes(passes: Sequence[LatencyStats], stop: StopRule) -> LatencyStats:
-    """One figure from the passes of one variant, each a measure_rounds at another moment of a run (bench.suite):
-    the medians and the interval over every block of every pass, `noisy` by `stop` on all of them together. The cold
-    call is the first pass's (later passes' first calls are warm); `number_per_run` is the first pass's."""
-    first = passes[0]
-    if len(passes) == 1:
-        return first
-    per_call = np.concatenate([np.asarray(p.times_ms, dtype=float) for p in passes])
-    q1, median, q3, p90 = np.quantile(per_call, [0.25, 0.5, 0.75, 0.9])
-    combined = replace(first, median_ms=float(median), iqr_ms=float(q3 - q1), p90_ms=float(p90),
-                       min_ms=float(per_call.min()), mean_ms=float(per_call.mean()),
-                       runs=sum(p.runs for p in passes), times_ms=tuple(float(t) for t in per_call),
-                       warmup_calls=sum(p.warmup_calls for p in passes),
-                       timed_calls=sum(p.timed_calls for p in passes),
-                       untimed_calls=sum(p.untimed_calls for p in passes),
-                       noisy=not stop.converged(list(per_call)))
-    normalised = [r for p in passes for r in p.rounds_norm_ms]
-    if not normalised:
-        return combined
-    norm = float(np.median(normalised))
-    low, high = median_interval(normalised)
-    return replace(combined, norm_ms=norm, norm_low_ms=low, norm_high_ms=high, machine_speed=norm / combined.median_ms,
-                   calibration_ms=float(np.median([p.calibration_ms for p in passes])),
-                   rounds_norm_ms=tuple(normalised), noisy=not stop.precise(normalised))
 
 
 def round_calibration(edges_ms: Sequence[float], window: int = CALIBRATION_WINDOW) -> list[float]:

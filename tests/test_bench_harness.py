@@ -13,7 +13,7 @@ import torch
 import bench
 import bench.machine
 from bench.kit import write_text
-from bench.profiler import PreparedVariants
+from bench.profiler import profile_variants
 from bench.result import SAMPLE_COLUMNS
 from bench.suite import Job, run_suite
 
@@ -172,17 +172,16 @@ def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path):
 
 def test_run_suite_writes_the_same_rows_to_csv_and_json_and_a_report(tmp_path, monkeypatch):
     results, settings = [], []
-    finish = PreparedVariants.finish
 
-    def recording_finish(self, **kwargs):
-        results.extend(finish(self, **kwargs))
-        return results[-len(self.parts):]
+    def recording_profile_variants(*args, **kwargs):
+        results.extend(profile_variants(*args, **kwargs))
+        return results[-len(args[2]):]
 
     def recording_environment(*setting):
         settings.append(setting)
         return bench.environment(*setting)
 
-    monkeypatch.setattr(PreparedVariants, "finish", recording_finish)
+    monkeypatch.setattr(bench.suite, "profile_variants", recording_profile_variants)
     monkeypatch.setattr(bench.suite, "environment", recording_environment)
     options = bench.Options(stop=FAST_STOP)
     jobs = [Job(bench.BlockTarget("conv", 64, 7), b, options, "stage" if b == 1 else "batch-sweep", rss=False)
@@ -192,11 +191,7 @@ def test_run_suite_writes_the_same_rows_to_csv_and_json_and_a_report(tmp_path, m
                       calibration_stop=bench.StopRule(min_runs=3, min_time_s=0.0, max_time_s=0.2))
     csv = pd.read_csv(tmp_path / "results.csv")
     records = json.loads((tmp_path / "results.json").read_text())
-    assert len(csv) == len(records) == len(frame) == len(results) == 3
-    # The last pass finishes the workloads in reverse; the rows are in the jobs' order.
-    by_row = {(r.target.name, r.batch_size): r for r in results}
-    results = [by_row[name, batch] for name, batch in zip(csv["name"], csv["batch_size"])]
-    assert [(r.target.name, r.batch_size) for r in results] == [(j.target.name, j.batch_size) for j in jobs]
+    assert len(csv) == len(records) == len(frame) == 3
     assert list(csv.columns) == list(records[0].keys())
     # The typed result's row is the written row, less the samples (their own file) and plus the
     # environment, taken once for the run's one (device, threads) setting, and the job's group.
@@ -213,51 +208,6 @@ def test_run_suite_writes_the_same_rows_to_csv_and_json_and_a_report(tmp_path, m
     assert (tmp_path / "roofline.png").stat().st_size > 0 and (tmp_path / "latency_vs_batch.png").exists()
     assert {"achieved_flops", "fraction_of_peak", "flop_per_byte", "roofline_peak_flops"} <= set(csv.columns)
     assert csv["achieved_flops"].tolist() == pytest.approx([r.bounds.position.achieved_flops for r in results])
-
-
-def test_a_suite_times_its_workloads_in_passes_in_alternating_order(tmp_path, monkeypatch):
-    timed = []  # (label, stop rule) of every measure_rounds, in order
-    time_steps = bench.profiler.time_steps
-
-    def recording_time_steps(steps, **kwargs):
-        stats = time_steps(steps, **kwargs)
-        timed.append((kwargs["label"], kwargs["stop"], [s.runs for s in stats]))
-        return stats
-
-    monkeypatch.setattr(bench.profiler, "time_steps", recording_time_steps)
-    stop = bench.StopRule(rel_iqr=1.0, rel_interval=1.0, min_runs=4, min_time_s=0.0, max_time_s=0.4)
-    options = [bench.Options(stop=stop, runtime=runtime) for runtime in ("reference", "fast")]
-    targets = [bench.BlockTarget("conv", 64, 7), bench.BlockTarget("mix", 64, 7), bench.BlockTarget("attn", 64, 7)]
-    jobs = [Job(target, 1, o, "stage", rss=False) for target in targets for o in options]
-    frame = run_suite(jobs, tmp_path, rss=False, progress=False, passes=2,
-                      calibration_stop=bench.StopRule(min_runs=3, min_time_s=0.0, max_time_s=0.2))
-    names = [t.name for t in targets]
-    # Each workload twice, the second pass in reverse: the first timed is the last timed, and no row's two
-    # passes share their moment of the run except the middle one's.
-    assert [label for label, _, _ in timed] == names + names[::-1]
-    assert all(rule == stop.per_pass(2) and rule.max_time_s == 0.2 and rule.min_runs == 2 for _, rule, _ in timed)
-    # Rows in the jobs' order, each the two passes' blocks together.
-    assert frame["name"].tolist() == [n for n in names for _ in options]
-    runs = {label: [0, 0] for label in names}
-    for label, _, counts in timed:
-        runs[label] = [a + b for a, b in zip(runs[label], counts)]
-    assert frame["runs"].tolist() == [r for n in names for r in runs[n]]
-    assert (frame["latency_norm_low_ms"] <= frame["latency_norm_ms"]).all()
-    assert (frame["latency_norm_ms"] <= frame["latency_norm_high_ms"]).all()
-
-
-def test_one_pass_times_each_workload_once_with_its_whole_rule(tmp_path, monkeypatch):
-    timed = []
-    time_steps = bench.profiler.time_steps
-    monkeypatch.setattr(bench.profiler, "time_steps",
-                        lambda steps, **kw: timed.append((kw["label"], kw["stop"])) or time_steps(steps, **kw))
-    jobs = [Job(bench.BlockTarget(kind, 64, 7), 1, bench.Options(stop=FAST_STOP), "stage", rss=False)
-            for kind in ("conv", "mix")]
-    run_suite(jobs, tmp_path, rss=False, progress=False, passes=1,
-              calibration_stop=bench.StopRule(min_runs=3, min_time_s=0.0, max_time_s=0.2))
-    assert timed == [("conv@64x7", FAST_STOP), ("mix@64x7", FAST_STOP)]
-    with pytest.raises(bench.BenchInputError, match="--passes"):
-        run_suite(jobs, tmp_path, rss=False, progress=False, passes=0)
 
 
 def test_affinity_command_draws_a_png(tmp_path):

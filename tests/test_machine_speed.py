@@ -12,8 +12,7 @@ import bench
 import bench.machine as machine
 from bench.intervals import ratio_interval
 from bench.profiler import profile_variants
-from bench.timing import (Calibration, LatencyStats, StopRule, combine_passes, measure_latency, measure_rounds,
-                          median_interval, round_calibration)
+from bench.timing import Calibration, StopRule, measure_latency, measure_rounds, median_interval, round_calibration
 
 def rounds(n: int) -> StopRule:
     """Exactly `n` rounds, however noisy the machine."""
@@ -164,43 +163,6 @@ def test_the_variants_of_a_workload_are_measured_in_the_same_calibrated_rounds()
         assert row["latency_norm_low_ms"] <= row["latency_norm_ms"] <= row["latency_norm_high_ms"]
         assert len(row["latency_rounds_norm_ms"]) == 4
         assert row["reference_calibration_ms"] == machine.reference_speed("cpu", row["threads"]).calibration_ms
-
-
-def _pass(times_ms, norm_ms, calibration_ms, cold_ms=9.0):
-    return LatencyStats(cold_ms=cold_ms, median_ms=float(np.median(times_ms)), iqr_ms=0.0, p90_ms=0.0, min_ms=0.0,
-                        mean_ms=0.0, runs=len(times_ms), number_per_run=3, noisy=True, times_ms=tuple(times_ms),
-                        warmup_calls=2, timed_calls=3 * len(times_ms), norm_ms=float(np.median(norm_ms)),
-                        machine_speed=0.5, calibration_ms=calibration_ms, reference_calibration_ms=4.0,
-                        untimed_calls=len(times_ms), rounds_norm_ms=tuple(norm_ms))
-
-
-def test_the_passes_of_a_row_give_one_figure_over_all_their_blocks():
-    early = _pass([10.0, 11.0, 12.0, 13.0], [5.0, 5.2, 5.4, 5.6], calibration_ms=8.0)
-    late = _pass([20.0, 21.0, 22.0], [6.0, 6.1, 6.2], calibration_ms=6.0, cold_ms=1.0)
-    rule = StopRule(rel_iqr=math.inf, rel_interval=math.inf, min_runs=5)
-    both = combine_passes([early, late], rule)
-    times = np.array([10.0, 11.0, 12.0, 13.0, 20.0, 21.0, 22.0])
-    norm = [5.0, 5.2, 5.4, 5.6, 6.0, 6.1, 6.2]
-    assert both.median_ms == pytest.approx(np.median(times)) == 13.0
-    assert both.iqr_ms == pytest.approx(np.quantile(times, 0.75) - np.quantile(times, 0.25))
-    assert (both.p90_ms, both.min_ms, both.mean_ms) == pytest.approx((np.quantile(times, 0.9), 10.0, times.mean()))
-    assert both.norm_ms == pytest.approx(5.6)
-    assert (both.norm_low_ms, both.norm_high_ms) == median_interval(norm)
-    assert both.machine_speed == pytest.approx(5.6 / 13.0)
-    assert both.calibration_ms == pytest.approx(7.0)
-    assert (both.runs, both.timed_calls, both.warmup_calls, both.untimed_calls) == (7, 21, 4, 7)
-    assert (both.cold_ms, both.number_per_run, both.noisy) == (9.0, 3, False)  # the first pass's cold call
-    assert both.rounds_norm_ms == tuple(norm) and both.times_ms == tuple(times)
-    assert combine_passes([early, late], StopRule(rel_interval=0.001, min_runs=5)).noisy  # judged on all blocks
-    assert combine_passes([early], rule) is early
-
-
-def test_a_pass_gets_an_even_share_of_the_stop_rule():
-    rule = StopRule(min_runs=5, min_time_s=0.3, max_time_s=2.2, decide_extra_s=1.0)
-    half = rule.per_pass(2)
-    assert (half.min_runs, half.min_time_s, half.max_time_s, half.decide_extra_s) == (3, 0.15, 1.1, 0.5)
-    assert (half.rel_iqr, half.rel_interval) == (rule.rel_iqr, rule.rel_interval)
-    assert rule.per_pass(1) is rule and rule.per_pass(4).min_runs == 2
 
 
 def test_a_round_s_calibration_is_the_median_over_its_neighbours():
