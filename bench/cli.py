@@ -223,7 +223,7 @@ def ops(args: argparse.Namespace) -> int:
     jobs = [OpJob(target, batch, o) for target in targets for batch in args.batch_sizes for o in options]
     out = args.out or results_root() / "ops"
     run_ops(jobs, out, args.runs, args.top, progress=not args.no_progress)
-    Console().print(f"ops: [bold]{out}[/] (ops.csv, categories.csv, report.md, ops.png)")
+    Console().print(f"ops: [bold]{out}[/] (ops.csv, categories.csv, gaps.csv, report.md, ops.png)")
     return 0
 
 

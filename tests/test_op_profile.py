@@ -9,7 +9,7 @@ import torch
 
 import bench.cli
 from bench.ops.profile import (ATTENTION, CATEGORIES, COLUMNS, DEPTHWISE, GEMM, OpProfile, _onnxruntime_trace_times,
-                               categorize, compare, profile_ops)
+                               categorize, compare, native_gaps, profile_ops)
 from bench.options import Options
 from bench.targets import BlockTarget
 from container.fast import precision as fast_precision
@@ -91,12 +91,15 @@ def test_onnxruntime_trace_keeps_the_last_runs_and_takes_each_nodes_median():
     assert times["split"].op == "Split"
 
 
+def fake(runtime, ms):
+    """A profile of runtime `runtime` on target "t" spending `ms[category]` in one op per category."""
+    rows = pd.DataFrame({"runtime": runtime, "target": "t", "batch": 1, "op": list(ms), "category": list(ms),
+                         "shape": "", "calls_per_run": 1.0, "ms_per_run": list(ms.values()), "share": 0.0,
+                         "node": ""})
+    return OpProfile("t", runtime, 1, 1, 3, sum(ms.values()), 0.0, rows)
+
+
 def test_compare_is_ms_by_category_with_a_total_and_where_fast_loses():
-    def fake(runtime, ms):
-        rows = pd.DataFrame({"runtime": runtime, "target": "t", "batch": 1, "op": list(ms), "category": list(ms),
-                             "shape": "", "calls_per_run": 1.0, "ms_per_run": list(ms.values()), "share": 0.0,
-                             "node": ""})
-        return OpProfile("t", runtime, 1, 1, 3, sum(ms.values()), 0.0, rows)
     table = compare([fake("fast", {GEMM: 2.0, ATTENTION: 1.0}), fake("openvino", {GEMM: 1.5, "norm": 0.5})])
     assert list(table["category"]) == [GEMM, ATTENTION, "norm", "total"]
     gemm = table.set_index("category").loc[GEMM]
@@ -105,6 +108,20 @@ def test_compare_is_ms_by_category_with_a_total_and_where_fast_loses():
     total = table.set_index("category").loc["total"]
     assert (total["fast"], total["openvino"]) == (3.0, 2.0)
     assert table.set_index("category").loc["norm", "fast"] == 0.0
+
+
+def test_native_gaps_name_the_categories_where_the_faster_torch_runtime_loses_to_the_faster_deployed_one():
+    profiles = [fake("fast", {GEMM: 2.0, ATTENTION: 1.0, "norm": 0.1}), fake("aot", {GEMM: 2.5, ATTENTION: 1.0}),
+                fake("onnxruntime", {GEMM: 1.5, ATTENTION: 0.7, "norm": 0.3}),
+                fake("openvino", {GEMM: 1.4, "norm": 2.0}), fake("reference", {GEMM: 9.0})]
+    gaps = native_gaps(profiles)
+    assert len(gaps) == 1
+    row = gaps.iloc[0]
+    # fast (3.1 ms) is the faster torch-native runtime, onnxruntime (2.5) the faster deployed one (openvino 3.4).
+    assert (row["native"], row["best"]) == ("fast", "onnxruntime")
+    assert (row["native_ms"], row["best_ms"], row["gap_ms"]) == pytest.approx((3.1, 2.5, 0.6))
+    assert row["where"] == f"{GEMM} +0.500 ms, {ATTENTION} +0.300 ms"  # largest first; norm, where fast wins, left out
+    assert native_gaps([profiles[0], profiles[4]]).empty  # no deployed runtime: nothing to compare
 
 
 # --- real profiles, tiny shapes ----------------------------------------------------------------------------------
@@ -163,7 +180,7 @@ def test_ops_command_writes_its_four_files(tiny_network, tmp_path, capsys):
     argv = ["ops", "--networks", str(tiny_network), "--runtime", "reference,fast", "--runs", "2", "--threads", "1",
             "--top", "5", "--out", str(out), "--no-progress"]
     assert bench.cli.main(argv) == 0
-    assert {p.name for p in out.iterdir()} >= {"ops.csv", "categories.csv", "report.md", "ops.png"}
+    assert {p.name for p in out.iterdir()} >= {"ops.csv", "categories.csv", "gaps.csv", "report.md", "ops.png"}
     rows = pd.read_csv(out / "ops.csv")
     assert list(rows.columns) == COLUMNS and set(rows["runtime"]) == {"reference", "fast"}
     categories = pd.read_csv(out / "categories.csv")

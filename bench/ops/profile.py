@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from bench.fast_goal import DEPLOYED, TORCH_NATIVE
 from bench.options import Options
 from bench.runtimes.aot_runtime import load_package, profiling_package
 from bench.runtimes.onnx_runtime import onnxruntime_session
@@ -338,5 +339,33 @@ def compare(profiles: Sequence[OpProfile]) -> pd.DataFrame:
     return table
 
 
+def native_gaps(profiles: Sequence[OpProfile], top: int = 2) -> pd.DataFrame:
+    """Where the torch-native deployment loses, by the profiles: one row per (target, batch) profiled on a
+    torch-native runtime (fast, aot) and a deployed one (onnxruntime, openvino), the torch-native runtime that
+    spends least in all (`native`) against the deployed one that spends least (`best`): both totals, the gap
+    (> 0: torch-native loses) and `where`, the `top` categories that make most of it (ms each, the largest first;
+    empty when torch-native spends no more in any category)."""
+    groups: dict[tuple[str, int], dict[str, OpProfile]] = defaultdict(dict)
+    for p in profiles:
+        groups[p.target, p.batch][p.runtime] = p
+    records = []
+    for (target, batch), by_runtime in groups.items():
+        natives = [by_runtime[r] for r in TORCH_NATIVE if r in by_runtime]
+        deployed = [by_runtime[r] for r in DEPLOYED if r in by_runtime]
+        if not natives or not deployed:
+            continue
+        native = min(natives, key=lambda p: p.total_ms)
+        best = min(deployed, key=lambda p: p.total_ms)
+        by_category = (native.rows.groupby("category")["ms_per_run"].sum()
+                       .sub(best.rows.groupby("category")["ms_per_run"].sum(), fill_value=0.0))
+        losses = by_category[by_category > 0].sort_values(ascending=False).head(top)
+        records.append({"target": target, "batch": batch, "native": native.runtime, "best": best.runtime,
+                        "native_ms": native.total_ms, "best_ms": best.total_ms,
+                        "gap_ms": native.total_ms - best.total_ms,
+                        "where": ", ".join(f"{category} {ms:+.3f} ms" for category, ms in losses.items())})
+    return pd.DataFrame(records, columns=["target", "batch", "native", "best", "native_ms", "best_ms", "gap_ms",
+                                          "where"])
+
+
 __all__ = ["CATEGORIES", "CATEGORY_PATTERNS", "TORCH_PROFILED", "OpProfile", "OpTime", "categorize", "compare",
-           "profile_ops"]
+           "native_gaps", "profile_ops"]

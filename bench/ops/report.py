@@ -3,6 +3,7 @@
 DIR/ops.csv      every row of every profile (torch, aot: an op or kernel at its input shapes; openvino,
                  onnxruntime: a node)
 DIR/categories.csv  bench.ops.profile.compare: ms per call by category, one column per runtime
+DIR/gaps.csv     bench.ops.profile.native_gaps: where the torch-native runtime loses to the best deployed one
 DIR/report.md    per target and batch: the category table, then each runtime's top ops
 DIR/ops.png      per target and batch: a bar per runtime, stacked by category
 """
@@ -23,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bench.env import environment, machine_summary
 from bench.formatting import fixed, markdown_table
 from bench.kit import save_figure, write_table, write_text
-from bench.ops.profile import CATEGORIES, COLUMNS, OpProfile, compare, profile_ops
+from bench.ops.profile import CATEGORIES, COLUMNS, OpProfile, compare, native_gaps, profile_ops
 from bench.options import Options
 from bench.runtimes import ExportFailed
 from bench.targets import Target
@@ -77,6 +78,7 @@ def write_tables(profiles: Sequence[OpProfile], out_dir: Path) -> None:
     rows = pd.concat([p.rows for p in profiles], ignore_index=True) if profiles else pd.DataFrame(columns=COLUMNS)
     write_table(rows, out_dir / "ops.csv")
     write_table(compare(profiles), out_dir / "categories.csv")
+    write_table(native_gaps(profiles), out_dir / "gaps.csv")
 
 
 def top_ops(profile: OpProfile, n: int) -> pd.DataFrame:
@@ -93,6 +95,14 @@ def _category_markdown(table: pd.DataFrame) -> str:
         if pd.api.types.is_float_dtype(shown[column]):
             shown[column] = shown[column].map(lambda v: fixed(v, 3))
     return markdown_table(shown, "l" + "r" * (len(shown.columns) - 1))
+
+
+def _gaps_markdown(gaps: pd.DataFrame) -> str:
+    shown = pd.DataFrame({"workload": gaps["target"], "batch": gaps["batch"], "torch-native": gaps["native"],
+                          "its ms": gaps["native_ms"].map(lambda v: fixed(v, 3)), "best deployed": gaps["best"],
+                          "their ms": gaps["best_ms"].map(lambda v: fixed(v, 3)),
+                          "gap (ms)": gaps["gap_ms"].map(lambda v: f"{v:+.3f}"), "where": gaps["where"]})
+    return markdown_table(shown, "lrlrlrrl")
 
 
 def _top_markdown(frame: pd.DataFrame) -> str:
@@ -118,6 +128,12 @@ def write_report(profiles: Sequence[OpProfile], failures: Sequence[OpFailure], p
              "records, torch's the most: the figures say where the time goes; bench's latency is the figure to "
              "quote. `attention` holds softmax attention and every batched product over tokens (the dense "
              "affinities too); `other` is mostly allocation.", ""]
+    gaps = native_gaps(profiles)
+    if len(gaps):
+        lines += ["## Where torch-native loses", "",
+                  "Per workload, the torch-native runtime (fast, aot) and the deployed one (onnxruntime, openvino) "
+                  "that spend least under the profiler, and the categories where the torch-native one spends most "
+                  "more (the two largest).", "", _gaps_markdown(gaps), ""]
     table = compare(profiles)
     for (target, batch), group in table.groupby(["target", "batch"], sort=False):
         lines += [f"## {target}, batch {batch}", "", _category_markdown(group), ""]
