@@ -10,6 +10,7 @@ the model's latency times a 3% log-normal noise (a measurement's), and each sett
 among the trials that fit: what the search's finalists are drawn from (#params ranks trained accuracy best here).
 
 Run from the repository root: .venv/bin/python results/search_vs_scaled/sampler-simulation/simulate.py
+(measured.json holds the networks it fits; `--collect` writes it again from this checkout's latency caches).
 """
 import glob
 import json
@@ -52,7 +53,12 @@ def features(config: dict) -> np.ndarray:
     return x
 
 
-def measured() -> tuple[list[dict], np.ndarray]:
+MEASURED = Path(__file__).with_name("measured.json")  # the networks the model is fitted to (collect() wrote it)
+
+
+def collect() -> dict:
+    """Every network measured on the fast runtime at batch 1, 224 px, 2 threads, in the latency caches under the
+    results root (the compare and search runs' folders, git-ignored): its median normalised latency."""
     figures: dict[str, list[float]] = {}
     for path in glob.glob("results/**/latency_cache.json", recursive=True):
         for entry in json.loads(Path(path).read_text()).get("entries", {}).values():
@@ -61,13 +67,23 @@ def measured() -> tuple[list[dict], np.ndarray]:
             if (d.get("runtime"), d.get("batch_size"), d.get("image_size"), d.get("threads")) == ("fast", 1, 224, 2) \
                     and norm is not None:
                 figures.setdefault(json.dumps(entry["config"], sort_keys=True), []).append(norm)
-    return [json.loads(k) for k in figures], np.array([np.median(v) for v in figures.values()])
+    return {"what": "each network's median latency_norm_ms over its measurements on this machine (Intel Xeon, fast "
+                    "runtime, batch 1, 224 px, 2 threads), from the latency_cache.json files of the compare and "
+                    "search runs of 2026-12-07 (git-ignored result folders)",
+            "networks": [{"config": json.loads(k), "norm_ms": float(np.median(v))} for k, v in figures.items()]}
+
+
+def measured() -> tuple[list[dict], np.ndarray]:
+    networks = json.loads(MEASURED.read_text())["networks"]
+    return [n["config"] for n in networks], np.array([n["norm_ms"] for n in networks])
 
 
 def fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return nnls(x / y[:, None], np.ones_like(y))[0]  # least squares on the relative error
 
 
+if "--collect" in sys.argv:
+    MEASURED.write_text(json.dumps(collect(), separators=(",", ":")))
 configs, latency = measured()
 X = np.array([features(c) for c in configs])
 folds = np.array_split(np.random.default_rng(0).permutation(len(latency)), 5)
