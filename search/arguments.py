@@ -108,8 +108,9 @@ def add_search_arguments(p: argparse.ArgumentParser, *, single_run: bool = True)
                         "else in .locks/ of the results root); created 0600, a symbolic link is refused")
     g.add_argument("--predictor", action="store_true",
                    help="reject candidates the latency predictor (results/predictor/<fingerprint>.json; built and "
-                        "calibrated on first use) puts clearly over budget, without measuring them; the rest, and "
-                        "every ranked one, are measured for real")
+                        "calibrated on first use, minutes) puts clearly over budget, without measuring them and "
+                        "without counting them toward --trials; the rest, and every ranked one, are measured for "
+                        "real")
     g.add_argument("--predictor-margin", type=non_negative_float, default=0.10, metavar="FRACTION",
                    help="with --predictor: reject only what is predicted above budget x (1 + FRACTION)")
     if not single_run:

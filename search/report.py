@@ -279,7 +279,7 @@ def markdown(result: SearchResult, settings: SearchSettings, study: optuna.Study
                      f"for up to {scoring.training.describe(len(data.y_train))}, seed {settings.sampling.seed or 0}; "
                      f"validation accuracy reported to the `{scoring.pruner}` pruner after each epoch; "
                      f"{_training_seconds(trials):.1f} s of training in all (`train_s` in trials.csv)")
-    if measuring.predictor:
+    if result.predictor_rejected is not None:
         rejected = int((trials["latency_source"] == "predicted").sum()) if "latency_source" in trials else 0
         lines.append(f"- latency predictor: {rejected} candidates predicted above "
                      f"{settings.predictor_threshold_ms:.4g} ms "

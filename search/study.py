@@ -43,6 +43,7 @@ from search.storage import (join_study, make_storage, recover_lost_trials, share
 from search.trials import (CONSTRAINT, Recheck, SearchResult, TrialRecord, counts_toward_target, feasible, rank_key,
                            trials_frame)
 
+MAX_PROPOSALS_PER_TRIAL = 10  # at most 10 proposals per --trials, when a predictor rejects most of them
 RECHECK_PREFIX = "recheck:"  # a study user attribute per re-checked architecture: recheck:<config_key> -> Recheck
 # A study user attribute per finalist training: finalist:<config_key> for the first training seed (the name it had
 # when there was one), finalist:<config_key>#<seed> for the others -> {"accuracy", "identity" (Finalists.identity)}
@@ -226,10 +227,14 @@ class SearchStudy:
 
     def optimize(self, callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = ()) -> None:
         s = self.settings
-        remaining = None if s.sampling.n_trials is None else max(0, s.sampling.n_trials - self.counted_trials())
+        target = s.sampling.n_trials
+        remaining = None if target is None else max(0, target - self.counted_trials())
         if remaining == 0:
             return
-        target = s.sampling.n_trials
+        if remaining is not None:
+            # stop_at_target ends the run; candidates a predictor rejected do not count toward it, and the cap
+            # stops a budget it puts nearly every candidate over from proposing forever.
+            remaining = max(0, MAX_PROPOSALS_PER_TRIAL * target - len(self.trials()))
 
         def stop_at_target(study: optuna.Study, trial: FrozenTrial) -> None:
             # Other workers add trials too: stop when the study as a whole reaches its target.
@@ -433,7 +438,7 @@ def run_search(settings: SearchSettings, *, latency_source: LatencySource | None
                           elapsed_s=time.perf_counter() - start,
                           smallest_latency_ms=runner.smallest_latency.deciding_ms if runner.smallest_latency else None,
                           cache_hits=runner.cache.hits, cache_misses=runner.cache.misses,
-                          predictor_rejected=runner.gate.rejected if runner.gate is not None else 0)
+                          predictor_rejected=runner.gate.rejected if runner.gate is not None else None)
     if not result.ranking.empty:
         result.best_config = json.loads(result.ranking.iloc[0]["config"])
     if report:

@@ -213,7 +213,10 @@ def feasible(trial: FrozenTrial) -> bool:
 
 def counts_toward_target(trial: FrozenTrial) -> bool:
     """Finished trials count (a pruned one too: trained, not to the end, and never ranked); trials lost to a
-    kill or Ctrl-C do not (they are retried)."""
+    kill or Ctrl-C do not (they are retried), nor do candidates the predictor gate rejected unmeasured: `--trials`
+    is how many candidates are measured, what a search costs, and a rejection costs milliseconds."""
+    if trial.state == TrialState.COMPLETE and TrialRecord.of(trial).predicted:
+        return False
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     return trial.state == TrialState.FAIL and not TrialRecord.of(trial).cut_short
@@ -285,7 +288,7 @@ class SearchResult:
     smallest_latency_ms: float | None = None
     cache_hits: int = 0
     cache_misses: int = 0
-    predictor_rejected: int = 0  # candidates rejected by the latency predictor in this run, unmeasured
+    predictor_rejected: int | None = None  # candidates the predictor gate rejected in this run; None: no gate
 
     @property
     def feasible(self) -> bool:

@@ -246,6 +246,10 @@ def test_the_search_arm_is_the_shipped_search_and_random_is_plain_random_search(
     assert search.finalists.count == Finalists().count and search.finalists.dataset() is data  # evaluation's data
     assert (rnd.sampling.sampler, rnd.sampling.starts_from, rnd.finalists.count) == ("random", "random", 0)
     assert search.name.endswith("-seed3") and rnd.name.endswith("-random-seed3")
+    assert not search.measuring.predictor and not rnd.measuring.predictor  # as python -m search ships
+    gated = ArmsSettings(budgets=(20.0,), predictor=True)
+    assert gated.study(20.0, "search", 3, data).measuring.predictor and not gated.study(20.0, "random", 3,
+                                                                                      data).measuring.predictor
 
 
 def test_finalist_seeds_reach_the_search_arm_and_a_bad_count_names_the_flag(tmp_path, capsys):

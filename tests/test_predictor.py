@@ -249,8 +249,44 @@ def test_search_with_predictor_flag_screens_before_measuring(tmp_path):
     assert not {NetworkConfig.from_json(c).to_json() for c in rejected["config"]} & seen
     assert {NetworkConfig.from_json(c).to_json() for c in measured["config"]} <= seen
     assert not result.ranking.empty and set(result.ranking["trial"]) <= set(measured["trial"])
+    # --trials counts the candidates measured: the rejected ones come on top of the 16.
+    assert len(measured) == 16 and len(t) == 16 + len(rejected)
     # Only measurements are cached: a prediction never passes off as a latency in a later run.
     cache = json.loads((result.study_dir / "latency_cache.json").read_text())
     assert {e["latency"]["source"] for e in cache["entries"].values()} == {"fake"}
     report = (result.study_dir / "report.md").read_text()
     assert "latency predictor" in report
+
+
+def test_a_rejected_candidate_does_not_count_toward_the_target():
+    from search.trials import counts_toward_target
+
+    measured = optuna.trial.create_trial(value=1.0, user_attrs={"latency_source": "bench"})
+    rejected = optuna.trial.create_trial(value=1.0, user_attrs={"latency_source": "predicted"})
+    assert counts_toward_target(measured) and not counts_toward_target(rejected)
+
+
+def test_a_predictor_that_rejects_everything_stops_at_ten_proposals_per_trial(tmp_path):
+    from search import run_search
+    from search.study import MAX_PROPOSALS_PER_TRIAL
+    from tests.search_helpers import FakeScorer, settings
+
+    real = FakeLatency()
+    gate = PredictorGate(_FixedPredictor(lambda c: 1e9), real, budget_ms=3.0)
+    s = settings(tmp_path, sampling={"n_trials": 2}, measuring={"check_smallest": False})
+    result = run_search(s, latency_source=gate, scorer=FakeScorer())
+    assert len(result.trials) == MAX_PROPOSALS_PER_TRIAL * 2 == gate.rejected and not real.calls
+
+
+def test_the_cli_predictor_flag():
+    import argparse
+
+    from search.arguments import add_search_arguments, settings_from_args
+
+    p = argparse.ArgumentParser()
+    add_search_arguments(p)
+
+    def resolved(*flags: str) -> bool:
+        return settings_from_args(p.parse_args(list(flags)), 10.0, SearchSpace.default()).measuring.predictor
+
+    assert resolved() is False and resolved("--predictor") is True

@@ -89,6 +89,7 @@ class ArmsSettings:
     # How the search arm chooses its winner (python -m search's default: search.finalists); random search's winner is
     # its best by the objective, the plain baseline.
     finalists: Finalists = field(default_factory=Finalists)
+    predictor: bool = False  # the search arm's latency predictor gate (--predictor); random search measures everything
     bootstrap: int = 2000
     out_dir: Path = COMPARE_ARMS_DIR
     lock_file: str | None = None
@@ -112,7 +113,9 @@ class ArmsSettings:
         """The study of the `search` arm (python -m search's defaults) or the `random` arm (the same, random)."""
         sampling = Sampling(n_trials=self.trials, seed=seed, sampler="random" if arm == "random" else "tpe")
         s = SearchSettings(budget_ms=budget, deployment=self.deployment, space=self.space, objective=self.objective,
-                           sampling=sampling, measuring=Measuring(stop=self.stop, lock_file=self.lock_file),
+                           sampling=sampling,
+                           measuring=Measuring(stop=self.stop, lock_file=self.lock_file,
+                                               predictor=self.predictor and arm == "search"),
                            scoring=Scoring(data=dataset if self.objective == ACCURACY else None),
                            storage=StudyStorage(results_dir=self.out_dir / "studies"),
                            report=Reporting(progress=False),
@@ -369,6 +372,8 @@ def parser(prog: str = "python -m search compare") -> argparse.ArgumentParser:
                         f"search ships)")
     g.add_argument("--finalist-margin", type=float, default=FINALIST_MARGIN, metavar="F",
                    help=f"the search arm's --finalist-margin (default {FINALIST_MARGIN:g}, as python -m search ships)")
+    g.add_argument("--predictor", action="store_true",
+                   help="the search arm screens candidates with the latency predictor (python -m search --predictor)")
     p.add_argument("--space", type=Path, default=None, metavar="FILE")
     p.add_argument("--bootstrap", type=positive_int, default=2000)
     p.add_argument("--out-dir", "--results-dir", dest="out_dir", type=writable_dir, default=COMPARE_ARMS_DIR)
@@ -394,7 +399,7 @@ def settings_from_args(args: argparse.Namespace) -> ArmsSettings:
         train_seeds=tuple(args.train_seeds), widths=tuple(args.widths), depths=tuple(args.depths),
         remeasure_rounds=args.remeasure_rounds, bootstrap=args.bootstrap, out_dir=args.out_dir,
         lock_file=args.lock_file, workers=args.workers, progress=not args.no_progress,
-        finalists=Finalists(seeds=args.finalist_seeds, margin=args.finalist_margin))
+        finalists=Finalists(seeds=args.finalist_seeds, margin=args.finalist_margin), predictor=args.predictor)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
