@@ -228,13 +228,11 @@ class SearchStudy:
     def optimize(self, callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = ()) -> None:
         s = self.settings
         target = s.sampling.n_trials
-        remaining = None if target is None else max(0, target - self.counted_trials())
-        if remaining == 0:
+        if target is not None and self.counted_trials() >= target:
             return
-        if remaining is not None:
-            # stop_at_target ends the run; candidates a predictor rejected do not count toward it, and the cap
-            # stops a budget it puts nearly every candidate over from proposing forever.
-            remaining = max(0, MAX_PROPOSALS_PER_TRIAL * target - len(self.trials()))
+        # stop_at_target ends the run; candidates a predictor rejected do not count toward it, and the cap stops a
+        # budget it puts nearly every candidate over from proposing forever.
+        remaining = None if target is None else max(0, MAX_PROPOSALS_PER_TRIAL * target - len(self.trials()))
 
         def stop_at_target(study: optuna.Study, trial: FrozenTrial) -> None:
             # Other workers add trials too: stop when the study as a whole reaches its target.
