@@ -106,11 +106,11 @@ def add_search_arguments(p: argparse.ArgumentParser, *, single_run: bool = True)
                    help="machine-wide lock so that two workers never measure at once (default: "
                         "$CONTAINER_BENCH_SEARCH_LOCK, else container-bench-search-measure.lock in $XDG_RUNTIME_DIR, "
                         "else in .locks/ of the results root); created 0600, a symbolic link is refused")
-    g.add_argument("--predictor", action="store_true",
+    g.add_argument("--predictor", action=argparse.BooleanOptionalAction, default=None,
                    help="reject candidates the latency predictor (results/predictor/<fingerprint>.json; built and "
                         "calibrated on first use, minutes) puts clearly over budget, without measuring them and "
                         "without counting them toward --trials; the rest, and every ranked one, are measured for "
-                        "real")
+                        "real (default: on, except with --runtime aot; --no-predictor measures every proposal)")
     g.add_argument("--predictor-margin", type=non_negative_float, default=0.10, metavar="FRACTION",
                    help="with --predictor: reject only what is predicted above budget x (1 + FRACTION)")
     if not single_run:

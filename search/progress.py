@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import optuna
@@ -91,3 +93,24 @@ class SearchProgress:
         if self.recheck_task is None:
             self.recheck_task = self.progress.add_task("re-measuring the feasible candidates", total=total, best="")
         self.progress.update(self.recheck_task, completed=done)
+
+
+@contextmanager
+def predictor_progress(*, enabled: bool = True, console: Console | None = None
+                       ) -> Iterator[Callable[[int, int, str], None]]:
+    """A progress bar while the latency predictor builds this machine's table on first use (minutes); yields the
+    predictor's `on_measure(done, total, part)` callback (a no-op when disabled)."""
+    if not enabled:
+        yield lambda done, total, part: None
+        return
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[part]}"), console=console or Console(stderr=True)) as progress:
+        task = progress.add_task("latency predictor, first use on this machine: measuring parts", total=None, part="")
+
+        def on_measure(done: int, total: int, part: str) -> None:
+            if done >= total:  # the parts are done; the calibration's whole networks follow, without a count
+                progress.update(task, completed=total, total=total, part="then calibrating on whole networks")
+            else:
+                progress.update(task, completed=done, total=total, part=part)
+
+        yield on_measure

@@ -32,6 +32,10 @@ from search.scoring.training import TrainingSettings
 # results/ of this checkout), whatever the working directory; resolved once, at import.
 DEFAULT_RESULTS_DIR = results_root() / "search"
 PREDICTOR_DIR = results_root() / "predictor"  # the predictor's table and calibration, one file per machine
+# The predictor gate is on by default (results/search_vs_scaled/: larger networks that fit a tight budget for the same
+# 30 measured candidates) except where its table cannot be built in minutes: aot compiles a package per part, 12-41 s
+# each (results/runtimes-aot/), and the table has a few hundred.
+NO_PREDICTOR_RUNTIMES = ("aot",)
 VALIDATION_DIR = results_root() / "proxy_validation"
 # The evidence decides (results/proxy_validation/, Fashion-MNIST, 40 architectures x 2 seeds, widths / 8): #params
 # ranks trained accuracy with Spearman 0.82 [0.67, 0.89] (0.78 at widths / 4); naswot, the default before, 0.03.
@@ -111,10 +115,20 @@ class Measuring:
 
     stop: bench.StopRule | None = None  # None: DEFAULT_STOP scaled to the budget (SearchSettings resolves it)
     lock_file: str | None = None
-    predictor: bool = False  # reject candidates the latency predictor puts clearly over budget, unmeasured
+    # Reject candidates the latency predictor puts clearly over budget, unmeasured. None: where the predictor models
+    # what is measured (`gates`).
+    predictor: bool | None = None
     predictor_margin: float = DEFAULT_MARGIN  # ... i.e. predicted above budget * (1 + margin)
     predictor_dir: Path = PREDICTOR_DIR
     check_smallest: bool = True  # measure the smallest network first: nothing fits if it does not
+
+    def gates(self, runtime: str, measured_here: bool) -> bool:
+        """Whether the predictor gate screens candidates: as asked, else (None) wherever the predictor models what
+        the search measures, i.e. this machine's own measurement (`measured_here`: no latency source passed in by
+        the caller) on a runtime whose table builds in minutes."""
+        if self.predictor is not None:
+            return self.predictor
+        return measured_here and runtime not in NO_PREDICTOR_RUNTIMES
 
     def __post_init__(self) -> None:
         self.predictor_dir = Path(self.predictor_dir)

@@ -5,7 +5,7 @@ Seams, along Optuna's own: the settings (search.settings); the storage and the j
 otherwise); the sampler, TPE constrained through `trial.set_constraint` (Optuna 5's core constraint
 API, which TPE and `study.best_trials` read); the trials and their table (search.trials). Every
 trial's latency comes from one `LatencySource` (search.latency: bench, behind a persistent cache,
-behind the predictor gate with `--predictor`); scores come from a `Scorer` (a training-free proxy
+behind the predictor gate unless `--no-predictor`); scores come from a `Scorer` (a training-free proxy
 by default; with `--objective accuracy` each feasible candidate is trained and may be pruned, see
 search.scoring.accuracy).
 """
@@ -31,7 +31,7 @@ from search.scoring.accuracy import ACCURACY, AccuracyScorer, is_training_scorer
 from search.latency import (BenchLatency, CachedLatency, Latency, LatencySource, MachineLock, MeasurementError,
                             PredictorGate, config_key)
 from search.predictor import LatencyPredictor
-from search.progress import SearchProgress
+from search.progress import SearchProgress, predictor_progress
 from search.scoring.proxies import ProxyScorer, Scorer, Scores, count_flops, count_params
 from search.finalists import choose as choose_finalists
 from search.finalists import train_finalists, training_seeds
@@ -68,12 +68,12 @@ class SearchStudy:
         self.identity = s.identity()
         context = {"fingerprint": self.identity["fingerprint"], "deployment": self.identity["deployment"]}
         self.cache = CachedLatency(source, s.study_dir / "latency_cache.json", context, lock=self.lock)
-        # The one source every trial asks. With --predictor the gate screens a candidate in front of the
+        # The one source every trial asks. The predictor gate (Measuring.gates) screens a candidate in front of the
         # cache; what it lets through, the smallest network and every re-check are measured for real.
         self.latency: LatencySource = self.cache
         self.predictor: LatencyPredictor | None = None
         self.gate: PredictorGate | None = None
-        if s.measuring.predictor:
+        if s.measuring.gates(s.deployment.runtime, measured_here=latency_source is None):
             # The same lock object: it is re-entrant, and the table is measured under it too.
             self.predictor = LatencyPredictor(s.deployment, lock=self.lock, directory=s.measuring.predictor_dir)
             self.gate = PredictorGate(self.predictor, self.cache, s.budget_ms, s.measuring.predictor_margin)
@@ -168,10 +168,17 @@ class SearchStudy:
             self.study.enqueue_trial(params, user_attrs=TrialRecord(start="scaled").to_attrs(), skip_if_exists=True)
         return len(starts)
 
-    def prepare_predictor(self) -> None:
-        """Calibrate the predictor for this setting if it is not yet (cached per machine under results/)."""
-        if self.predictor is not None:
-            self.predictor.ensure_calibrated(self.settings.space)
+    def prepare_predictor(self, console: Any = None) -> None:
+        """Calibrate the predictor for this setting if it is not yet (cached per machine under results/): minutes
+        on first use, behind a progress bar."""
+        if self.predictor is None or self.predictor.calibration is not None:
+            return
+        with predictor_progress(enabled=self.settings.report.progress, console=console) as on_measure:
+            self.predictor.on_measure = on_measure
+            try:
+                self.predictor.ensure_calibrated(self.settings.space)
+            finally:
+                self.predictor.on_measure = None
 
     def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
         s = self.settings
@@ -409,7 +416,7 @@ def run_search(settings: SearchSettings, *, latency_source: LatencySource | None
                     runner.discard_if_new()
                     raise
             runner.start_from_family()
-            runner.prepare_predictor()
+            runner.prepare_predictor(console)
             with SearchProgress(runner, title=f"search {settings.name}", target=settings.sampling.n_trials,
                                 budget_ms=settings.budget_ms, objective=settings.objective,
                                 enabled=settings.report.progress, console=console) as progress:

@@ -86,7 +86,8 @@ def settings(tmp_path: Path, budget_ms: float = 3.0, *, sampling: GroupOverrides
     objective, pareto); each group is given whole, or as a dict of its fields replaced in the test's defaults,
     e.g. settings(tmp_path, sampling={"n_trials": 4}, storage={"url": url})."""
     defaults = {"sampling": Sampling(n_trials=12, seed=0),
-                "measuring": Measuring(stop=FAST_STOP, lock_file=str(tmp_path / "lock")),
+                # No predictor gate unless a test asks: its table would be measured for the tiny space first.
+                "measuring": Measuring(stop=FAST_STOP, lock_file=str(tmp_path / "lock"), predictor=False),
                 "scoring": Scoring(proxy_inits=1, proxy_batch=2),
                 "storage": StudyStorage(study_name="t", results_dir=tmp_path / "results"),
                 "report": Reporting(progress=False)}

@@ -197,7 +197,7 @@ def test_cli_accuracy_objective_end_to_end(tmp_path, capsys):
             "--trials", "3", "--study", "acc", "--space", str(space), "--image-size", "32", "--threads", "1",
             "--results-dir", str(tmp_path / "results"), "--stop-max-s", "0.05", "--stop-min-s", "0",
             "--stop-min-runs", "3", "--no-progress", "--lock-file", str(tmp_path / "lock"), "--train-width-div", "1",
-            "--val-images", "40", "--train-threads", "1"]
+            "--val-images", "40", "--train-threads", "1", "--no-predictor"]
     assert main(argv) == 0
     out = tmp_path / "results" / "acc"
     trials = pd.read_csv(out / "trials.csv")

@@ -171,7 +171,10 @@ def test_a_winner_over_budget_when_re_measured_is_reported(tmp_path):
                      bootstrap=20, out_dir=tmp_path / "o", lock_file=str(tmp_path / "lock"), progress=False)
     summary = compare(s, latency_source=fake, scorer=lambda _: FakeScorer(), protocol=FakeProtocol())
     assert {(o["arm"], o["seed"]) for o in summary["over_budget"]} >= {("scaled", 0), ("scaled", 1)}
-    assert "re-measured at" in (tmp_path / "o" / "report.md").read_text()
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "re-measured at" in md
+    # A latency source of the caller's: the predictor does not model it, so the search arm ran without the gate.
+    assert "without the latency predictor gate" in md and summary["search_predictor"] is False
 
 
 @pytest.mark.slow
@@ -246,10 +249,11 @@ def test_the_search_arm_is_the_shipped_search_and_random_is_plain_random_search(
     assert search.finalists.count == Finalists().count and search.finalists.dataset() is data  # evaluation's data
     assert (rnd.sampling.sampler, rnd.sampling.starts_from, rnd.finalists.count) == ("random", "random", 0)
     assert search.name.endswith("-seed3") and rnd.name.endswith("-random-seed3")
-    assert not search.measuring.predictor and not rnd.measuring.predictor  # as python -m search ships
-    gated = ArmsSettings(budgets=(20.0,), predictor=True)
-    assert gated.study(20.0, "search", 3, data).measuring.predictor and not gated.study(20.0, "random", 3,
-                                                                                      data).measuring.predictor
+    # The gate as python -m search ships it (on where it models what is measured); random search never has it.
+    assert search.measuring.predictor is None and search.measuring.gates("fast", measured_here=True)
+    assert rnd.measuring.predictor is False and not rnd.measuring.gates("fast", measured_here=True)
+    ungated = ArmsSettings(budgets=(20.0,), predictor=False)
+    assert ungated.study(20.0, "search", 3, data).measuring.predictor is False
 
 
 def test_finalist_seeds_reach_the_search_arm_and_a_bad_count_names_the_flag(tmp_path, capsys):

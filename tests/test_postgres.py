@@ -160,7 +160,8 @@ def test_cli_workers_on_postgresql(tmp_path, postgres):
     cmd = [sys.executable, "-m", "search", "--budget-ms", "50", "--trials", "6", "--study", "cli",
            "--storage", url, "--results-dir", str(tmp_path / "results"), "--space", str(space),
            "--image-size", "32", "--threads", "1", "--objective", "params", "--stop-min-s", "0",
-           "--stop-max-s", "0.05", "--stop-min-runs", "3", "--no-progress", "--lock-file", str(tmp_path / "lock")]
+           "--stop-max-s", "0.05", "--stop-min-runs", "3", "--no-progress", "--lock-file", str(tmp_path / "lock"),
+           "--no-predictor"]
     procs = [subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(WORKERS)]
     outs = [p.communicate(timeout=600) for p in procs]

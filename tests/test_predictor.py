@@ -289,4 +289,40 @@ def test_the_cli_predictor_flag():
     def resolved(*flags: str) -> bool:
         return settings_from_args(p.parse_args(list(flags)), 10.0, SearchSpace.default()).measuring.predictor
 
-    assert resolved() is False and resolved("--predictor") is True
+    assert resolved() is None and resolved("--predictor") is True and resolved("--no-predictor") is False
+
+
+def test_the_gate_is_on_by_default_where_the_predictor_models_what_is_measured(tmp_path):
+    """The default (None) gates a search that measures on this machine, on any runtime but aot (whose table would
+    compile a package per part); not one given a latency source of the caller's, which the predictor does not
+    model; and an explicit choice always wins."""
+    from search.study import SearchStudy
+    from tests.search_helpers import FakeScorer, settings
+
+    def gate(runtime: str = "fast", source: object = None, **measuring: object):
+        s = settings(tmp_path, deployment=Deployment(image_size=IMAGE, threads=1, runtime=runtime),
+                     measuring={"predictor": None, "predictor_dir": tmp_path / "predictor", **measuring})
+        return SearchStudy(s, latency_source=source, scorer=FakeScorer()).gate
+
+    assert gate() is not None and gate(runtime="onnxruntime") is not None
+    assert gate(runtime="aot") is None and gate(source=FakeLatency()) is None
+    assert gate(predictor=False) is None and gate(runtime="aot", predictor=True) is not None
+    assert gate(source=FakeLatency(), predictor=True) is not None
+    assert not (tmp_path / "predictor").exists()  # nothing is built until a search runs
+
+
+def test_the_predictors_first_use_shows_a_progress_bar():
+    import io
+
+    from rich.console import Console
+
+    from search.progress import predictor_progress
+
+    out = io.StringIO()
+    with predictor_progress(console=Console(file=out, width=160)) as on_measure:
+        on_measure(0, 3, "block conv d64")
+        on_measure(3, 3, "")
+    text = out.getvalue()
+    assert "latency predictor, first use" in text and "3/3" in text and "calibrating on whole networks" in text
+    with predictor_progress(enabled=False) as quiet:
+        quiet(1, 2, "x")  # a no-op, and nothing to see

@@ -30,7 +30,8 @@ def space_file(tmp_path) -> Path:
 def common(tmp_path: Path, space_file: Path, *extra: str) -> list[str]:
     return ["--space", str(space_file), "--image-size", "32", "--threads", "1", "--results-dir",
             str(tmp_path / "results"), "--stop-max-s", "0.05", "--stop-min-s", "0", "--stop-min-runs", "3",
-            "--proxy-inits", "1", "--proxy-batch", "2", "--no-progress", "--lock-file", str(tmp_path / "lock"), *extra]
+            "--proxy-inits", "1", "--proxy-batch", "2", "--no-progress", "--lock-file", str(tmp_path / "lock"),
+            "--no-predictor", *extra]
 
 
 def one_line(text: str) -> str:

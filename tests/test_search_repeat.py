@@ -118,7 +118,7 @@ def _argv(tmp_path, *extra: str) -> list[str]:
     space.write_text(json.dumps(TINY_SPACE))
     return ["--space", str(space), "--image-size", str(IMAGE), "--threads", "1", "--runtime", "fast",
             "--objective", "params", "--seed", "1", "--stop-max-s", "0.05", "--no-progress",
-            "--lock-file", str(tmp_path / "lock"), *extra]
+            "--lock-file", str(tmp_path / "lock"), "--no-predictor", *extra]
 
 
 def test_repeat_command_end_to_end(tmp_path, monkeypatch, capsys):

@@ -47,7 +47,8 @@ def _cli(tmp_path: Path, *extra: str) -> list[str]:
     space.write_text(json.dumps(TINY_SPACE))
     return ["--budget-ms", "10", "--space", str(space), "--image-size", "32", "--threads", "1", "--results-dir",
             str(tmp_path / "results"), "--stop-max-s", "0.05", "--stop-min-s", "0", "--stop-min-runs", "3",
-            "--proxy-inits", "1", "--no-progress", "--lock-file", str(tmp_path / "lock"), *extra]
+            "--proxy-inits", "1", "--no-progress", "--lock-file", str(tmp_path / "lock"), "--no-predictor",
+            *extra]
 
 
 @pytest.mark.parametrize("driver", ["postgresql", "postgresql+psycopg2"])  # the second gets as far as connecting

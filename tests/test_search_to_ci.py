@@ -43,7 +43,8 @@ def run_search(results: Path, space: Path) -> Path:
     assert search_main(["--budget-ms", "1e6", "--trials", "3", "--objective", "params", "--study", "tiny",
                         "--space", str(space), "--image-size", "32", "--threads", "1", "--results-dir",
                         str(results), "--stop-max-s", "0.05", "--stop-min-s", "0", "--stop-min-runs", "3",
-                        "--recheck", "0", "--no-progress", "--lock-file", str(results / "lock")]) == 0
+                        "--recheck", "0", "--no-progress", "--lock-file", str(results / "lock"),
+                        "--no-predictor"]) == 0
     return study / "best.json"
 
 

@@ -89,7 +89,8 @@ class ArmsSettings:
     # How the search arm chooses its winner (python -m search's default: search.finalists); random search's winner is
     # its best by the objective, the plain baseline.
     finalists: Finalists = field(default_factory=Finalists)
-    predictor: bool = False  # the search arm's latency predictor gate (--predictor); random search measures everything
+    # The search arm's latency predictor gate (None: as python -m search ships it); random search measures everything.
+    predictor: bool | None = None
     bootstrap: int = 2000
     out_dir: Path = COMPARE_ARMS_DIR
     lock_file: str | None = None
@@ -115,7 +116,7 @@ class ArmsSettings:
         s = SearchSettings(budget_ms=budget, deployment=self.deployment, space=self.space, objective=self.objective,
                            sampling=sampling,
                            measuring=Measuring(stop=self.stop, lock_file=self.lock_file,
-                                               predictor=self.predictor and arm == "search"),
+                                               predictor=self.predictor if arm == "search" else False),
                            scoring=Scoring(data=dataset if self.objective == ACCURACY else None),
                            storage=StudyStorage(results_dir=self.out_dir / "studies"),
                            report=Reporting(progress=False),
@@ -280,7 +281,8 @@ def compare(settings: ArmsSettings, *, latency_source: LatencySource | None = No
                "latency_ms": lat.deciding_ms, "accuracy": accuracy(m.config)}
               for m, lat in zip(members, family_latency)]
     remeasure(settings, rows, source, context)
-    summary = _summary(settings, rows, family, time.perf_counter() - start)
+    gated = Measuring(predictor=settings.predictor).gates(d.runtime, measured_here=latency_source is None)
+    summary = _summary(settings, rows, family, time.perf_counter() - start, search_predictor=gated)
     write_table(pd.DataFrame(rows), out / "winners.csv")
     write_json(out / "report.json", summary)
     write_report(summary, out)
@@ -288,7 +290,8 @@ def compare(settings: ArmsSettings, *, latency_source: LatencySource | None = No
     return summary
 
 
-def _summary(settings: ArmsSettings, rows: list[dict], family: list[dict], wall_s: float) -> dict[str, Any]:
+def _summary(settings: ArmsSettings, rows: list[dict], family: list[dict], wall_s: float, *,
+             search_predictor: bool) -> dict[str, Any]:
     winners = [{"budget_ms": r["budget_ms"], "arm": r["arm"], "seed": r["seed"],
                 "accuracy": _nan_to_none(r.get("accuracy", math.nan)),
                 "latency_ms": _nan_to_none(r.get("latency_ms", math.nan)),
@@ -315,7 +318,7 @@ def _summary(settings: ArmsSettings, rows: list[dict], family: list[dict], wall_
             "deployment": settings.deployment.to_dict(), "training": asdict(settings.training),
             "train_seeds": list(settings.train_seeds), "remeasure_rounds": settings.remeasure_rounds,
             "finalist_seeds": settings.finalists.seeds, "finalist_margin": settings.finalists.margin,
-            "family": family,
+            "search_predictor": search_predictor, "family": family,
             "winners": winners, "per_budget": budgets,
             "over_budget": [{k: w[k] for k in ("budget_ms", "arm", "seed", "latency_ms", "winner")} for w in over],
             "environment": env, "machine": bench.machine_summary(env), "wall_s": wall_s,
@@ -372,8 +375,9 @@ def parser(prog: str = "python -m search compare") -> argparse.ArgumentParser:
                         f"search ships)")
     g.add_argument("--finalist-margin", type=float, default=FINALIST_MARGIN, metavar="F",
                    help=f"the search arm's --finalist-margin (default {FINALIST_MARGIN:g}, as python -m search ships)")
-    g.add_argument("--predictor", action="store_true",
-                   help="the search arm screens candidates with the latency predictor (python -m search --predictor)")
+    g.add_argument("--predictor", action=argparse.BooleanOptionalAction, default=None,
+                   help="the search arm's latency predictor gate (default: as python -m search ships, on except with "
+                        "--runtime aot); random search never has it")
     p.add_argument("--space", type=Path, default=None, metavar="FILE")
     p.add_argument("--bootstrap", type=positive_int, default=2000)
     p.add_argument("--out-dir", "--results-dir", dest="out_dir", type=writable_dir, default=COMPARE_ARMS_DIR)

@@ -73,7 +73,9 @@ def markdown(summary: dict[str, Any]) -> str:
         f"{dep['batch_size']}, {dep['image_size']}px, {dep['dtype']}, runtime {dep['runtime']}, threads "
         f"{dep['threads']}; {s['trials']} trials per study; objective `{s['objective']}`; seeds "
         f"{', '.join(map(str, s['seeds']))}; arms {', '.join(s['arms'])}",
-        "- arms: `search` is `python -m search` as shipped (TPE started from the scaled family; its winner the most "
+        "- arms: `search` is `python -m search` as shipped (TPE started from the scaled family"
+        + {True: ", behind the latency predictor gate", False: ", without the latency predictor gate",
+           None: ""}[s.get("search_predictor")] + "; its winner the most "
         "accurate of its finalists, trained on the same data at the same fidelity, validation split"
         + (f", {s['finalist_seeds']} training seeds each" if s.get("finalist_seeds", 1) > 1 else "")
         + (f", the scaled start kept unless beaten by more than {s['finalist_margin']:g}"

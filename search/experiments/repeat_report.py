@@ -94,7 +94,8 @@ def write_repeat(report: RepeatReport, *, command: str, env: dict[str, Any],
 def _search_summary(s: SearchSettings) -> dict[str, Any]:
     return {"trials": s.sampling.n_trials, "seed": s.sampling.seed, "objective": s.objective,
             "sampler": s.sampling.sampler, "pareto": s.pareto, "deployment": s.deployment.to_dict(),
-            "stop": str(s.measuring.stop), "timeout_s": s.sampling.timeout_s, "predictor": s.measuring.predictor}
+            "stop": str(s.measuring.stop), "timeout_s": s.sampling.timeout_s,
+            "predictor": s.measuring.gates(s.deployment.runtime, measured_here=True)}
 
 
 def print_repeat(report: RepeatReport, console: Console) -> None:
