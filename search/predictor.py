@@ -285,13 +285,19 @@ class LatencyPredictor:
         self._save()
         return cal
 
-    def ensure_calibrated(self, space: SearchSpace, n: int = DEFAULT_FIT, seed: int = FIT_SEED) -> Calibration:
-        """The cached calibration for this setting, or a new one on `n` networks sampled from `space`."""
+    def ensure_calibrated(self, space: SearchSpace, n: int = DEFAULT_FIT, seed: int = FIT_SEED,
+                          on_measure: Callable[[int, int, str], None] | None = None) -> Calibration:
+        """The cached calibration for this setting, or a new one on `n` networks sampled from `space` (`on_measure`:
+        told of each part measured for it, in place of the predictor's own)."""
         cal = self.calibration
         if cal is not None:
             return cal
         configs = sample_configs(space, n, seed, self.deployment.image_size)
-        return self.calibrate(configs)
+        previous, self.on_measure = self.on_measure, on_measure or self.on_measure
+        try:
+            return self.calibrate(configs)
+        finally:
+            self.on_measure = previous
 
     # --- prediction ----------------------------------------------------------------------------------
 

@@ -105,7 +105,7 @@ def predictor_progress(*, enabled: bool = True, console: Console | None = None
         return
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.fields[part]}"), console=console or Console(stderr=True)) as progress:
-        task = progress.add_task("latency predictor, first use on this machine: measuring parts", total=None, part="")
+        task = progress.add_task("latency predictor, first use on this machine: timing its parts", total=None, part="")
 
         def on_measure(done: int, total: int, part: str) -> None:
             if done >= total:  # the parts are done; the calibration's whole networks follow, without a count

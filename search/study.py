@@ -169,16 +169,10 @@ class SearchStudy:
         return len(starts)
 
     def prepare_predictor(self, console: Any = None) -> None:
-        """Calibrate the predictor for this setting if it is not yet (cached per machine under results/): minutes
-        on first use, behind a progress bar."""
-        if self.predictor is None or self.predictor.calibration is not None:
-            return
-        with predictor_progress(enabled=self.settings.report.progress, console=console) as on_measure:
-            self.predictor.on_measure = on_measure
-            try:
-                self.predictor.ensure_calibrated(self.settings.space)
-            finally:
-                self.predictor.on_measure = None
+        """Calibrate the predictor for this setting on first use on a machine: minutes, behind a progress bar."""
+        if self.predictor is not None and self.predictor.calibration is None:
+            with predictor_progress(enabled=self.settings.report.progress, console=console) as on_measure:
+                self.predictor.ensure_calibrated(self.settings.space, on_measure=on_measure)
 
     def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
         s = self.settings

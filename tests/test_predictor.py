@@ -130,8 +130,11 @@ def test_calibrate_predict_and_cache(tmp_path):
 
 def test_ensure_calibrated_measures_whole_networks_through_bench(tmp_path):
     p = predictor(tmp_path)
-    cal = p.ensure_calibrated(tiny_space(), n=5, seed=3)
+    told: list[tuple[int, int]] = []
+    cal = p.ensure_calibrated(tiny_space(), n=5, seed=3, on_measure=lambda done, total, _: told.append((done, total)))
     assert cal.n == 5 and all(m > 0 for m in cal.fit_measured_ms)
+    assert told and told[-1][0] == told[-1][1] >= 2 * len(p.entries)  # every sweep over the parts, then done
+    assert p.on_measure is None  # the callback was for this call only
     assert p.ensure_calibrated(tiny_space(), n=5, seed=3).fitted_at == cal.fitted_at  # cached
 
 
