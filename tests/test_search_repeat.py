@@ -118,7 +118,7 @@ def _argv(tmp_path, *extra: str) -> list[str]:
     space.write_text(json.dumps(TINY_SPACE))
     return ["--space", str(space), "--image-size", str(IMAGE), "--threads", "1", "--runtime", "fast",
             "--objective", "params", "--seed", "1", "--stop-max-s", "0.05", "--no-progress",
-            "--lock-file", str(tmp_path / "lock"), "--no-predictor", *extra]
+            "--lock-file", str(tmp_path / "lock"), *extra]
 
 
 def test_repeat_command_end_to_end(tmp_path, monkeypatch, capsys):
@@ -130,6 +130,7 @@ def test_repeat_command_end_to_end(tmp_path, monkeypatch, capsys):
     (out,) = (tmp_path / "root" / "search-repeat").iterdir()
     data = json.loads((out / "repeat.json").read_text())
     assert data["times"] == 2 and data["search"]["seed"] == 1 and data["search"]["trials"] == 4
+    assert data["search"]["predictor"] is False  # a latency source of the caller's: the gate does not model it
     assert data["machine"] and "repeat --budget-ms 3 5" in data["command"]
     assert [b["budget_ms"] for b in data["budgets"]] == [3.0, 5.0]
     for b in data["budgets"]:

@@ -79,23 +79,24 @@ def markdown(report: RepeatReport, command: str, machine: str) -> str:
 
 
 def write_repeat(report: RepeatReport, *, command: str, env: dict[str, Any],
-                 settings: SearchSettings | None = None) -> dict[str, Path]:
-    """repeat.json and repeat.md in the report's directory, each written atomically."""
+                 settings: SearchSettings | None = None, measured_here: bool = True) -> dict[str, Path]:
+    """repeat.json and repeat.md in the report's directory, each written atomically (`measured_here`: the runs
+    measured on this machine, not through a latency source of the caller's, which decides the predictor gate)."""
     machine = machine_summary(env)
     data = {"command": command, "machine": machine, "environment": env, "times": report.times,
             "pause_s": report.pause_s, "interrupted": report.interrupted, "wall_s": round(report.wall_s, 3),
-            "search": _search_summary(settings) if settings is not None else None,
+            "search": _search_summary(settings, measured_here) if settings is not None else None,
             "budgets": [b.to_dict() for b in report.budgets]}
     report.files = {"json": write_json(report.out / "repeat.json", data),
                     "report": write_text(report.out / "repeat.md", markdown(report, command, machine))}
     return report.files
 
 
-def _search_summary(s: SearchSettings) -> dict[str, Any]:
+def _search_summary(s: SearchSettings, measured_here: bool) -> dict[str, Any]:
     return {"trials": s.sampling.n_trials, "seed": s.sampling.seed, "objective": s.objective,
             "sampler": s.sampling.sampler, "pareto": s.pareto, "deployment": s.deployment.to_dict(),
             "stop": str(s.measuring.stop), "timeout_s": s.sampling.timeout_s,
-            "predictor": s.measuring.gates(s.deployment.runtime, measured_here=True)}
+            "predictor": s.measuring.gates(s.deployment.runtime, measured_here)}
 
 
 def print_repeat(report: RepeatReport, console: Console) -> None:
@@ -157,7 +158,7 @@ def main(argv: Sequence[str] | None = None, *, latency_source: LatencySource | N
     first = searches[0]
     command = f"{program_name('search')} repeat {shlex.join(argv)}"
     write_repeat(report, command=command, env=environment(first.deployment.device, first.deployment.threads),
-                 settings=first)
+                 settings=first, measured_here=latency_source is None)
     console = table_console()
     print_repeat(report, console)
     if report.interrupted:
