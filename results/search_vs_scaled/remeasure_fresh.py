@@ -1,37 +1,40 @@
-"""A compare run's winners re-measured in a fresh process, the way compare re-measures them (3 rounds, a seeded
-shuffle per round, the median of the search's deciding figure: normalised to the machine's reference speed).
+"""A compare run's winners re-measured in a fresh process, by compare's own re-measure (search.experiments.compare's
+`remeasure`: each budget's distinct winners in 3 rounds, a seeded shuffle per round, the median of the search's
+deciding figure, normalised to the machine's reference speed).
 
 Prints, per distinct winner, the figure the search decided on (`search_latency_ms`), compare's own re-measure at
 the end of its run (`latency_ms`) and this process's (`fresh_ms`), their ratios, and how many read over budget here.
 Run from the repository root, nothing else running (it times, about 2 minutes for 27 networks):
   .venv/bin/python results/search_vs_scaled/remeasure_fresh.py results/search_vs_scaled/fair-gate-seeds10-14
 """
-import random
+import json
 import sys
+import tempfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from container import NetworkConfig
+from search.experiments.compare import ArmsSettings, remeasure
 from search.latency import BenchLatency, Deployment, default_stop
 
 RATIOS = {"compare_remeasure/search": ("latency_ms", "search_latency_ms"),
           "fresh/search": ("fresh_ms", "search_latency_ms"), "fresh/compare_remeasure": ("fresh_ms", "latency_ms")}
 
 
-def main(run: str, rounds: int = 3) -> None:
+def main(run: str) -> None:
+    report = json.loads((Path(run) / "report.json").read_text())
     winners = pd.read_csv(Path(run) / "winners.csv")
-    source = BenchLatency(Deployment(threads=2), default_stop(float(winners.budget_ms.max())))
-    configs = sorted(set(winners.config))
-    measured: dict[str, list[float]] = {c: [] for c in configs}
-    order = random.Random(0)
-    for _ in range(rounds):
-        for config in order.sample(configs, len(configs)):
-            measured[config].append(source.measure(NetworkConfig.from_json(config)).deciding_ms)
-    table = winners.drop_duplicates("config").copy()
-    table["fresh_ms"] = [float(np.median(measured[c])) for c in table.config]
+    deployment = Deployment.from_dict(report["deployment"])
+    with tempfile.TemporaryDirectory() as out:
+        settings = ArmsSettings(budgets=tuple(report["budgets"]), remeasure_rounds=report["remeasure_rounds"],
+                                deployment=deployment, out_dir=Path(out), progress=False)
+        rows = [{"budget_ms": b, "config": c} for b, c in zip(winners.budget_ms, winners.config)]
+        source = BenchLatency(deployment, default_stop(max(settings.budgets)))
+        remeasure(settings, rows, source, {"fingerprint": deployment.fingerprint(),
+                                           "deployment": deployment.to_dict()})
+    winners["fresh_ms"] = [r["latency_ms"] for r in rows]
+    table = winners.drop_duplicates(["budget_ms", "config"]).copy()
     for name, (top, bottom) in RATIOS.items():
         table[name] = table[top] / table[bottom]
     columns = ["budget_ms", "arm", "seed", "winner", "search_latency_ms", "latency_ms", "fresh_ms", *RATIOS]
