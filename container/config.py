@@ -31,6 +31,14 @@ def _check_positive_number(field_name: str, value: Any) -> None:
         _fail(field_name, value, "must be a finite number > 0")
 
 
+def _store_float(config: Any, name: str) -> None:
+    """An int given for a float field is stored as a float: `mlp_ratio: 8` and `8.0` are one architecture, and
+    must give one JSON text (the latency caches and the re-measure key on it)."""
+    value = getattr(config, name)
+    if isinstance(value, int) and not isinstance(value, bool):
+        object.__setattr__(config, name, float(value))
+
+
 @dataclass(frozen=True)
 class StageConfig:
     """One stage: a patch embedding (kernel = stride = patch_size) followed by `depth` blocks."""
@@ -42,6 +50,9 @@ class StageConfig:
     kernel_size: int = 5
     mlp_ratio: float = 4.0
     patch_size: int = 2
+
+    def __post_init__(self) -> None:
+        _store_float(self, "mlp_ratio")
 
     def validate(self, prefix: str = "stage") -> None:
         _check_int(f"{prefix}.depth", self.depth, 1)
@@ -80,6 +91,7 @@ class NetworkConfig:
         stages = tuple(s if isinstance(s, StageConfig) else _stage_from_mapping(s, i)
                        for i, s in enumerate(self.stages))
         object.__setattr__(self, "stages", stages)
+        _store_float(self, "drop_path_rate")
         self.validate()
 
     def validate(self) -> None:

@@ -98,3 +98,12 @@ def test_missing_and_unknown_stage_fields_are_named():
 
 def test_stage_config_is_plain_json():
     assert json.loads(json.dumps(NetworkConfig(stages=(StageConfig(1, 8),)).to_dict()))["stages"][0]["dim"] == 8
+
+
+def test_an_int_for_a_float_field_is_the_same_architecture_and_the_same_json():
+    ints = NetworkConfig.from_dict({"stages": [{"depth": 1, "dim": 8, "mlp_ratio": 4}], "drop_path_rate": 0})
+    floats = NetworkConfig.from_dict({"stages": [{"depth": 1, "dim": 8, "mlp_ratio": 4.0}], "drop_path_rate": 0.0})
+    assert ints == floats and ints.to_json(sort_keys=True) == floats.to_json(sort_keys=True)
+    assert isinstance(ints.stages[0].mlp_ratio, float) and isinstance(ints.drop_path_rate, float)
+    with pytest.raises(ValueError, match="mlp_ratio"):  # a bool is not taken for a number
+        NetworkConfig.from_dict(network({"depth": 1, "dim": 8, "mlp_ratio": True}))

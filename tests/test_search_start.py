@@ -9,6 +9,7 @@ import pytest
 
 from container import NetworkConfig, container_light_config
 from search import Deployment, Sampling, SearchInputError, SearchSpace, make_storage, run_search
+from search.latency import config_key
 from search.scaled import STARTING_MEMBERS, scale_config, scaled_family, starting_params
 from search.trials import TrialRecord
 from tests.search_helpers import FakeLatency, FakeScorer, cost, settings
@@ -24,6 +25,17 @@ def test_a_config_in_the_space_projects_onto_itself():
     space = SearchSpace.default()
     light = base()  # the space's top corner holds Container-Light exactly
     assert space.config_from_params(space.nearest_params(light), IMAGE) == light
+
+
+def test_a_member_and_its_projection_share_one_latency_cache_entry():
+    # Container-Light's presets spell mlp_ratio as ints, the space's params as floats: the same network must key
+    # the same cache entry and re-measure list (a compare run once timed Container-Light twice under two keys,
+    # 29.55 and 30.52 ms, fitting 30 ms as the search's winner and not as the scaled arm's member).
+    space, light = SearchSpace.default(), base()
+    projected = space.config_from_params(space.nearest_params(light), IMAGE)
+    context = {"fingerprint": "f", "deployment": {}}
+    assert projected.to_json(sort_keys=True) == light.to_json(sort_keys=True)
+    assert config_key(projected, context) == config_key(light, context)
 
 
 def test_projection_snaps_each_field_to_the_nearest_choice():
