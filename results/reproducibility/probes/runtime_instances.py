@@ -1,0 +1,39 @@
+"""Probe: does a converted workload carry an offset of its own instance (a session's buffers' place in memory)?
+
+For a few memory-heavy rows (the ones that disagreed most between the processes of `python -m bench repeat`),
+INSTANCES separately converted instances each, all timed in bench's interleaved rounds with the machine's
+calibration (bench.timing.measure_rounds) for SECONDS in one process. Prints, per row, each instance's normalised
+median (ms) and the instances' spread (max / min - 1). Run it in several processes one after another, nothing else
+running, and compare the spread inside a process with the spread between processes:
+
+    for p in 1 2 3; do python results/reproducibility/probes/runtime_instances.py 60; done
+"""
+import sys
+
+from bench.machine import machine_calibration
+from bench.targets import BlockTarget
+from bench.timing import StopRule, measure_rounds
+from bench.workload import Options, build_workload
+
+INSTANCES = 3
+ROWS = [("mix@64x56 b1 onnxruntime", BlockTarget("mix", 64, 56), 1, "onnxruntime"),
+        ("mix@64x56 b1 openvino", BlockTarget("mix", 64, 56), 1, "openvino"),
+        ("mix@128x28 b16 onnxruntime", BlockTarget("mix", 128, 28), 16, "onnxruntime"),
+        ("mix@128x28 b16 fast", BlockTarget("mix", 128, 28), 16, "fast")]
+
+
+def main(seconds: float) -> None:
+    work = [build_workload(target, batch, Options(runtime=runtime, threads=2), check=False)
+            for _, target, batch, runtime in ROWS for _ in range(INSTANCES)]
+    share = seconds / len(work)
+    stats = measure_rounds([w.step for w in work], threads=2, calibration=machine_calibration("cpu", 2),
+                           stop=StopRule(min_runs=5, min_time_s=share, max_time_s=share),
+                           settle_s=[w.settle_s for w in work])
+    for r, (label, *_) in enumerate(ROWS):
+        medians = [s.norm_ms for s in stats[r * INSTANCES:(r + 1) * INSTANCES]]
+        print(f"{label}: {' '.join(f'{m:.2f}' for m in medians)}  spread {max(medians) / min(medians) - 1:.1%}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main(float(sys.argv[1]))
