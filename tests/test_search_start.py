@@ -9,8 +9,8 @@ import pytest
 
 from container import NetworkConfig, container_light_config
 from search import Deployment, Sampling, SearchInputError, SearchSpace, make_storage, run_search
-from search.latency import config_key
-from search.scaled import STARTING_MEMBERS, scale_config, scaled_family, starting_params
+from search.latency import CachedLatency, config_key
+from search.scaled import STARTING_MEMBERS, measure_family, scale_config, scaled_family, starting_params
 from search.trials import TrialRecord
 from tests.search_helpers import FakeLatency, FakeScorer, cost, settings
 
@@ -36,6 +36,17 @@ def test_a_member_and_its_projection_share_one_latency_cache_entry():
     context = {"fingerprint": "f", "deployment": {}}
     assert projected.to_json(sort_keys=True) == light.to_json(sort_keys=True)
     assert config_key(projected, context) == config_key(light, context)
+
+
+def test_a_start_reuses_the_measurement_of_the_same_scaled_member(tmp_path):
+    # What compare does: the family measured first through the shared cache, then a study's start from it.
+    fake = FakeLatency()
+    cache = CachedLatency(fake, tmp_path / "latency_cache.json", {"fingerprint": "f"})
+    members = scaled_family(base(), (1.0,), (1.0,))  # Container-Light itself, which the space holds exactly
+    measure_family(members, cache)
+    assert fake.total == 1
+    assert len(starting_params(SearchSpace.default(), base(), 1e9, cache, widths=(1.0,), depths=(1.0,))) == 1
+    assert fake.total == 1
 
 
 def test_projection_snaps_each_field_to_the_nearest_choice():
