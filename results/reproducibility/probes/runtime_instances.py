@@ -10,28 +10,21 @@ running, and compare the spread inside a process with the spread between process
 """
 import sys
 
-from bench.machine import machine_calibration
 from bench.targets import BlockTarget
-from bench.timing import StopRule, measure_rounds
-from bench.workload import Options, build_workload
+from rows import build, label, time_rows
 
 INSTANCES = 3
-ROWS = [("mix@64x56 b1 onnxruntime", BlockTarget("mix", 64, 56), 1, "onnxruntime"),
-        ("mix@64x56 b1 openvino", BlockTarget("mix", 64, 56), 1, "openvino"),
-        ("mix@128x28 b16 onnxruntime", BlockTarget("mix", 128, 28), 16, "onnxruntime"),
-        ("mix@128x28 b16 fast", BlockTarget("mix", 128, 28), 16, "fast")]
+ROWS = [(BlockTarget("mix", 64, 56), 1, "onnxruntime"),
+        (BlockTarget("mix", 64, 56), 1, "openvino"),
+        (BlockTarget("mix", 128, 28), 16, "onnxruntime"),
+        (BlockTarget("mix", 128, 28), 16, "fast")]
 
 
 def main(seconds: float) -> None:
-    work = [build_workload(target, batch, Options(runtime=runtime, threads=2), check=False)
-            for _, target, batch, runtime in ROWS for _ in range(INSTANCES)]
-    share = seconds / len(work)
-    stats = measure_rounds([w.step for w in work], threads=2, calibration=machine_calibration("cpu", 2),
-                           stop=StopRule(min_runs=5, min_time_s=share, max_time_s=share),
-                           settle_s=[w.settle_s for w in work])
-    for r, (label, *_) in enumerate(ROWS):
+    stats = time_rows(build([row for row in ROWS for _ in range(INSTANCES)]), seconds)
+    for r, row in enumerate(ROWS):
         medians = [s.norm_ms for s in stats[r * INSTANCES:(r + 1) * INSTANCES]]
-        print(f"{label}: {' '.join(f'{m:.2f}' for m in medians)}  spread {max(medians) / min(medians) - 1:.1%}",
+        print(f"{label(row)}: {' '.join(f'{m:.2f}' for m in medians)}  spread {max(medians) / min(medians) - 1:.1%}",
               flush=True)
 
 
